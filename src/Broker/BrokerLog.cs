@@ -1,0 +1,40 @@
+using System.Text;
+
+namespace P11Proxy.Broker;
+
+/// <summary>
+/// Log lines on stderr: "p11proxy-broker: LEVEL message". Call tracing with --verbose names the
+/// call, slot or session, CK_RV and duration, never argument values (PINs, data, keys).
+/// </summary>
+internal sealed class BrokerLog(bool verbose)
+{
+    private readonly object _gate = new();
+
+    public bool Verbose { get; } = verbose;
+
+    public void Info(string message) => Write("info", message);
+    public void Warn(string message) => Write("warning", message);
+    public void Error(string message) => Write("error", message);
+
+    public void Trace(string message)
+    {
+        if (Verbose) Write("trace", message);
+    }
+
+    private void Write(string level, string message)
+    {
+        var line = Encoding.UTF8.GetBytes($"p11proxy-broker: {level}: {message}\n");
+        lock (_gate)
+        {
+            try
+            {
+                using var stderr = Console.OpenStandardError();
+                stderr.Write(line);
+            }
+            catch
+            {
+                // Losing a log line must never take the broker down.
+            }
+        }
+    }
+}

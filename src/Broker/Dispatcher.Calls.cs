@@ -1,0 +1,736 @@
+using P11Proxy.Native;
+using P11Proxy.Pkcs11;
+using P11Proxy.Wire;
+using static P11Proxy.Pkcs11.Pkcs11Constants;
+using Id = P11Proxy.Wire.RpcCallId;
+
+namespace P11Proxy.Broker;
+
+internal sealed unsafe partial class Dispatcher
+{
+    private ulong Dispatch(Id id)
+    {
+        if (id != Id.C_Initialize && !_client.Initialized)
+            return CKR_CRYPTOKI_NOT_INITIALIZED;
+        if (id >= Id.C_LoginUser && id <= Id.C_MessageVerifyFinal && !_backend.Has30)
+            return CKR_FUNCTION_NOT_SUPPORTED;
+        switch (id)
+        {
+            case Id.C_Initialize: return Initialize();
+            case Id.C_Finalize: return Finalize();
+            case Id.C_GetInfo: return GetInfo();
+            case Id.C_GetSlotList: return GetSlotList();
+            case Id.C_GetSlotInfo: return GetSlotInfo();
+            case Id.C_GetTokenInfo: return GetTokenInfo();
+            case Id.C_GetMechanismList: return GetMechanismList();
+            case Id.C_GetMechanismInfo: return GetMechanismInfo();
+            case Id.C_InitToken: return InitToken(padded: false);
+            case Id.C_InitToken2: return InitToken(padded: true);
+            case Id.C_OpenSession: return OpenSession();
+            case Id.C_CloseSession: return CloseSession();
+            case Id.C_CloseAllSessions: return CloseAllSessions();
+            case Id.C_GetSessionInfo: return GetSessionInfo();
+            case Id.C_InitPIN: return SessionData((s, d, n) => F->C_InitPIN(s, d, n));
+            case Id.C_SetPIN: return SessionDataData((s, a, an, b, bn) => F->C_SetPIN(s, a, an, b, bn));
+            case Id.C_GetOperationState: return SessionToData((s, o, n) => F->C_GetOperationState(s, o, n));
+            case Id.C_SetOperationState: return SetOperationState();
+            case Id.C_Login: return Login();
+            case Id.C_Logout: return SessionOnly(s => F->C_Logout(s));
+            case Id.C_LoginUser: return LoginUser();
+            case Id.C_SessionCancel: return SessionCancel();
+            case Id.C_CreateObject: return CreateObject(copy: false);
+            case Id.C_CopyObject: return CreateObject(copy: true);
+            case Id.C_DestroyObject: return SessionHandle((s, h) => F->C_DestroyObject(s, h));
+            case Id.C_GetObjectSize: return GetObjectSize();
+            case Id.C_GetAttributeValue: return GetAttributeValue();
+            case Id.C_SetAttributeValue: return SetAttributeValue();
+            case Id.C_FindObjectsInit: return FindObjectsInit();
+            case Id.C_FindObjects: return FindObjects();
+            case Id.C_FindObjectsFinal: return SessionOnly(s => F->C_FindObjectsFinal(s));
+            case Id.C_EncryptInit: return Init((s, m, k) => F->C_EncryptInit(s, m, k));
+            case Id.C_Encrypt: return DataToData((s, i, n, o, on) => F->C_Encrypt(s, i, n, o, on));
+            case Id.C_EncryptUpdate: return DataToData((s, i, n, o, on) => F->C_EncryptUpdate(s, i, n, o, on));
+            case Id.C_EncryptFinal: return SessionToData((s, o, n) => F->C_EncryptFinal(s, o, n));
+            case Id.C_DecryptInit: return Init((s, m, k) => F->C_DecryptInit(s, m, k));
+            case Id.C_Decrypt: return DataToData((s, i, n, o, on) => F->C_Decrypt(s, i, n, o, on));
+            case Id.C_DecryptUpdate: return DataToData((s, i, n, o, on) => F->C_DecryptUpdate(s, i, n, o, on));
+            case Id.C_DecryptFinal: return SessionToData((s, o, n) => F->C_DecryptFinal(s, o, n));
+            case Id.C_DigestInit: return DigestInit();
+            case Id.C_Digest: return DataToData((s, i, n, o, on) => F->C_Digest(s, i, n, o, on));
+            case Id.C_DigestUpdate: return SessionData((s, d, n) => F->C_DigestUpdate(s, d, n));
+            case Id.C_DigestKey: return SessionHandle((s, k) => F->C_DigestKey(s, k));
+            case Id.C_DigestFinal: return SessionToData((s, o, n) => F->C_DigestFinal(s, o, n));
+            case Id.C_SignInit: return Init((s, m, k) => F->C_SignInit(s, m, k));
+            case Id.C_Sign: return DataToData((s, i, n, o, on) => F->C_Sign(s, i, n, o, on));
+            case Id.C_SignUpdate: return SessionData((s, d, n) => F->C_SignUpdate(s, d, n));
+            case Id.C_SignFinal: return SessionToData((s, o, n) => F->C_SignFinal(s, o, n));
+            case Id.C_SignRecoverInit: return Init((s, m, k) => F->C_SignRecoverInit(s, m, k));
+            case Id.C_SignRecover: return DataToData((s, i, n, o, on) => F->C_SignRecover(s, i, n, o, on));
+            case Id.C_VerifyInit: return Init((s, m, k) => F->C_VerifyInit(s, m, k));
+            case Id.C_Verify: return SessionDataData((s, a, an, b, bn) => F->C_Verify(s, a, an, b, bn));
+            case Id.C_VerifyUpdate: return SessionData((s, d, n) => F->C_VerifyUpdate(s, d, n));
+            case Id.C_VerifyFinal: return SessionData((s, d, n) => F->C_VerifyFinal(s, d, n));
+            case Id.C_VerifyRecoverInit: return Init((s, m, k) => F->C_VerifyRecoverInit(s, m, k));
+            case Id.C_VerifyRecover: return DataToData((s, i, n, o, on) => F->C_VerifyRecover(s, i, n, o, on));
+            case Id.C_DigestEncryptUpdate: return DataToData((s, i, n, o, on) => F->C_DigestEncryptUpdate(s, i, n, o, on));
+            case Id.C_DecryptDigestUpdate: return DataToData((s, i, n, o, on) => F->C_DecryptDigestUpdate(s, i, n, o, on));
+            case Id.C_SignEncryptUpdate: return DataToData((s, i, n, o, on) => F->C_SignEncryptUpdate(s, i, n, o, on));
+            case Id.C_DecryptVerifyUpdate: return DataToData((s, i, n, o, on) => F->C_DecryptVerifyUpdate(s, i, n, o, on));
+            case Id.C_GenerateKey: return GenerateKey();
+            case Id.C_GenerateKeyPair: return GenerateKeyPair();
+            case Id.C_WrapKey: return WrapKey();
+            case Id.C_UnwrapKey: return UnwrapKey();
+            case Id.C_DeriveKey: return DeriveKey(version2: false);
+            case Id.C_DeriveKey2: return DeriveKey(version2: true);
+            case Id.C_SeedRandom: return SessionData((s, d, n) => F->C_SeedRandom(s, d, n));
+            case Id.C_GenerateRandom: return SessionToData((s, o, n) => F->C_GenerateRandom(s, o, *n));
+            case Id.C_WaitForSlotEvent: return WaitForSlotEvent();
+            case Id.C_MessageEncryptInit: return Init((s, m, k) => F->C_MessageEncryptInit(s, m, k));
+            case Id.C_EncryptMessage: return MessageOneShot((s, p, pn, a, an, i, n, o, on) => F->C_EncryptMessage(s, p, pn, a, an, i, n, o, on));
+            case Id.C_EncryptMessageBegin: return SessionDataData((s, a, an, b, bn) => F->C_EncryptMessageBegin(s, a, an, b, bn));
+            case Id.C_EncryptMessageNext: return MessageNext((s, p, pn, i, n, o, on, fl) => F->C_EncryptMessageNext(s, p, pn, i, n, o, on, fl));
+            case Id.C_MessageEncryptFinal: return SessionOnly(s => F->C_MessageEncryptFinal(s));
+            case Id.C_MessageDecryptInit: return Init((s, m, k) => F->C_MessageDecryptInit(s, m, k));
+            case Id.C_DecryptMessage: return MessageOneShot((s, p, pn, a, an, i, n, o, on) => F->C_DecryptMessage(s, p, pn, a, an, i, n, o, on));
+            case Id.C_DecryptMessageBegin: return SessionDataData((s, a, an, b, bn) => F->C_DecryptMessageBegin(s, a, an, b, bn));
+            case Id.C_DecryptMessageNext: return MessageNext((s, p, pn, i, n, o, on, fl) => F->C_DecryptMessageNext(s, p, pn, i, n, o, on, fl));
+            case Id.C_MessageDecryptFinal: return SessionOnly(s => F->C_MessageDecryptFinal(s));
+            case Id.C_MessageSignInit: return Init((s, m, k) => F->C_MessageSignInit(s, m, k));
+            case Id.C_SignMessage: return SignMessage();
+            case Id.C_SignMessageBegin: return SessionData((s, d, n) => F->C_SignMessageBegin(s, d, n));
+            case Id.C_SignMessageNext: return SignMessageNext();
+            case Id.C_MessageSignFinal: return SessionOnly(s => F->C_MessageSignFinal(s));
+            case Id.C_MessageVerifyInit: return Init((s, m, k) => F->C_MessageVerifyInit(s, m, k));
+            case Id.C_VerifyMessage: return VerifyMessage(next: false);
+            case Id.C_VerifyMessageBegin: return SessionData((s, d, n) => F->C_VerifyMessageBegin(s, d, n));
+            case Id.C_VerifyMessageNext: return VerifyMessage(next: true);
+            case Id.C_MessageVerifyFinal: return SessionOnly(s => F->C_MessageVerifyFinal(s));
+            default: return Malformed;
+        }
+    }
+
+    // ---- shapes --------------------------------------------------------------------------------------
+
+    private delegate nuint SessionCall(nuint session);
+    private delegate nuint SessionHandleCall(nuint session, nuint handle);
+    private delegate nuint DataCall(nuint session, byte* data, nuint length);
+    private delegate nuint DataDataCall(nuint session, byte* first, nuint firstLength, byte* second, nuint secondLength);
+    private delegate nuint ToDataCall(nuint session, byte* output, nuint* outputLength);
+    private delegate nuint DataToDataCall(nuint session, byte* input, nuint inputLength, byte* output, nuint* outputLength);
+    private delegate nuint InitCall(nuint session, CK_MECHANISM* mechanism, nuint key);
+    private delegate nuint MessageOneShotCall(nuint session, void* parameter, nuint parameterLength, byte* associated, nuint associatedLength,
+        byte* input, nuint inputLength, byte* output, nuint* outputLength);
+    private delegate nuint MessageNextCall(nuint session, void* parameter, nuint parameterLength, byte* input, nuint inputLength,
+        byte* output, nuint* outputLength, nuint flags);
+
+    private ulong SessionOnly(SessionCall call)
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        if (!Done) return Malformed;
+        rv = call(session);
+        if (rv == CKR_OK) BeginReply();
+        return rv;
+    }
+
+    private ulong SessionHandle(SessionHandleCall call)
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        if (!ReadULong(out var handle) || !Done) return Malformed;
+        rv = call(session, handle);
+        if (rv == CKR_OK) BeginReply();
+        return rv;
+    }
+
+    private ulong SessionData(DataCall call)
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        if (!ReadInput(out var data, out var length) || !Done) return Malformed;
+        rv = call(session, data, length);
+        if (rv == CKR_OK) BeginReply();
+        return rv;
+    }
+
+    private ulong SessionDataData(DataDataCall call)
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        if (!ReadInput(out var first, out var firstLength) || !ReadInput(out var second, out var secondLength) || !Done)
+            return Malformed;
+        rv = call(session, first, firstLength, second, secondLength);
+        if (rv == CKR_OK) BeginReply();
+        return rv;
+    }
+
+    private ulong SessionToData(ToDataCall call)
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        rv = ReadOutputBuffer(out var buffer, out var length);
+        if (rv != CKR_OK) return rv;
+        if (!Done) return Malformed;
+        rv = call(session, buffer, &length);
+        return ReplyOutput(rv, buffer, length);
+    }
+
+    private ulong DataToData(DataToDataCall call)
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        if (!ReadInput(out var input, out var inputLength)) return Malformed;
+        rv = ReadOutputBuffer(out var buffer, out var length);
+        if (rv != CKR_OK) return rv;
+        if (!Done) return Malformed;
+        rv = call(session, input, inputLength, buffer, &length);
+        return ReplyOutput(rv, buffer, length);
+    }
+
+    private ulong Init(InitCall call)
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        rv = ReadMechanism(out var mechanism);
+        if (rv != CKR_OK) return rv;
+        if (!ReadULong(out var key) || !Done) return Malformed;
+        rv = call(session, mechanism, key);
+        if (rv == CKR_OK) BeginReply();
+        return rv;
+    }
+
+    private ulong DigestInit()
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        rv = ReadMechanism(out var mechanism);
+        if (rv != CKR_OK) return rv;
+        if (!Done) return Malformed;
+        rv = F->C_DigestInit(session, mechanism);
+        if (rv == CKR_OK) BeginReply();
+        return rv;
+    }
+
+    // ---- general ---------------------------------------------------------------------------------------
+
+    private ulong Initialize()
+    {
+        if (!_request.TryReadByteArray(out bool present, out var handshake, out _) || !present ||
+            !handshake.Data.Span.SequenceEqual(CallTable.Handshake) ||
+            !_request.TryReadByte(out _) ||
+            !_request.TryReadByteArray(out _, out _, out _) || !Done)
+            return Malformed;
+        // The backend was initialised once at start-up; each client only starts its own view.
+        _client.Initialized = true;
+        BeginReply();
+        return CKR_OK;
+    }
+
+    private ulong Finalize()
+    {
+        if (!Done) return Malformed;
+        CloseClientSessions();
+        _client.Initialized = false;
+        BeginReply();
+        return CKR_OK;
+    }
+
+    private ulong GetInfo()
+    {
+        if (!Done) return Malformed;
+        CK_INFO info = default;
+        ulong rv = F->C_GetInfo(&info);
+        if (rv != CKR_OK) return rv;
+        BeginReply();
+        _reply.WriteVersion(info.cryptokiVersion.major, info.cryptokiVersion.minor);
+        WriteSpace(info.manufacturerID, 32);
+        _reply.WriteULong(info.flags);
+        WriteSpace(info.libraryDescription, 32);
+        _reply.WriteVersion(info.libraryVersion.major, info.libraryVersion.minor);
+        return CKR_OK;
+    }
+
+    private ulong GetSlotList()
+    {
+        if (!_request.TryReadByte(out byte tokenPresent) || !_request.TryReadULongBuffer(out uint capacity) || !Done)
+            return Malformed;
+        var slots = _filter.VisibleSlots(F, tokenPresent, out ulong rv);
+        if (rv != CKR_OK) return rv;
+        BeginReply();
+        bool fits = capacity != 0 && (uint)slots.Length <= capacity;
+        ulong[] values = slots.Select(s => (ulong)s).ToArray();
+        if (fits) _reply.WriteULongArray(values);
+        else _reply.WriteULongArrayLengthOnly((uint)values.Length);
+        return CKR_OK;
+    }
+
+    private bool ReadVisibleSlot(out nuint slot, out ulong rv)
+    {
+        rv = CKR_OK;
+        if (!ReadULong(out slot)) { rv = Malformed; return false; }
+        Note($" slot={slot}");
+        if (!_filter.IsVisible(F, slot)) { rv = CKR_SLOT_ID_INVALID; return false; }
+        return true;
+    }
+
+    private ulong GetSlotInfo()
+    {
+        if (!ReadVisibleSlot(out var slot, out ulong rv)) return rv;
+        if (!Done) return Malformed;
+        CK_SLOT_INFO info = default;
+        rv = F->C_GetSlotInfo(slot, &info);
+        if (rv != CKR_OK) return rv;
+        BeginReply();
+        WriteSpace(info.slotDescription, 64);
+        WriteSpace(info.manufacturerID, 32);
+        _reply.WriteULong(info.flags);
+        _reply.WriteVersion(info.hardwareVersion.major, info.hardwareVersion.minor);
+        _reply.WriteVersion(info.firmwareVersion.major, info.firmwareVersion.minor);
+        return CKR_OK;
+    }
+
+    private ulong GetTokenInfo()
+    {
+        if (!ReadVisibleSlot(out var slot, out ulong rv)) return rv;
+        if (!Done) return Malformed;
+        CK_TOKEN_INFO info = default;
+        rv = F->C_GetTokenInfo(slot, &info);
+        if (rv != CKR_OK) return rv;
+        BeginReply();
+        WriteSpace(info.label, 32);
+        WriteSpace(info.manufacturerID, 32);
+        WriteSpace(info.model, 16);
+        WriteSpace(info.serialNumber, 16);
+        _reply.WriteULong(info.flags);
+        _reply.WriteULong(info.ulMaxSessionCount);
+        _reply.WriteULong(info.ulSessionCount);
+        _reply.WriteULong(info.ulMaxRwSessionCount);
+        _reply.WriteULong(info.ulRwSessionCount);
+        _reply.WriteULong(info.ulMaxPinLen);
+        _reply.WriteULong(info.ulMinPinLen);
+        _reply.WriteULong(info.ulTotalPublicMemory);
+        _reply.WriteULong(info.ulFreePublicMemory);
+        _reply.WriteULong(info.ulTotalPrivateMemory);
+        _reply.WriteULong(info.ulFreePrivateMemory);
+        _reply.WriteVersion(info.hardwareVersion.major, info.hardwareVersion.minor);
+        _reply.WriteVersion(info.firmwareVersion.major, info.firmwareVersion.minor);
+        WriteSpace(info.utcTime, 16);
+        return CKR_OK;
+    }
+
+    private ulong GetMechanismList()
+    {
+        if (!ReadVisibleSlot(out var slot, out ulong rv)) return rv;
+        if (!_request.TryReadULongBuffer(out uint capacity) || !Done) return Malformed;
+        if (capacity > MaxOutputBuffer / 8) return CKR_DEVICE_MEMORY;
+        nuint count = capacity;
+        nuint* list = capacity == 0 ? null : _arena.Alloc<nuint>((int)capacity);
+        rv = F->C_GetMechanismList(slot, list, &count);
+        if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL) return rv;
+        BeginReply();
+        WriteULongs(rv, list, count, list != null);
+        return CKR_OK;
+    }
+
+    private ulong GetMechanismInfo()
+    {
+        if (!ReadVisibleSlot(out var slot, out ulong rv)) return rv;
+        if (!ReadULong(out var type) || !Done) return Malformed;
+        CK_MECHANISM_INFO info = default;
+        rv = F->C_GetMechanismInfo(slot, type, &info);
+        if (rv != CKR_OK) return rv;
+        BeginReply();
+        _reply.WriteULong(info.ulMinKeySize);
+        _reply.WriteULong(info.ulMaxKeySize);
+        _reply.WriteULong(info.flags);
+        return CKR_OK;
+    }
+
+    private ulong InitToken(bool padded)
+    {
+        if (!ReadVisibleSlot(out var slot, out ulong rv)) return rv;
+        if (!ReadInput(out var pin, out var pinLength)) return Malformed;
+        ReadOnlyMemory<byte> label;
+        bool ok = padded ? _request.TryReadSpaceString(32, out label) : _request.TryReadZeroString(out label);
+        if (!ok || !Done) return Malformed;
+        // The C label is exactly 32 bytes, space padded; a shorter string is padded here.
+        var field = (byte*)_arena.Alloc(32);
+        var span = new Span<byte>(field, 32);
+        span.Fill((byte)' ');
+        label.Span[..Math.Min(32, label.Length)].CopyTo(span);
+        rv = F->C_InitToken(slot, pin, pinLength, field);
+        if (rv == CKR_OK) BeginReply();
+        return rv;
+    }
+
+    private ulong OpenSession()
+    {
+        if (!ReadVisibleSlot(out var slot, out ulong rv)) return rv;
+        if (!ReadULong(out var flags) || !Done) return Malformed;
+        nuint session = 0;
+        rv = F->C_OpenSession(slot, flags, null, null, &session);
+        if (rv != CKR_OK) return rv;
+        _client.AddSession(session, slot);
+        BeginReply();
+        _reply.WriteULong(session);
+        return CKR_OK;
+    }
+
+    private ulong CloseSession()
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        if (!Done) return Malformed;
+        rv = F->C_CloseSession(session);
+        if (rv == CKR_OK || rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED)
+            _client.RemoveSession(session);
+        if (rv == CKR_OK) BeginReply();
+        return rv;
+    }
+
+    private ulong CloseAllSessions()
+    {
+        if (!ReadVisibleSlot(out var slot, out ulong rv)) return rv;
+        if (!Done) return Malformed;
+        // Only this client's sessions: the backend's C_CloseAllSessions would close everyone's.
+        foreach (var session in _client.SessionsOn(slot))
+        {
+            F->C_CloseSession(session);
+            _client.RemoveSession(session);
+        }
+        BeginReply();
+        return CKR_OK;
+    }
+
+    private ulong GetSessionInfo()
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        if (!Done) return Malformed;
+        CK_SESSION_INFO info = default;
+        rv = F->C_GetSessionInfo(session, &info);
+        if (rv != CKR_OK) return rv;
+        BeginReply();
+        _reply.WriteULong(info.slotID);
+        _reply.WriteULong(info.state);
+        _reply.WriteULong(info.flags);
+        _reply.WriteULong(info.ulDeviceError);
+        return CKR_OK;
+    }
+
+    private ulong SetOperationState()
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        if (!ReadInput(out var state, out var length) || !ReadULong(out var encryptionKey) ||
+            !ReadULong(out var authenticationKey) || !Done)
+            return Malformed;
+        rv = F->C_SetOperationState(session, state, length, encryptionKey, authenticationKey);
+        if (rv == CKR_OK) BeginReply();
+        return rv;
+    }
+
+    private ulong Login()
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        if (!ReadULong(out var userType) || !ReadInput(out var pin, out var pinLength) || !Done) return Malformed;
+        rv = F->C_Login(session, userType, pin, pinLength);
+        if (rv == CKR_OK) BeginReply();
+        return rv;
+    }
+
+    private ulong LoginUser()
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        if (!ReadULong(out var userType) || !ReadInput(out var pin, out var pinLength) ||
+            !ReadInput(out var name, out var nameLength) || !Done)
+            return Malformed;
+        rv = F->C_LoginUser(session, userType, pin, pinLength, name, nameLength);
+        if (rv == CKR_OK) BeginReply();
+        return rv;
+    }
+
+    private ulong SessionCancel()
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        if (!ReadULong(out var flags) || !Done) return Malformed;
+        rv = F->C_SessionCancel(session, flags);
+        if (rv == CKR_OK) BeginReply();
+        return rv;
+    }
+
+    private ulong WaitForSlotEvent()
+    {
+        if (!ReadULong(out var flags) || !Done) return Malformed;
+        while (true)
+        {
+            nuint slot = 0;
+            ulong rv = F->C_WaitForSlotEvent(flags, &slot, null);
+            if (rv != CKR_OK) return rv;
+            // Events on hidden tokens are not this client's business.
+            if (!_filter.IsVisible(F, slot))
+            {
+                if ((flags & (nuint)CKF_DONT_BLOCK) != 0) return CKR_NO_EVENT;
+                continue;
+            }
+            BeginReply();
+            _reply.WriteULong(slot);
+            return CKR_OK;
+        }
+    }
+
+    // ---- objects ------------------------------------------------------------------------------------------
+
+    private ulong CreateObject(bool copy)
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        nuint source = 0;
+        if (copy && !ReadULong(out source)) return Malformed;
+        rv = ReadTemplate(out var template, out var count);
+        if (rv != CKR_OK) return rv;
+        if (!Done) return Malformed;
+        nuint handle = 0;
+        rv = copy ? F->C_CopyObject(session, source, template, count, &handle) : F->C_CreateObject(session, template, count, &handle);
+        if (rv != CKR_OK) return rv;
+        BeginReply();
+        _reply.WriteULong(handle);
+        return CKR_OK;
+    }
+
+    private ulong GetObjectSize()
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        if (!ReadULong(out var handle) || !Done) return Malformed;
+        nuint size = 0;
+        rv = F->C_GetObjectSize(session, handle, &size);
+        if (rv != CKR_OK) return rv;
+        BeginReply();
+        _reply.WriteULong(size);
+        return CKR_OK;
+    }
+
+    private ulong GetAttributeValue()
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        if (!ReadULong(out var handle)) return Malformed;
+        if (!_request.TryReadAttributeBuffer(MaxOutputBuffer, out var buffers) || !Done) return Malformed;
+        var template = BufferTemplate(buffers);
+        rv = F->C_GetAttributeValue(session, handle, template, (nuint)buffers.Length);
+        // These codes still carry per-attribute results, so they travel inside a normal reply.
+        if (rv != CKR_OK && rv != CKR_ATTRIBUTE_SENSITIVE && rv != CKR_ATTRIBUTE_TYPE_INVALID && rv != CKR_BUFFER_TOO_SMALL)
+            return rv;
+        BeginReply();
+        _reply.BeginAttributeArray((uint)buffers.Length);
+        ulong encoded = NativeTemplates.WriteAttributes(_reply.Writer, _reply.Profile, template, (nuint)buffers.Length);
+        if (encoded != CKR_OK) return encoded;
+        _reply.WriteULong(rv);
+        return CKR_OK;
+    }
+
+    private CK_ATTRIBUTE* BufferTemplate(WireAttributeBuffer[] buffers)
+    {
+        if (buffers.Length == 0) return null;
+        var template = _arena.Alloc<CK_ATTRIBUTE>(buffers.Length);
+        for (int i = 0; i < buffers.Length; i++)
+        {
+            template[i].type = (nuint)buffers[i].Type;
+            if (buffers[i].Length == 0)
+                continue;
+            if (buffers[i].Nested is { } nested)
+            {
+                template[i].pValue = BufferTemplate(nested);
+                template[i].ulValueLen = (nuint)(nested.Length * sizeof(CK_ATTRIBUTE));
+                continue;
+            }
+            template[i].pValue = _arena.Alloc(buffers[i].Length);
+            template[i].ulValueLen = buffers[i].Length;
+        }
+        return template;
+    }
+
+    private ulong SetAttributeValue()
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        if (!ReadULong(out var handle)) return Malformed;
+        rv = ReadTemplate(out var template, out var count);
+        if (rv != CKR_OK) return rv;
+        if (!Done) return Malformed;
+        rv = F->C_SetAttributeValue(session, handle, template, count);
+        if (rv == CKR_OK) BeginReply();
+        return rv;
+    }
+
+    private ulong FindObjectsInit()
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        rv = ReadTemplate(out var template, out var count);
+        if (rv != CKR_OK) return rv;
+        if (!Done) return Malformed;
+        rv = F->C_FindObjectsInit(session, template, count);
+        if (rv == CKR_OK) BeginReply();
+        return rv;
+    }
+
+    private ulong FindObjects()
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        if (!_request.TryReadULongBuffer(out uint capacity) || !Done) return Malformed;
+        if (capacity > MaxOutputBuffer / 8) return CKR_DEVICE_MEMORY;
+        nuint found = 0;
+        nuint* handles = _arena.Alloc<nuint>((int)Math.Max(capacity, 1u));
+        rv = F->C_FindObjects(session, handles, capacity, &found);
+        if (rv != CKR_OK) return rv;
+        if (found > capacity) return CKR_GENERAL_ERROR;
+        BeginReply();
+        WriteULongs(rv, handles, found, arrayWanted: true);
+        return CKR_OK;
+    }
+
+    // ---- keys ---------------------------------------------------------------------------------------------
+
+    private ulong GenerateKey()
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        rv = ReadMechanism(out var mechanism);
+        if (rv != CKR_OK) return rv;
+        rv = ReadTemplate(out var template, out var count);
+        if (rv != CKR_OK) return rv;
+        if (!Done) return Malformed;
+        nuint key = 0;
+        rv = F->C_GenerateKey(session, mechanism, template, count, &key);
+        if (rv != CKR_OK) return rv;
+        BeginReply();
+        _reply.WriteULong(key);
+        return CKR_OK;
+    }
+
+    private ulong GenerateKeyPair()
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        rv = ReadMechanism(out var mechanism);
+        if (rv != CKR_OK) return rv;
+        rv = ReadTemplate(out var publicTemplate, out var publicCount);
+        if (rv != CKR_OK) return rv;
+        rv = ReadTemplate(out var privateTemplate, out var privateCount);
+        if (rv != CKR_OK) return rv;
+        if (!Done) return Malformed;
+        nuint publicKey = 0, privateKey = 0;
+        rv = F->C_GenerateKeyPair(session, mechanism, publicTemplate, publicCount, privateTemplate, privateCount, &publicKey, &privateKey);
+        if (rv != CKR_OK) return rv;
+        BeginReply();
+        _reply.WriteULong(publicKey);
+        _reply.WriteULong(privateKey);
+        return CKR_OK;
+    }
+
+    private ulong WrapKey()
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        rv = ReadMechanism(out var mechanism);
+        if (rv != CKR_OK) return rv;
+        if (!ReadULong(out var wrappingKey) || !ReadULong(out var key)) return Malformed;
+        rv = ReadOutputBuffer(out var buffer, out var length);
+        if (rv != CKR_OK) return rv;
+        if (!Done) return Malformed;
+        rv = F->C_WrapKey(session, mechanism, wrappingKey, key, buffer, &length);
+        return ReplyOutput(rv, buffer, length);
+    }
+
+    private ulong UnwrapKey()
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        rv = ReadMechanism(out var mechanism);
+        if (rv != CKR_OK) return rv;
+        if (!ReadULong(out var unwrappingKey) || !ReadInput(out var wrapped, out var wrappedLength)) return Malformed;
+        rv = ReadTemplate(out var template, out var count);
+        if (rv != CKR_OK) return rv;
+        if (!Done) return Malformed;
+        nuint key = 0;
+        rv = F->C_UnwrapKey(session, mechanism, unwrappingKey, wrapped, wrappedLength, template, count, &key);
+        if (rv != CKR_OK) return rv;
+        BeginReply();
+        _reply.WriteULong(key);
+        return CKR_OK;
+    }
+
+    private ulong DeriveKey(bool version2)
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        rv = ReadMechanism(out var mechanism);
+        if (rv != CKR_OK) return rv;
+        if (!ReadULong(out var baseKey)) return Malformed;
+        rv = ReadTemplate(out var template, out var count);
+        if (rv != CKR_OK) return rv;
+        if (!Done) return Malformed;
+        nuint key = 0;
+        rv = F->C_DeriveKey(session, mechanism, baseKey, template, count, &key);
+        if (!version2)
+        {
+            if (rv != CKR_OK) return rv;
+            BeginReply();
+            _reply.WriteULong(key);
+            return CKR_OK;
+        }
+        if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL) return rv;
+        BeginReply();
+        _reply.WriteULong(rv);
+        _reply.WriteMechanismUpdate(mechanism == null ? 0 : mechanism->mechanism, MechanismNative.UpdateOf(mechanism));
+        _reply.WriteULong(key);
+        return CKR_OK;
+    }
+
+    // ---- PKCS #11 3.0 message-based calls ---------------------------------------------------------------
+
+    private ulong MessageOneShot(MessageOneShotCall call)
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        if (!ReadInput(out var parameter, out var parameterLength) || !ReadInput(out var associated, out var associatedLength) ||
+            !ReadInput(out var input, out var inputLength))
+            return Malformed;
+        rv = ReadOutputBuffer(out var buffer, out var length);
+        if (rv != CKR_OK) return rv;
+        if (!Done) return Malformed;
+        rv = call(session, parameter, parameterLength, associated, associatedLength, input, inputLength, buffer, &length);
+        return ReplyOutput(rv, buffer, length);
+    }
+
+    private ulong MessageNext(MessageNextCall call)
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        if (!ReadInput(out var parameter, out var parameterLength) || !ReadInput(out var input, out var inputLength))
+            return Malformed;
+        rv = ReadOutputBuffer(out var buffer, out var length);
+        if (rv != CKR_OK) return rv;
+        if (!ReadULong(out var flags) || !Done) return Malformed;
+        rv = call(session, parameter, parameterLength, input, inputLength, buffer, &length, flags);
+        return ReplyOutput(rv, buffer, length);
+    }
+
+    private ulong SignMessage()
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        if (!ReadInput(out var parameter, out var parameterLength) || !ReadInput(out var data, out var dataLength))
+            return Malformed;
+        rv = ReadOutputBuffer(out var buffer, out var length);
+        if (rv != CKR_OK) return rv;
+        if (!Done) return Malformed;
+        rv = F->C_SignMessage(session, parameter, parameterLength, data, dataLength, buffer, &length);
+        return ReplyOutput(rv, buffer, length);
+    }
+
+    private ulong SignMessageNext()
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        if (!ReadInput(out var parameter, out var parameterLength) || !ReadInput(out var data, out var dataLength) ||
+            !_request.TryReadByte(out byte wanted))
+            return Malformed;
+        rv = ReadOutputBuffer(out var buffer, out var length);
+        if (rv != CKR_OK) return rv;
+        if (!Done) return Malformed;
+        rv = F->C_SignMessageNext(session, parameter, parameterLength, data, dataLength, wanted != 0 ? buffer : null,
+            wanted != 0 ? &length : null);
+        return ReplyOutput(rv, buffer, length);
+    }
+
+    private ulong VerifyMessage(bool next)
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        if (!ReadInput(out var parameter, out var parameterLength) || !ReadInput(out var data, out var dataLength) ||
+            !ReadInput(out var signature, out var signatureLength) || !Done)
+            return Malformed;
+        rv = next
+            ? F->C_VerifyMessageNext(session, parameter, parameterLength, data, dataLength, signature, signatureLength)
+            : F->C_VerifyMessage(session, parameter, parameterLength, data, dataLength, signature, signatureLength);
+        if (rv == CKR_OK) BeginReply();
+        return rv;
+    }
+}

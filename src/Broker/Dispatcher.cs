@@ -1,0 +1,274 @@
+using System.Diagnostics;
+using P11Proxy.Native;
+using P11Proxy.Pkcs11;
+using P11Proxy.Wire;
+using static P11Proxy.Pkcs11.Pkcs11Constants;
+using Id = P11Proxy.Wire.RpcCallId;
+
+namespace P11Proxy.Broker;
+
+/// <summary>
+/// Server side of every call for one client connection: decodes the request in the order of the
+/// call table's request signature, calls the backend with arguments built in native memory, and
+/// encodes the reply in the order of the response signature. Malformed requests close the
+/// connection (the caller does that on a false return); backend errors become error replies.
+/// </summary>
+internal sealed unsafe partial class Dispatcher : IDisposable
+{
+    /// <summary>Not a CK_RV: the request did not match its signature.</summary>
+    private const ulong Malformed = 0xffff_ffff_ffff_fff0;
+
+    /// <summary>Largest output buffer a client may make the broker allocate for one call.</summary>
+    private const uint MaxOutputBuffer = 64u << 20;
+
+    private readonly Backend _backend;
+    private readonly TokenFilter _filter;
+    private readonly ClientState _client;
+    private readonly BrokerLog _log;
+    private readonly RpcMessageReader _request;
+    private readonly RpcMessageWriter _reply;
+    private readonly NativeArena _arena = new();
+    private CK_FUNCTION_LIST_3_0* F => _backend.Functions;
+
+    public Dispatcher(Backend backend, TokenFilter filter, ClientState client, BrokerLog log, WireProfile profile)
+    {
+        _backend = backend;
+        _filter = filter;
+        _client = client;
+        _log = log;
+        _request = new RpcMessageReader(profile);
+        _reply = new RpcMessageWriter(profile, 4096);
+    }
+
+    /// <summary>
+    /// Handles one request body and leaves the reply in <paramref name="reply"/>. Returns false when
+    /// the request was malformed: the connection must then be closed.
+    /// </summary>
+    public bool Handle(ReadOnlyMemory<byte> body, out WireWriter reply)
+    {
+        reply = _reply.Writer;
+        var status = _request.Parse(body, MessageKind.Request);
+        if (status != ParseStatus.Ok)
+        {
+            _log.Warn($"{_client.Peer}: refused a request ({status}); closing the connection");
+            return false;
+        }
+        var call = _request.Call!;
+        long started = _log.Verbose ? Stopwatch.GetTimestamp() : 0;
+        ulong rv;
+        try
+        {
+            rv = Dispatch(call.Id);
+        }
+        catch (InvalidOperationException e)
+        {
+            // A handler read the wrong signature part: a bug here, never the client's input.
+            _log.Warn($"{_client.Peer}: {call.Name}: internal error: {e.Message}");
+            rv = CKR_GENERAL_ERROR;
+        }
+        finally
+        {
+            _arena.Reset();
+        }
+        if (rv == Malformed)
+        {
+            _log.Warn($"{_client.Peer}: {call.Name}: malformed arguments; closing the connection");
+            return false;
+        }
+        if (rv != CKR_OK)
+            _reply.BeginError(rv);
+        else if (!_reply.Complete)
+        {
+            _log.Warn($"{_client.Peer}: {call.Name}: reply could not be encoded");
+            _reply.BeginError(CKR_DEVICE_MEMORY);
+        }
+        if (_log.Verbose)
+            _log.Trace($"{_client.Peer}: {call.Name}{_traceDetail} -> {Pkcs11Names.ReturnValue(rv) ?? rv.ToString("x")} " +
+                       $"({Stopwatch.GetElapsedTime(started).TotalMicroseconds:0} µs)");
+        _traceDetail = "";
+        return true;
+    }
+
+    private string _traceDetail = "";
+
+    /// <summary>Adds slot/session details to the verbose trace line; never values or PINs.</summary>
+    private void Note(string detail)
+    {
+        if (_log.Verbose) _traceDetail = detail;
+    }
+
+    /// <summary>Disconnect: close whatever the client left open, without logging anything sensitive.</summary>
+    public void CloseClientSessions()
+    {
+        foreach (var session in _client.TakeAllSessions())
+            F->C_CloseSession(session);
+    }
+
+    public void Dispose()
+    {
+        _arena.Dispose();
+        _reply.Dispose();
+    }
+
+    // ---- request decoding helpers ------------------------------------------------------------------
+
+    private bool ReadULong(out nuint value)
+    {
+        bool ok = _request.TryReadULong(out ulong v);
+        value = (nuint)v;
+        return ok;
+    }
+
+    private bool ReadSession(out nuint session, out ulong rv)
+    {
+        rv = CKR_OK;
+        if (!ReadULong(out session)) { rv = Malformed; return false; }
+        if (!_client.Owns(session)) { rv = CKR_SESSION_HANDLE_INVALID; Note($" session={session}"); return false; }
+        Note($" session={session}");
+        return true;
+    }
+
+    /// <summary>'ay' argument into native memory (NULL stays NULL; an absent array keeps its length, as p11-kit does).</summary>
+    private bool ReadInput(out byte* data, out nuint length)
+    {
+        data = null;
+        length = 0;
+        if (!_request.TryReadByteArray(out bool present, out var bytes, out uint declared))
+            return false;
+        if (!present)
+        {
+            length = declared;
+            return true;
+        }
+        if (!bytes.IsNull)
+            data = _arena.Copy(bytes.Data.Span);
+        length = (nuint)bytes.Length;
+        return true;
+    }
+
+    /// <summary>'fy': an output buffer of the client's capacity; 0xffffffff is a zero-length non-NULL buffer.</summary>
+    private ulong ReadOutputBuffer(out byte* buffer, out nuint length)
+    {
+        buffer = null;
+        length = 0;
+        if (!_request.TryReadByteBuffer(out uint capacity))
+            return Malformed;
+        if (capacity == 0)
+            return CKR_OK;
+        if (capacity == RpcMessageWriter.ZeroLengthBuffer)
+        {
+            buffer = (byte*)_arena.Alloc(1);
+            return CKR_OK;
+        }
+        if (capacity > MaxOutputBuffer)
+            return CKR_DEVICE_MEMORY;
+        buffer = (byte*)_arena.Alloc(capacity);
+        length = capacity;
+        return CKR_OK;
+    }
+
+    private ulong ReadMechanism(out CK_MECHANISM* mechanism)
+    {
+        mechanism = null;
+        if (!_request.TryReadMechanism(out var wire))
+            return Malformed;
+        mechanism = MechanismNative.ToNative(_arena, wire);
+        return CKR_OK;
+    }
+
+    /// <summary>'aA' argument: a template with values, nested templates rebuilt as native arrays.</summary>
+    private ulong ReadTemplate(out CK_ATTRIBUTE* template, out nuint count)
+    {
+        template = null;
+        count = 0;
+        if (!_request.TryReadAttributeArray(out var attributes))
+            return Malformed;
+        template = ToNative(attributes);
+        count = (nuint)attributes.Length;
+        return CKR_OK;
+    }
+
+    private CK_ATTRIBUTE* ToNative(WireAttribute[] attributes)
+    {
+        if (attributes.Length == 0)
+            return null;
+        var template = _arena.Alloc<CK_ATTRIBUTE>(attributes.Length);
+        for (int i = 0; i < attributes.Length; i++)
+        {
+            var source = attributes[i];
+            template[i].type = (nuint)source.Type;
+            if (!source.Valid)
+            {
+                template[i].ulValueLen = NativeTemplates.Unavailable;
+                continue;
+            }
+            if (source.Kind == AttributeValueKind.AttributeArray)
+            {
+                var nested = source.Nested ?? [];
+                template[i].pValue = ToNative(nested);
+                template[i].ulValueLen = (nuint)(nested.Length * sizeof(CK_ATTRIBUTE));
+                continue;
+            }
+            if (source.Kind is AttributeValueKind.ByteArray or AttributeValueKind.Date && source.Bytes.IsNull)
+            {
+                // A NULL value with a length: the client asks nothing of it but its size.
+                template[i].ulValueLen = source.Length;
+                continue;
+            }
+            // Only what actually arrived is allocated; the announced length is not trusted.
+            ulong size = source.NativeLength;
+            var value = (byte*)_arena.Alloc((nuint)size);
+            source.CopyFlatValueTo(new Span<byte>(value, (int)size));
+            template[i].pValue = size == 0 ? null : value;
+            template[i].ulValueLen = (nuint)size;
+        }
+        return template;
+    }
+
+    // ---- reply encoding helpers ----------------------------------------------------------------------
+
+    private void BeginReply() => _reply.Begin(_request.Call!, MessageKind.Response);
+
+    /// <summary>'ay' reply after a call that filled a buffer, with p11-kit's conventions for sizes.</summary>
+    private ulong ReplyOutput(ulong rv, byte* buffer, nuint length)
+    {
+        if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL)
+            return rv;
+        BeginReply();
+        WriteOutput(rv, buffer, length);
+        return CKR_OK;
+    }
+
+    private void WriteOutput(ulong rv, byte* buffer, nuint length)
+    {
+        if (length > WireWriter.MaxArrayLength)
+        {
+            _reply.Writer.Fail();
+            return;
+        }
+        if (rv == CKR_BUFFER_TOO_SMALL || buffer == null)
+        {
+            if (length != 0 || rv == CKR_BUFFER_TOO_SMALL) _reply.WriteByteArrayLengthOnly((uint)length);
+            else _reply.WriteByteArray(WireBytes.Null);
+            return;
+        }
+        _reply.WriteByteArray(new ReadOnlySpan<byte>(buffer, (int)length));
+    }
+
+    /// <summary>'au' reply: an array when it fits the client's capacity, else only its length.</summary>
+    private void WriteULongs(ulong rv, nuint* values, nuint count, bool arrayWanted)
+    {
+        if (rv == CKR_BUFFER_TOO_SMALL || !arrayWanted || values == null)
+        {
+            _reply.WriteULongArrayLengthOnly((uint)Math.Min(count, uint.MaxValue));
+            return;
+        }
+        Span<ulong> copy = count <= 64 ? stackalloc ulong[(int)count] : new ulong[(int)count];
+        for (int i = 0; i < (int)count; i++) copy[i] = values[i];
+        _reply.WriteULongArray(copy);
+    }
+
+    private void WriteSpace(byte* field, int width) => _reply.WriteSpaceString(new ReadOnlySpan<byte>(field, width));
+
+    private bool Done => _request.Complete;
+}

@@ -1,0 +1,141 @@
+using System.Runtime.InteropServices;
+using P11Proxy.Broker;
+using P11Proxy.Wire.Transport;
+
+// p11proxy-broker: loads one PKCS#11 module and serves it over p11-kit's RPC protocol.
+return BrokerMain.Run(args);
+
+namespace P11Proxy.Broker
+{
+    internal static partial class BrokerMain
+    {
+        private const string Usage = """
+            usage: p11proxy-broker serve --module PATH [--socket PATH] [--token URI]... [--allow-uid UID]... [--allow-gid GID]... [--verbose]
+                   p11proxy-broker stdio --module PATH [--token URI]... [--verbose]
+
+              serve   listen on a unix socket (default $XDG_RUNTIME_DIR/p11-kit/pkcs11) and print
+                      P11_KIT_SERVER_ADDRESS=... for clients
+              stdio   serve one client on stdin/stdout, e.g. P11_KIT_SERVER_ADDRESS='|p11proxy-broker stdio --module ...'
+              --token URI      only tokens matching a PKCS#11 URI are visible (repeatable)
+              --allow-uid/gid  peers besides the broker's own user that may connect (serve)
+              --verbose        trace every call: name, slot/session, result, duration (never PINs or data)
+            """;
+
+        [LibraryImport("libc")]
+        private static partial uint getuid();
+
+        public static int Run(string[] args)
+        {
+            if (args.Length == 0 || args[0] is "-h" or "--help")
+            {
+                Console.Error.WriteLine(Usage);
+                return args.Length == 0 ? 2 : 0;
+            }
+            string mode = args[0];
+            string? module = null, socket = null;
+            bool verbose = false;
+            var tokens = new List<string>();
+            var uids = new List<uint>();
+            var gids = new List<uint>();
+            for (int i = 1; i < args.Length; i++)
+            {
+                string Next() => i + 1 < args.Length ? args[++i] : throw new BrokerException($"{args[i]} needs a value\n{Usage}");
+                switch (args[i])
+                {
+                    case "--module": module = Next(); break;
+                    case "--socket": socket = Next(); break;
+                    case "--token": tokens.Add(Next()); break;
+                    case "--allow-uid": uids.Add(ParseId(Next(), "--allow-uid")); break;
+                    case "--allow-gid": gids.Add(ParseId(Next(), "--allow-gid")); break;
+                    case "--verbose": case "-v": verbose = true; break;
+                    default:
+                        Console.Error.WriteLine($"p11proxy-broker: unknown option '{args[i]}'\n{Usage}");
+                        return 2;
+                }
+            }
+            var log = new BrokerLog(verbose);
+            try
+            {
+                if (mode is not ("serve" or "stdio"))
+                    throw new BrokerException($"unknown mode '{mode}' (use serve or stdio)\n{Usage}");
+                if (module is null)
+                    throw new BrokerException("--module PATH is required: the PKCS#11 module to serve, e.g. /usr/lib/softhsm/libsofthsm2.so");
+                var filter = TokenFilter.Parse(tokens);
+                using var backend = Backend.Load(module);
+                log.Info($"serving {module}{(backend.Has30 ? " (PKCS#11 3.0 interface)" : "")}" +
+                         (filter.FiltersAnything ? $", tokens matching {string.Join(" or ", filter.Descriptions)}" : ""));
+                var server = new Server(backend, filter, log, uids, gids);
+                if (mode == "stdio")
+                {
+                    server.ServeStdio();
+                    return 0;
+                }
+                return Serve(server, socket ?? ServerAddress.DefaultSocketPath(getuid()), log);
+            }
+            catch (BrokerException e)
+            {
+                log.Error(e.Message);
+                return 1;
+            }
+            catch (TransportException e)
+            {
+                log.Error(e.Message);
+                return 1;
+            }
+        }
+
+        private static uint ParseId(string text, string option) =>
+            uint.TryParse(text, out var id) ? id : throw new BrokerException($"{option} takes a numeric id, not '{text}'");
+
+        private static int Serve(Server server, string socketPath, BrokerLog log)
+        {
+            var activated = UnixListener.FromSystemd(socketPath);
+            if (activated is not null)
+            {
+                log.Info($"listening on the socket systemd passed ({socketPath})");
+                return ServeUntilSignal(server, activated, socketPath, log, removeSocket: false);
+            }
+            string directory = Path.GetDirectoryName(Path.GetFullPath(socketPath))!;
+            if (!Directory.Exists(directory))
+                Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            if (File.Exists(socketPath) || Directory.Exists(socketPath))
+            {
+                // A stale socket from a broker that died; a live one would still accept connections.
+                try
+                {
+                    using var probe = RpcChannel.ConnectUnix(socketPath);
+                    throw new BrokerException($"another server is already listening on {socketPath}; stop it or choose --socket");
+                }
+                catch (TransportException)
+                {
+                    File.Delete(socketPath);
+                }
+            }
+            var listener = UnixListener.Listen(socketPath);
+            File.SetUnixFileMode(socketPath, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+            Console.Out.WriteLine($"P11_KIT_SERVER_ADDRESS={ServerAddress.ForUnixPath(socketPath)}; export P11_KIT_SERVER_ADDRESS;");
+            Console.Out.WriteLine($"P11_KIT_SERVER_PID={Environment.ProcessId}; export P11_KIT_SERVER_PID;");
+            Console.Out.Flush();
+            return ServeUntilSignal(server, listener, socketPath, log, removeSocket: true);
+        }
+
+        private static int ServeUntilSignal(Server server, UnixListener listener, string socketPath, BrokerLog log, bool removeSocket)
+        {
+
+            using var stop = new ManualResetEventSlim();
+            void Shutdown(PosixSignalContext context)
+            {
+                context.Cancel = true;
+                log.Info($"received {context.Signal}, shutting down");
+                listener.Dispose();
+            }
+            using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Shutdown);
+            using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, Shutdown);
+            server.ServeSocket(listener);
+            listener.Dispose();
+            if (removeSocket)
+                try { File.Delete(socketPath); } catch (IOException) { }
+            return 0;
+        }
+    }
+}

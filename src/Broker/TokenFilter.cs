@@ -1,0 +1,133 @@
+using System.Text;
+using P11Proxy.Pkcs11;
+using static P11Proxy.Pkcs11.Pkcs11Constants;
+
+namespace P11Proxy.Broker;
+
+/// <summary>
+/// Which tokens clients may see, from PKCS#11 URIs (RFC 7512). A slot is visible when any URI
+/// matches it; with no URI every slot is. Hidden slots are refused like unknown ones.
+/// </summary>
+internal sealed unsafe class TokenFilter
+{
+    private static readonly string[] Known =
+    [
+        "token", "manufacturer", "serial", "model", "library-manufacturer", "library-description",
+        "library-version", "slot-description", "slot-manufacturer", "slot-id",
+    ];
+
+    private readonly List<Dictionary<string, string>> _uris = new();
+
+    public bool FiltersAnything => _uris.Count > 0;
+
+    public IReadOnlyList<string> Descriptions { get; private set; } = [];
+
+    /// <summary>Parses the URIs; throws <see cref="BrokerException"/> naming what is wrong.</summary>
+    public static TokenFilter Parse(IEnumerable<string> uris)
+    {
+        var filter = new TokenFilter();
+        var descriptions = new List<string>();
+        foreach (var uri in uris)
+        {
+            if (!uri.StartsWith("pkcs11:", StringComparison.Ordinal))
+                throw new BrokerException($"--token '{uri}' is not a PKCS#11 URI (it must start with 'pkcs11:')");
+            string path = uri["pkcs11:".Length..];
+            int query = path.IndexOf('?');
+            if (query >= 0) path = path[..query];
+            var attributes = new Dictionary<string, string>(StringComparer.Ordinal);
+            foreach (var part in path.Split(';', StringSplitOptions.RemoveEmptyEntries))
+            {
+                int equals = part.IndexOf('=');
+                if (equals <= 0)
+                    throw new BrokerException($"--token '{uri}': '{part}' is not name=value");
+                string name = part[..equals];
+                if (!Known.Contains(name))
+                    throw new BrokerException($"--token '{uri}': attribute '{name}' does not select tokens (use one of: {string.Join(", ", Known)})");
+                attributes[name] = Decode(part[(equals + 1)..], uri);
+            }
+            filter._uris.Add(attributes);
+            descriptions.Add(uri);
+        }
+        filter.Descriptions = descriptions;
+        return filter;
+    }
+
+    private static string Decode(string value, string uri)
+    {
+        var bytes = new List<byte>();
+        var utf8 = Encoding.UTF8.GetBytes(value);
+        for (int i = 0; i < utf8.Length; i++)
+        {
+            if (utf8[i] != '%')
+            {
+                bytes.Add(utf8[i]);
+                continue;
+            }
+            if (i + 2 >= utf8.Length || !byte.TryParse(Encoding.ASCII.GetString(utf8, i + 1, 2), System.Globalization.NumberStyles.HexNumber, null, out byte b))
+                throw new BrokerException($"--token '{uri}': bad percent-encoding in '{value}'");
+            bytes.Add(b);
+            i += 2;
+        }
+        return Encoding.UTF8.GetString(bytes.ToArray());
+    }
+
+    public bool IsVisible(CK_FUNCTION_LIST_3_0* functions, nuint slot)
+    {
+        if (_uris.Count == 0)
+            return true;
+        CK_SLOT_INFO slotInfo = default;
+        if (functions->C_GetSlotInfo(slot, &slotInfo) != (nuint)CKR_OK)
+            return false;
+        CK_TOKEN_INFO tokenInfo = default;
+        bool hasToken = (slotInfo.flags & (nuint)CKF_TOKEN_PRESENT) != 0 &&
+                        functions->C_GetTokenInfo(slot, &tokenInfo) == (nuint)CKR_OK;
+        CK_INFO libraryInfo = default;
+        functions->C_GetInfo(&libraryInfo);
+        foreach (var uri in _uris)
+            if (Matches(uri, slot, &slotInfo, hasToken ? &tokenInfo : null, &libraryInfo))
+                return true;
+        return false;
+    }
+
+    private static bool Matches(Dictionary<string, string> uri, nuint slot, CK_SLOT_INFO* slotInfo, CK_TOKEN_INFO* token, CK_INFO* library)
+    {
+        foreach (var (name, wanted) in uri)
+        {
+            string? actual = name switch
+            {
+                "token" => token == null ? null : Padded(token->label, 32),
+                "manufacturer" => token == null ? null : Padded(token->manufacturerID, 32),
+                "serial" => token == null ? null : Padded(token->serialNumber, 16),
+                "model" => token == null ? null : Padded(token->model, 16),
+                "library-manufacturer" => Padded(library->manufacturerID, 32),
+                "library-description" => Padded(library->libraryDescription, 32),
+                "library-version" => $"{library->libraryVersion.major}.{library->libraryVersion.minor}",
+                "slot-description" => Padded(slotInfo->slotDescription, 64),
+                "slot-manufacturer" => Padded(slotInfo->manufacturerID, 32),
+                "slot-id" => slot.ToString(),
+                _ => null,
+            };
+            if (actual is null || actual != wanted)
+                return false;
+        }
+        return true;
+    }
+
+    private static string Padded(byte* field, int width) =>
+        Encoding.UTF8.GetString(new ReadOnlySpan<byte>(field, width)).TrimEnd(' ', '\0');
+
+    /// <summary>The backend's slot list with hidden slots removed.</summary>
+    public nuint[] VisibleSlots(CK_FUNCTION_LIST_3_0* functions, byte tokenPresent, out ulong rv)
+    {
+        nuint count = 0;
+        rv = functions->C_GetSlotList(tokenPresent, null, &count);
+        if (rv != CKR_OK) return [];
+        var slots = new nuint[count];
+        fixed (nuint* list = slots)
+        {
+            rv = functions->C_GetSlotList(tokenPresent, count == 0 ? null : list, &count);
+        }
+        if (rv != CKR_OK) return [];
+        return slots.Take((int)count).Where(slot => IsVisible(functions, slot)).ToArray();
+    }
+}

@@ -1,0 +1,76 @@
+using P11Proxy.Wire.Transport;
+
+namespace P11Proxy.Module;
+
+/// <summary>
+/// Where the broker is. Sources, first found wins:
+///   1. P11_KIT_SERVER_ADDRESS (p11-kit's own variable, so existing set-ups keep working);
+///   2. server-address in $XDG_CONFIG_HOME/p11proxy/p11proxy.conf (default ~/.config/...);
+///   3. server-address in /etc/p11proxy/p11proxy.conf;
+///   4. unix:path=$XDG_RUNTIME_DIR/p11-kit/pkcs11, p11-kit's default socket.
+/// The file format is "key = value" lines; '#' starts a comment.
+/// </summary>
+internal sealed record ModuleConfig(string Address, string Source, int TimeoutMilliseconds)
+{
+    public const string SystemConfigPath = "/etc/p11proxy/p11proxy.conf";
+
+    public static string UserConfigPath
+    {
+        get
+        {
+            string? configHome = Environment.GetEnvironmentVariable("XDG_CONFIG_HOME");
+            if (string.IsNullOrEmpty(configHome))
+                configHome = Path.Combine(Environment.GetEnvironmentVariable("HOME") ?? "/", ".config");
+            return Path.Combine(configHome, "p11proxy", "p11proxy.conf");
+        }
+    }
+
+    public static ModuleConfig Load(uint uid)
+    {
+        var user = ReadFile(UserConfigPath);
+        var system = ReadFile(SystemConfigPath);
+        int timeout = -1;
+        if ((Lookup(user, "timeout-ms") ?? Lookup(system, "timeout-ms")) is { } timeoutText && int.TryParse(timeoutText, out var t) && t > 0)
+            timeout = t;
+
+        string? fromEnvironment = Environment.GetEnvironmentVariable("P11_KIT_SERVER_ADDRESS");
+        if (!string.IsNullOrEmpty(fromEnvironment))
+            return new ModuleConfig(fromEnvironment, "P11_KIT_SERVER_ADDRESS", timeout);
+        if (Lookup(user, "server-address") is { } userAddress)
+            return new ModuleConfig(userAddress, UserConfigPath, timeout);
+        if (Lookup(system, "server-address") is { } systemAddress)
+            return new ModuleConfig(systemAddress, SystemConfigPath, timeout);
+        return new ModuleConfig(ServerAddress.ForUnixPath(ServerAddress.DefaultSocketPath(uid)), "default socket", timeout);
+    }
+
+    private static Dictionary<string, string> ReadFile(string path)
+    {
+        var values = new Dictionary<string, string>(StringComparer.Ordinal);
+        try
+        {
+            if (!File.Exists(path))
+                return values;
+            foreach (var raw in File.ReadLines(path))
+            {
+                var line = raw.Trim();
+                if (line.Length == 0 || line[0] == '#')
+                    continue;
+                int equals = line.IndexOf('=');
+                if (equals <= 0)
+                {
+                    Log.Error($"{path}: ignoring line without 'key = value': {line}");
+                    continue;
+                }
+                values[line[..equals].Trim()] = line[(equals + 1)..].Trim();
+            }
+        }
+        catch (Exception e)
+        {
+            Log.Error($"cannot read {path}: {e.Message}");
+        }
+        return values;
+    }
+
+    private static string? Lookup(Dictionary<string, string> values, string key) =>
+        values.TryGetValue(key, out var value) && value.Length > 0 ? value : null;
+}

@@ -1,0 +1,529 @@
+using P11Proxy.Pkcs11;
+using P11Proxy.Wire;
+using static P11Proxy.Pkcs11.Pkcs11Constants;
+
+namespace P11Proxy.Module;
+
+internal static unsafe partial class Remote
+{
+    // ---- shapes shared by many calls -------------------------------------------------------------
+
+    /// <summary>Calls whose request is only CK_ULONGs and whose reply is empty ("u", "uu").</summary>
+    public static ulong Plain(RpcCallId id, nuint first)
+    {
+        ulong rv = Begin(id, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(first);
+        return Finish(connection, context);
+    }
+
+    public static ulong Plain(RpcCallId id, nuint first, nuint second)
+    {
+        ulong rv = Begin(id, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(first);
+        context.Request.WriteULong(second);
+        return Finish(connection, context);
+    }
+
+    /// <summary>Exchange and check that an empty reply is indeed empty.</summary>
+    private static ulong Finish(Connection connection, CallContext context)
+    {
+        ulong rv = connection.Exchange(context);
+        if (rv != CKR_OK) return rv;
+        return context.Response.Complete ? CKR_OK : Malformed(context);
+    }
+
+    /// <summary>Operation set-up: session, mechanism, and a key for all but C_DigestInit ("uMu", "uM").</summary>
+    public static ulong Init(RpcCallId id, nuint session, CK_MECHANISM* mechanism, nuint key, bool hasKey = true)
+    {
+        ulong rv = Begin(id, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        rv = MechanismMarshal.FromNative(connection.Profile, mechanism, out var wire);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(session);
+        rv = context.Request.WriteMechanism(wire);
+        if (rv != CKR_OK) return rv;
+        if (hasKey) context.Request.WriteULong(key);
+        return Finish(connection, context);
+    }
+
+    /// <summary>Data in, data out ("uayfy" → "ay"): C_Encrypt, C_Sign, C_Digest and their kin.</summary>
+    public static ulong DataToData(RpcCallId id, nuint session, byte* input, nuint inputLength, byte* output, nuint* outputLength)
+    {
+        if (outputLength == null) return CKR_ARGUMENTS_BAD;
+        ulong rv = Begin(id, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(session);
+        rv = Marshalling.WriteInput(context.Request, input, inputLength);
+        if (rv != CKR_OK) return rv;
+        nuint capacity = *outputLength;
+        Marshalling.WriteOutputCapacity(context.Request, output, outputLength);
+        return ExchangeForOutput(connection, context, output, outputLength, capacity);
+    }
+
+    /// <summary>Only data out ("ufy" → "ay"): the *Final calls, C_GenerateRandom, C_GetOperationState.</summary>
+    public static ulong ToData(RpcCallId id, nuint session, byte* output, nuint* outputLength)
+    {
+        if (outputLength == null) return CKR_ARGUMENTS_BAD;
+        ulong rv = Begin(id, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(session);
+        nuint capacity = *outputLength;
+        Marshalling.WriteOutputCapacity(context.Request, output, outputLength);
+        return ExchangeForOutput(connection, context, output, outputLength, capacity);
+    }
+
+    private static ulong ExchangeForOutput(Connection connection, CallContext context, byte* output, nuint* outputLength, nuint capacity)
+    {
+        ulong rv = connection.Exchange(context);
+        if (rv != CKR_OK) return rv;
+        rv = Marshalling.ReadOutput(context.Response, output, outputLength, capacity);
+        if (rv == CKR_DEVICE_ERROR || !context.Response.Complete) return Malformed(context);
+        return rv;
+    }
+
+    /// <summary>Only data in ("uay"): the *Update calls, C_VerifyFinal, C_SeedRandom, C_InitPIN.</summary>
+    public static ulong Data(RpcCallId id, nuint session, byte* data, nuint length, bool secret = false)
+    {
+        ulong rv = Begin(id, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(session);
+        rv = Marshalling.WriteInput(context.Request, data, length);
+        if (rv != CKR_OK) return rv;
+        rv = Finish(connection, context);
+        if (secret) context.Scrub();
+        return rv;
+    }
+
+    /// <summary>Two data inputs ("uayay"): C_Verify, C_SetPIN, C_*MessageBegin.</summary>
+    public static ulong DataData(RpcCallId id, nuint session, byte* first, nuint firstLength, byte* second, nuint secondLength, bool secret = false)
+    {
+        ulong rv = Begin(id, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(session);
+        rv = Marshalling.WriteInput(context.Request, first, firstLength);
+        if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, second, secondLength);
+        if (rv != CKR_OK) { if (secret) context.Scrub(); return rv; }
+        rv = Finish(connection, context);
+        if (secret) context.Scrub();
+        return rv;
+    }
+
+    /// <summary>Reads a single CK_ULONG reply value ("u") into the caller's pointer.</summary>
+    private static ulong ReadHandle(CallContext context, nuint* handle)
+    {
+        if (!context.Response.TryReadULong(out ulong value) || !context.Response.Complete)
+            return Malformed(context);
+        *handle = (nuint)value;
+        return CKR_OK;
+    }
+
+    // ---- slots, tokens, sessions --------------------------------------------------------------------
+
+    public static ulong GetMechanismList(nuint slotId, nuint* list, nuint* count)
+    {
+        if (count == null) return CKR_ARGUMENTS_BAD;
+        ulong rv = Begin(RpcCallId.C_GetMechanismList, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(slotId);
+        context.Request.WriteULongBuffer(list == null ? 0u : Capacity(*count));
+        rv = connection.Exchange(context);
+        if (rv != CKR_OK) return rv;
+        rv = ReadULongArray(context, list, count);
+        if (rv == CKR_OK && list != null && connection.Profile.MechanismEncoding == MechanismEncoding.TypeThenParameter)
+        {
+            // Older peers cannot carry every mechanism: hide those, as p11-kit's client does.
+            nuint kept = 0;
+            for (nuint i = 0; i < *count; i++)
+                if (connection.Profile.CanCarry(list[i]))
+                    list[kept++] = list[i];
+            *count = kept;
+        }
+        return rv;
+    }
+
+    public static ulong GetMechanismInfo(nuint slotId, nuint type, CK_MECHANISM_INFO* info)
+    {
+        if (info == null) return CKR_ARGUMENTS_BAD;
+        ulong rv = Begin(RpcCallId.C_GetMechanismInfo, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        if (connection.Profile.MechanismEncoding == MechanismEncoding.TypeThenParameter && !connection.Profile.CanCarry(type))
+            return CKR_MECHANISM_INVALID;
+        context.Request.WriteULong(slotId);
+        context.Request.WriteULong(type);
+        rv = connection.Exchange(context);
+        if (rv != CKR_OK) return rv;
+        var reply = context.Response;
+        if (!reply.TryReadULong(out ulong min) || !reply.TryReadULong(out ulong max) ||
+            !reply.TryReadULong(out ulong flags) || !reply.Complete)
+            return Malformed(context);
+        *info = new CK_MECHANISM_INFO { ulMinKeySize = (nuint)min, ulMaxKeySize = (nuint)max, flags = (nuint)flags };
+        return CKR_OK;
+    }
+
+    public static ulong InitToken(nuint slotId, byte* pin, nuint pinLength, byte* label)
+    {
+        if (label == null) return CKR_ARGUMENTS_BAD;
+        ulong rv = Begin(RpcCallId.C_InitToken, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        // Version 0 knows only C_InitToken with the label as a string; send the 32 padded bytes,
+        // which the server NUL-terminates (a C label is not NUL-terminated).
+        if (connection.Profile.Version >= 1)
+            context = CallContext.For(connection, RpcCallId.C_InitToken2);
+        context.Request.WriteULong(slotId);
+        rv = Marshalling.WriteInput(context.Request, pin, pinLength);
+        if (rv != CKR_OK) { context.Scrub(); return rv; }
+        var padded = new ReadOnlySpan<byte>(label, 32);
+        if (connection.Profile.Version >= 1) context.Request.WriteSpaceString(padded);
+        else context.Request.WriteZeroString(padded);
+        rv = Finish(connection, context);
+        context.Scrub();
+        return rv;
+    }
+
+    public static ulong OpenSession(nuint slotId, nuint flags, nuint* session)
+    {
+        if (session == null) return CKR_ARGUMENTS_BAD;
+        ulong rv = Begin(RpcCallId.C_OpenSession, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(slotId);
+        context.Request.WriteULong(flags);
+        rv = connection.Exchange(context);
+        return rv != CKR_OK ? rv : ReadHandle(context, session);
+    }
+
+    public static ulong GetSessionInfo(nuint session, CK_SESSION_INFO* info)
+    {
+        if (info == null) return CKR_ARGUMENTS_BAD;
+        ulong rv = Begin(RpcCallId.C_GetSessionInfo, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(session);
+        rv = connection.Exchange(context);
+        if (rv != CKR_OK) return rv;
+        var reply = context.Response;
+        if (!reply.TryReadULong(out ulong slot) || !reply.TryReadULong(out ulong state) ||
+            !reply.TryReadULong(out ulong flags) || !reply.TryReadULong(out ulong deviceError) || !reply.Complete)
+            return Malformed(context);
+        *info = new CK_SESSION_INFO { slotID = (nuint)slot, state = (nuint)state, flags = (nuint)flags, ulDeviceError = (nuint)deviceError };
+        return CKR_OK;
+    }
+
+    public static ulong SetOperationState(nuint session, byte* state, nuint stateLength, nuint encryptionKey, nuint authenticationKey)
+    {
+        ulong rv = Begin(RpcCallId.C_SetOperationState, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(session);
+        rv = Marshalling.WriteInput(context.Request, state, stateLength);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(encryptionKey);
+        context.Request.WriteULong(authenticationKey);
+        return Finish(connection, context);
+    }
+
+    public static ulong Login(nuint session, nuint userType, byte* pin, nuint pinLength)
+    {
+        ulong rv = Begin(RpcCallId.C_Login, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(session);
+        context.Request.WriteULong(userType);
+        rv = Marshalling.WriteInput(context.Request, pin, pinLength);
+        if (rv == CKR_OK) rv = Finish(connection, context);
+        context.Scrub();
+        return rv;
+    }
+
+    public static ulong LoginUser(nuint session, nuint userType, byte* pin, nuint pinLength, byte* username, nuint usernameLength)
+    {
+        ulong rv = Begin(RpcCallId.C_LoginUser, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(session);
+        context.Request.WriteULong(userType);
+        rv = Marshalling.WriteInput(context.Request, pin, pinLength);
+        if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, username, usernameLength);
+        if (rv == CKR_OK) rv = Finish(connection, context);
+        context.Scrub();
+        return rv;
+    }
+
+    public static ulong WaitForSlotEvent(nuint flags, nuint* slot, void* reserved)
+    {
+        if (slot == null || reserved != null) return CKR_ARGUMENTS_BAD;
+        ulong rv = Begin(RpcCallId.C_WaitForSlotEvent, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(flags);
+        rv = connection.Exchange(context);
+        return rv != CKR_OK ? rv : ReadHandle(context, slot);
+    }
+
+    // ---- objects ---------------------------------------------------------------------------------------
+
+    /// <summary>C_CreateObject ("uaA") and C_CopyObject ("uuaA"): a template in, a handle out.</summary>
+    public static ulong CreateObject(RpcCallId id, nuint session, nuint? source, CK_ATTRIBUTE* template, nuint count, nuint* handle)
+    {
+        if (handle == null) return CKR_ARGUMENTS_BAD;
+        ulong rv = Begin(id, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(session);
+        if (source is { } sourceHandle) context.Request.WriteULong(sourceHandle);
+        rv = Marshalling.WriteTemplate(context.Request, template, count);
+        if (rv != CKR_OK) { context.Scrub(); return rv; }
+        rv = connection.Exchange(context);
+        if (rv == CKR_OK) rv = ReadHandle(context, handle);
+        context.Scrub(); // templates may carry secret key values
+        return rv;
+    }
+
+    public static ulong GetObjectSize(nuint session, nuint handle, nuint* size)
+    {
+        if (size == null) return CKR_ARGUMENTS_BAD;
+        ulong rv = Begin(RpcCallId.C_GetObjectSize, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(session);
+        context.Request.WriteULong(handle);
+        rv = connection.Exchange(context);
+        return rv != CKR_OK ? rv : ReadHandle(context, size);
+    }
+
+    public static ulong GetAttributeValue(nuint session, nuint handle, CK_ATTRIBUTE* template, nuint count)
+    {
+        if (template == null && count != 0) return CKR_ARGUMENTS_BAD;
+        ulong rv = Begin(RpcCallId.C_GetAttributeValue, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(session);
+        context.Request.WriteULong(handle);
+        rv = Marshalling.WriteAttributeBuffers(context.Request, template, count);
+        if (rv != CKR_OK) return rv;
+        rv = connection.Exchange(context);
+        if (rv != CKR_OK) return rv;
+        rv = Marshalling.ReadTemplateValues(context.Response, template, count);
+        if (rv == CKR_DEVICE_ERROR || !context.Response.Complete) rv = Malformed(context);
+        context.Scrub();
+        return rv;
+    }
+
+    /// <summary>C_SetAttributeValue ("uuaA") and C_FindObjectsInit ("uaA").</summary>
+    public static ulong Template(RpcCallId id, nuint session, nuint? handle, CK_ATTRIBUTE* template, nuint count)
+    {
+        ulong rv = Begin(id, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(session);
+        if (handle is { } h) context.Request.WriteULong(h);
+        rv = Marshalling.WriteTemplate(context.Request, template, count);
+        if (rv == CKR_OK) rv = Finish(connection, context);
+        context.Scrub();
+        return rv;
+    }
+
+    public static ulong FindObjects(nuint session, nuint* handles, nuint maxCount, nuint* count)
+    {
+        if (count == null || (handles == null && maxCount != 0)) return CKR_ARGUMENTS_BAD;
+        ulong rv = Begin(RpcCallId.C_FindObjects, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(session);
+        context.Request.WriteULongBuffer(Capacity(maxCount));
+        rv = connection.Exchange(context);
+        if (rv != CKR_OK) return rv;
+        nuint found = maxCount;
+        rv = ReadULongArray(context, handles, &found);
+        // More handles than asked for is the broker's fault: PKCS#11 returns at most maxCount.
+        if (rv == CKR_BUFFER_TOO_SMALL) return Malformed(context);
+        if (rv == CKR_OK) *count = found;
+        return rv;
+    }
+
+    // ---- keys ------------------------------------------------------------------------------------------
+
+    public static ulong GenerateKey(nuint session, CK_MECHANISM* mechanism, CK_ATTRIBUTE* template, nuint count, nuint* key)
+    {
+        if (key == null) return CKR_ARGUMENTS_BAD;
+        ulong rv = Begin(RpcCallId.C_GenerateKey, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        rv = MechanismMarshal.FromNative(connection.Profile, mechanism, out var wire);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(session);
+        rv = context.Request.WriteMechanism(wire);
+        if (rv == CKR_OK) rv = Marshalling.WriteTemplate(context.Request, template, count);
+        if (rv != CKR_OK) return rv;
+        rv = connection.Exchange(context);
+        return rv != CKR_OK ? rv : ReadHandle(context, key);
+    }
+
+    public static ulong GenerateKeyPair(nuint session, CK_MECHANISM* mechanism, CK_ATTRIBUTE* publicTemplate, nuint publicCount,
+        CK_ATTRIBUTE* privateTemplate, nuint privateCount, nuint* publicKey, nuint* privateKey)
+    {
+        if (publicKey == null || privateKey == null) return CKR_ARGUMENTS_BAD;
+        ulong rv = Begin(RpcCallId.C_GenerateKeyPair, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        rv = MechanismMarshal.FromNative(connection.Profile, mechanism, out var wire);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(session);
+        rv = context.Request.WriteMechanism(wire);
+        if (rv == CKR_OK) rv = Marshalling.WriteTemplate(context.Request, publicTemplate, publicCount);
+        if (rv == CKR_OK) rv = Marshalling.WriteTemplate(context.Request, privateTemplate, privateCount);
+        if (rv != CKR_OK) return rv;
+        rv = connection.Exchange(context);
+        if (rv != CKR_OK) return rv;
+        var reply = context.Response;
+        if (!reply.TryReadULong(out ulong pub) || !reply.TryReadULong(out ulong priv) || !reply.Complete)
+            return Malformed(context);
+        *publicKey = (nuint)pub;
+        *privateKey = (nuint)priv;
+        return CKR_OK;
+    }
+
+    public static ulong WrapKey(nuint session, CK_MECHANISM* mechanism, nuint wrappingKey, nuint key, byte* wrapped, nuint* wrappedLength)
+    {
+        if (wrappedLength == null) return CKR_ARGUMENTS_BAD;
+        ulong rv = Begin(RpcCallId.C_WrapKey, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        rv = MechanismMarshal.FromNative(connection.Profile, mechanism, out var wire);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(session);
+        rv = context.Request.WriteMechanism(wire);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(wrappingKey);
+        context.Request.WriteULong(key);
+        nuint capacity = *wrappedLength;
+        Marshalling.WriteOutputCapacity(context.Request, wrapped, wrappedLength);
+        return ExchangeForOutput(connection, context, wrapped, wrappedLength, capacity);
+    }
+
+    public static ulong UnwrapKey(nuint session, CK_MECHANISM* mechanism, nuint unwrappingKey, byte* wrapped, nuint wrappedLength,
+        CK_ATTRIBUTE* template, nuint count, nuint* key)
+    {
+        if (key == null) return CKR_ARGUMENTS_BAD;
+        ulong rv = Begin(RpcCallId.C_UnwrapKey, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        rv = MechanismMarshal.FromNative(connection.Profile, mechanism, out var wire);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(session);
+        rv = context.Request.WriteMechanism(wire);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(unwrappingKey);
+        rv = Marshalling.WriteInput(context.Request, wrapped, wrappedLength);
+        if (rv == CKR_OK) rv = Marshalling.WriteTemplate(context.Request, template, count);
+        if (rv != CKR_OK) return rv;
+        rv = connection.Exchange(context);
+        return rv != CKR_OK ? rv : ReadHandle(context, key);
+    }
+
+    public static ulong DeriveKey(nuint session, CK_MECHANISM* mechanism, nuint baseKey, CK_ATTRIBUTE* template, nuint count, nuint* key)
+    {
+        ulong rv = Begin(RpcCallId.C_DeriveKey, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        // Version 2 peers answer with C_DeriveKey2, which can write back into the mechanism
+        // parameter (IBM BTC derive, Kyber); key may then be NULL for Kyber encapsulation.
+        bool version2 = connection.Profile.Version >= 2;
+        if (key == null && !version2) return CKR_ARGUMENTS_BAD;
+        rv = MechanismMarshal.FromNative(connection.Profile, mechanism, out var wire);
+        if (rv != CKR_OK) return rv;
+        if (version2) context = CallContext.For(connection, RpcCallId.C_DeriveKey2);
+        context.Request.WriteULong(session);
+        rv = context.Request.WriteMechanism(wire);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(baseKey);
+        rv = Marshalling.WriteTemplate(context.Request, template, count);
+        if (rv != CKR_OK) return rv;
+        rv = connection.Exchange(context);
+        if (rv != CKR_OK) return rv;
+        var reply = context.Response;
+        if (!version2)
+            return key == null ? CKR_ARGUMENTS_BAD : ReadHandle(context, key);
+        // The reply of C_DeriveKey2 is the CK_RV, the parameter update, then the key.
+        if (!reply.TryReadULong(out ulong deriveRv) ||
+            !reply.TryReadMechanismUpdate(wire.Type, out var update) ||
+            !reply.TryReadULong(out ulong handle) || !reply.Complete)
+            return Malformed(context);
+        rv = MechanismUpdates.Apply(mechanism, update);
+        if (rv != CKR_OK) return rv;
+        if (key != null && deriveRv == CKR_OK) *key = (nuint)handle;
+        return deriveRv;
+    }
+
+    // ---- PKCS #11 3.0 message-based calls ------------------------------------------------------------
+
+    /// <summary>C_EncryptMessage / C_DecryptMessage ("uayayayfy" → "ay").</summary>
+    public static ulong MessageOneShot(RpcCallId id, nuint session, void* parameter, nuint parameterLength,
+        byte* associated, nuint associatedLength, byte* input, nuint inputLength, byte* output, nuint* outputLength)
+    {
+        if (outputLength == null) return CKR_ARGUMENTS_BAD;
+        ulong rv = Begin(id, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(session);
+        rv = Marshalling.WriteInput(context.Request, (byte*)parameter, parameterLength);
+        if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, associated, associatedLength);
+        if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, input, inputLength);
+        if (rv != CKR_OK) return rv;
+        nuint capacity = *outputLength;
+        Marshalling.WriteOutputCapacity(context.Request, output, outputLength);
+        return ExchangeForOutput(connection, context, output, outputLength, capacity);
+    }
+
+    /// <summary>C_EncryptMessageNext / C_DecryptMessageNext ("uayayfyu" → "ay").</summary>
+    public static ulong MessageNext(RpcCallId id, nuint session, void* parameter, nuint parameterLength,
+        byte* input, nuint inputLength, byte* output, nuint* outputLength, nuint flags)
+    {
+        if (outputLength == null) return CKR_ARGUMENTS_BAD;
+        ulong rv = Begin(id, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(session);
+        rv = Marshalling.WriteInput(context.Request, (byte*)parameter, parameterLength);
+        if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, input, inputLength);
+        if (rv != CKR_OK) return rv;
+        nuint capacity = *outputLength;
+        Marshalling.WriteOutputCapacity(context.Request, output, outputLength);
+        context.Request.WriteULong(flags);
+        return ExchangeForOutput(connection, context, output, outputLength, capacity);
+    }
+
+    /// <summary>C_SignMessage ("uayayfy" → "ay").</summary>
+    public static ulong SignMessage(nuint session, void* parameter, nuint parameterLength, byte* data, nuint dataLength,
+        byte* signature, nuint* signatureLength)
+    {
+        if (signatureLength == null) return CKR_ARGUMENTS_BAD;
+        ulong rv = Begin(RpcCallId.C_SignMessage, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(session);
+        rv = Marshalling.WriteInput(context.Request, (byte*)parameter, parameterLength);
+        if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, data, dataLength);
+        if (rv != CKR_OK) return rv;
+        nuint capacity = *signatureLength;
+        Marshalling.WriteOutputCapacity(context.Request, signature, signatureLength);
+        return ExchangeForOutput(connection, context, signature, signatureLength, capacity);
+    }
+
+    /// <summary>C_SignMessageNext ("uayayyfy" → "ay"): a NULL length pointer means "no signature yet".</summary>
+    public static ulong SignMessageNext(nuint session, void* parameter, nuint parameterLength, byte* data, nuint dataLength,
+        byte* signature, nuint* signatureLength)
+    {
+        ulong rv = Begin(RpcCallId.C_SignMessageNext, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        bool wanted = signatureLength != null;
+        nuint none = 0;
+        nuint* length = wanted ? signatureLength : &none;
+        byte* buffer = wanted ? signature : null;
+        context.Request.WriteULong(session);
+        rv = Marshalling.WriteInput(context.Request, (byte*)parameter, parameterLength);
+        if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, data, dataLength);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteByte(wanted ? (byte)1 : (byte)0);
+        nuint capacity = *length;
+        Marshalling.WriteOutputCapacity(context.Request, buffer, length);
+        return ExchangeForOutput(connection, context, buffer, length, capacity);
+    }
+
+    /// <summary>C_VerifyMessage and C_VerifyMessageNext ("uayayay").</summary>
+    public static ulong VerifyMessage(RpcCallId id, nuint session, void* parameter, nuint parameterLength, byte* data, nuint dataLength,
+        byte* signature, nuint signatureLength)
+    {
+        ulong rv = Begin(id, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(session);
+        rv = Marshalling.WriteInput(context.Request, (byte*)parameter, parameterLength);
+        if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, data, dataLength);
+        if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, signature, signatureLength);
+        if (rv != CKR_OK) return rv;
+        return Finish(connection, context);
+    }
+}

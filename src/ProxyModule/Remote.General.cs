@@ -1,0 +1,201 @@
+using P11Proxy.Pkcs11;
+using P11Proxy.Wire;
+using static P11Proxy.Pkcs11.Pkcs11Constants;
+
+namespace P11Proxy.Module;
+
+/// <summary>
+/// Client side of each call: arguments from the C caller are written in the order of the call
+/// table's request signature, reply values read in the order of its response signature, and
+/// copied into the caller's memory only within the sizes the caller gave.
+/// </summary>
+internal static unsafe partial class Remote
+{
+    /// <summary>Library identity reported by C_GetInfo (GnuTLS drops a module whose C_GetInfo equals another's).</summary>
+    public static ReadOnlySpan<byte> Manufacturer => "p11proxy"u8;
+    public static ReadOnlySpan<byte> Description => "p11proxy PKCS#11 remoting module"u8;
+    public const byte VersionMajor = 0;
+    public const byte VersionMinor = 1;
+
+    private static ulong Begin(RpcCallId id, out Connection connection, out CallContext context)
+    {
+        context = null!;
+        ulong rv = ModuleState.TryGet(out connection);
+        if (rv != CKR_OK)
+            return rv;
+        if (connection.Broken)
+            return CKR_DEVICE_REMOVED;
+        var call = CallTable.Get(id);
+        if (!connection.Profile.Knows(call))
+            return CKR_FUNCTION_NOT_SUPPORTED;
+        context = CallContext.For(connection, id);
+        return CKR_OK;
+    }
+
+    /// <summary>A reply that does not match its signature is the broker's fault, never the caller's.</summary>
+    private static ulong Malformed(CallContext context)
+    {
+        Log.Error($"{context.Request.Call?.Name}: malformed reply values from the broker");
+        return CKR_DEVICE_ERROR;
+    }
+
+    public static ulong Initialize(Connection connection, ReadOnlySpan<byte> reserved, bool hasReserved)
+    {
+        var context = CallContext.For(connection, RpcCallId.C_Initialize);
+        var request = context.Request;
+        request.WriteByteArray(CallTable.Handshake);
+        request.WriteByte(hasReserved ? (byte)1 : (byte)0);
+        // The reserved string travels with its NUL, as p11-kit's client sends it.
+        Span<byte> withNul = stackalloc byte[reserved.Length + 1];
+        reserved.CopyTo(withNul);
+        withNul[^1] = 0;
+        request.WriteByteArray(withNul);
+        return connection.Exchange(context);
+    }
+
+    public static ulong Finalize(Connection connection)
+    {
+        var context = CallContext.For(connection, RpcCallId.C_Finalize);
+        return connection.Exchange(context);
+    }
+
+    public static ulong GetInfo(CK_INFO* info)
+    {
+        if (info == null) return CKR_ARGUMENTS_BAD;
+        ulong rv = Begin(RpcCallId.C_GetInfo, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        rv = connection.Exchange(context);
+        if (rv != CKR_OK) return rv;
+        var reply = context.Response;
+        if (!reply.TryReadVersion(out byte major, out byte minor) ||
+            !reply.TryReadSpaceString(32, out _) ||
+            !reply.TryReadULong(out ulong flags) ||
+            !reply.TryReadSpaceString(32, out _) ||
+            !reply.TryReadVersion(out _, out _) || !reply.Complete)
+            return Malformed(context);
+        *info = default;
+        info->cryptokiVersion = new CK_VERSION { major = major, minor = minor };
+        Pkcs11Abi.WritePadded(new Span<byte>(info->manufacturerID, 32), Manufacturer);
+        info->flags = (nuint)flags;
+        Pkcs11Abi.WritePadded(new Span<byte>(info->libraryDescription, 32), Description);
+        info->libraryVersion = new CK_VERSION { major = VersionMajor, minor = VersionMinor };
+        return CKR_OK;
+    }
+
+    public static ulong GetSlotList(byte tokenPresent, nuint* slotList, nuint* count)
+    {
+        if (count == null) return CKR_ARGUMENTS_BAD;
+        ulong rv = Begin(RpcCallId.C_GetSlotList, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteByte(tokenPresent);
+        context.Request.WriteULongBuffer(slotList == null ? 0u : Capacity(*count));
+        rv = connection.Exchange(context);
+        if (rv != CKR_OK) return rv;
+        return ReadULongArray(context, slotList, count);
+    }
+
+    public static ulong GetSlotInfo(nuint slotId, CK_SLOT_INFO* info)
+    {
+        if (info == null) return CKR_ARGUMENTS_BAD;
+        ulong rv = Begin(RpcCallId.C_GetSlotInfo, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(slotId);
+        rv = connection.Exchange(context);
+        if (rv != CKR_OK) return rv;
+        var reply = context.Response;
+        if (!reply.TryReadSpaceString(64, out var description) ||
+            !reply.TryReadSpaceString(32, out var manufacturer) ||
+            !reply.TryReadULong(out ulong flags) ||
+            !reply.TryReadVersion(out byte hwMajor, out byte hwMinor) ||
+            !reply.TryReadVersion(out byte fwMajor, out byte fwMinor) || !reply.Complete)
+            return Malformed(context);
+        *info = default;
+        description.Span.CopyTo(new Span<byte>(info->slotDescription, 64));
+        manufacturer.Span.CopyTo(new Span<byte>(info->manufacturerID, 32));
+        info->flags = (nuint)flags;
+        info->hardwareVersion = new CK_VERSION { major = hwMajor, minor = hwMinor };
+        info->firmwareVersion = new CK_VERSION { major = fwMajor, minor = fwMinor };
+        return CKR_OK;
+    }
+
+    public static ulong GetTokenInfo(nuint slotId, CK_TOKEN_INFO* info)
+    {
+        if (info == null) return CKR_ARGUMENTS_BAD;
+        ulong rv = Begin(RpcCallId.C_GetTokenInfo, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(slotId);
+        rv = connection.Exchange(context);
+        if (rv != CKR_OK) return rv;
+        var reply = context.Response;
+        CK_TOKEN_INFO result = default;
+        Span<ulong> numbers = stackalloc ulong[11];
+        if (!reply.TryReadSpaceString(32, out var label) ||
+            !reply.TryReadSpaceString(32, out var manufacturer) ||
+            !reply.TryReadSpaceString(16, out var model) ||
+            !reply.TryReadSpaceString(16, out var serial))
+            return Malformed(context);
+        for (int i = 0; i < numbers.Length; i++)
+            if (!reply.TryReadULong(out numbers[i]))
+                return Malformed(context);
+        if (!reply.TryReadVersion(out byte hwMajor, out byte hwMinor) ||
+            !reply.TryReadVersion(out byte fwMajor, out byte fwMinor) ||
+            !reply.TryReadSpaceString(16, out var utcTime) || !reply.Complete)
+            return Malformed(context);
+        label.Span.CopyTo(new Span<byte>(result.label, 32));
+        manufacturer.Span.CopyTo(new Span<byte>(result.manufacturerID, 32));
+        model.Span.CopyTo(new Span<byte>(result.model, 16));
+        serial.Span.CopyTo(new Span<byte>(result.serialNumber, 16));
+        result.flags = (nuint)numbers[0];
+        result.ulMaxSessionCount = (nuint)numbers[1];
+        result.ulSessionCount = (nuint)numbers[2];
+        result.ulMaxRwSessionCount = (nuint)numbers[3];
+        result.ulRwSessionCount = (nuint)numbers[4];
+        result.ulMaxPinLen = (nuint)numbers[5];
+        result.ulMinPinLen = (nuint)numbers[6];
+        result.ulTotalPublicMemory = (nuint)numbers[7];
+        result.ulFreePublicMemory = (nuint)numbers[8];
+        result.ulTotalPrivateMemory = (nuint)numbers[9];
+        result.ulFreePrivateMemory = (nuint)numbers[10];
+        result.hardwareVersion = new CK_VERSION { major = hwMajor, minor = hwMinor };
+        result.firmwareVersion = new CK_VERSION { major = fwMajor, minor = fwMinor };
+        utcTime.Span.CopyTo(new Span<byte>(result.utcTime, 16));
+        *info = result;
+        return CKR_OK;
+    }
+
+    /// <summary>A caller's CK_ULONG count as the 32-bit capacity the wire carries (larger buffers are clamped).</summary>
+    private static uint Capacity(nuint count) => count > uint.MaxValue - 1 ? uint.MaxValue - 1 : (uint)count;
+
+    /// <summary>
+    /// Reads an 'au' reply into the caller's array with PKCS#11's rules: NULL array → size only;
+    /// too small → CKR_BUFFER_TOO_SMALL with the needed count; never more than *count elements written.
+    /// </summary>
+    private static ulong ReadULongArray(CallContext context, nuint* array, nuint* count)
+    {
+        var reply = context.Response;
+        if (!reply.TryReadULongArrayHeader(out bool present, out uint received))
+            return Malformed(context);
+        nuint capacity = *count;
+        if (!present)
+        {
+            if (!reply.Complete) return Malformed(context);
+            *count = received;
+            return array == null ? CKR_OK : CKR_BUFFER_TOO_SMALL;
+        }
+        if (array != null && received > capacity)
+        {
+            *count = received;
+            return CKR_BUFFER_TOO_SMALL;
+        }
+        for (uint i = 0; i < received; i++)
+        {
+            if (!reply.TryReadULongElement(out ulong value))
+                return Malformed(context);
+            if (array != null)
+                array[i] = (nuint)value;
+        }
+        if (!reply.Complete) return Malformed(context);
+        *count = received;
+        return CKR_OK;
+    }
+}

@@ -1,0 +1,264 @@
+using System.Collections.Frozen;
+
+namespace P11Proxy.Wire;
+
+/// <summary>Call identifiers, in the order of p11-kit's rpc-message.h (the numbers are the wire values).</summary>
+public enum RpcCallId : uint
+{
+    Error = 0,
+    C_Initialize, C_Finalize, C_GetInfo, C_GetSlotList, C_GetSlotInfo, C_GetTokenInfo,
+    C_GetMechanismList, C_GetMechanismInfo, C_InitToken, C_OpenSession, C_CloseSession,
+    C_CloseAllSessions, C_GetSessionInfo, C_InitPIN, C_SetPIN, C_GetOperationState,
+    C_SetOperationState, C_Login, C_Logout, C_CreateObject, C_CopyObject, C_DestroyObject,
+    C_GetObjectSize, C_GetAttributeValue, C_SetAttributeValue, C_FindObjectsInit, C_FindObjects,
+    C_FindObjectsFinal, C_EncryptInit, C_Encrypt, C_EncryptUpdate, C_EncryptFinal, C_DecryptInit,
+    C_Decrypt, C_DecryptUpdate, C_DecryptFinal, C_DigestInit, C_Digest, C_DigestUpdate,
+    C_DigestKey, C_DigestFinal, C_SignInit, C_Sign, C_SignUpdate, C_SignFinal, C_SignRecoverInit,
+    C_SignRecover, C_VerifyInit, C_Verify, C_VerifyUpdate, C_VerifyFinal, C_VerifyRecoverInit,
+    C_VerifyRecover, C_DigestEncryptUpdate, C_DecryptDigestUpdate, C_SignEncryptUpdate,
+    C_DecryptVerifyUpdate, C_GenerateKey, C_GenerateKeyPair, C_WrapKey, C_UnwrapKey, C_DeriveKey,
+    C_SeedRandom, C_GenerateRandom, C_WaitForSlotEvent,
+    // PKCS #11 3.0 (protocol version 1)
+    C_LoginUser, C_SessionCancel, C_MessageEncryptInit, C_EncryptMessage, C_EncryptMessageBegin,
+    C_EncryptMessageNext, C_MessageEncryptFinal, C_MessageDecryptInit, C_DecryptMessage,
+    C_DecryptMessageBegin, C_DecryptMessageNext, C_MessageDecryptFinal, C_MessageSignInit,
+    C_SignMessage, C_SignMessageBegin, C_SignMessageNext, C_MessageSignFinal, C_MessageVerifyInit,
+    C_VerifyMessage, C_VerifyMessageBegin, C_VerifyMessageNext, C_MessageVerifyFinal,
+    C_InitToken2,
+    // protocol version 2
+    C_DeriveKey2,
+}
+
+/// <summary>One element of a call signature (p11-kit's letters in brackets).</summary>
+public enum WireType : byte
+{
+    Byte,            // y
+    ULong,           // u
+    ZeroString,      // z  length-prefixed, NUL not sent
+    SpaceString,     // s  fixed-width, space padded
+    Version,         // v  two bytes
+    ByteArray,       // ay present flag, then bytes or only a length
+    ByteBuffer,      // fy the caller's output buffer size (0: size query)
+    ULongArray,      // au present flag, count, then 64-bit values
+    ULongBuffer,     // fu the caller's output array size
+    AttributeArray,  // aA attributes with values
+    AttributeBuffer, // fA attribute types and buffer sizes (C_GetAttributeValue request)
+    Mechanism,       // M
+    MechanismUpdate, // P  mechanism parameter written back by the module (C_DeriveKey2)
+}
+
+/// <summary>One row of the call table: the single source of truth for both directions.</summary>
+public sealed class RpcCall
+{
+    internal RpcCall(RpcCallId id, string request, string response, byte minVersion)
+    {
+        Id = id;
+        Name = id.ToString();
+        RequestSignature = request;
+        ResponseSignature = response;
+        Request = Signature.Parse(request);
+        Response = Signature.Parse(response);
+        MinProtocolVersion = minVersion;
+    }
+
+    public RpcCallId Id { get; }
+    public string Name { get; }
+    public string RequestSignature { get; }
+    public string ResponseSignature { get; }
+    public WireType[] Request { get; }
+    public WireType[] Response { get; }
+
+    /// <summary>Lowest negotiated protocol version in which a peer knows this call.</summary>
+    public byte MinProtocolVersion { get; }
+
+    public string SignatureFor(MessageKind kind) => kind == MessageKind.Request ? RequestSignature : ResponseSignature;
+    public WireType[] PartsFor(MessageKind kind) => kind == MessageKind.Request ? Request : Response;
+
+    public override string ToString() => Name;
+}
+
+public enum MessageKind { Request = 1, Response = 2 }
+
+/// <summary>Parses p11-kit signature strings ("uayfy") into <see cref="WireType"/> sequences.</summary>
+public static class Signature
+{
+    public static WireType[] Parse(string signature)
+    {
+        var parts = new List<WireType>();
+        for (int i = 0; i < signature.Length; i++)
+        {
+            char c = signature[i];
+            if (c == 'a' || c == 'f')
+            {
+                if (i + 1 >= signature.Length)
+                    throw new FormatException($"signature '{signature}' ends after '{c}'");
+                char element = signature[++i];
+                parts.Add((c, element) switch
+                {
+                    ('a', 'y') => WireType.ByteArray,
+                    ('f', 'y') => WireType.ByteBuffer,
+                    ('a', 'u') => WireType.ULongArray,
+                    ('f', 'u') => WireType.ULongBuffer,
+                    ('a', 'A') => WireType.AttributeArray,
+                    ('f', 'A') => WireType.AttributeBuffer,
+                    _ => throw new FormatException($"unknown signature element '{c}{element}' in '{signature}'"),
+                });
+                continue;
+            }
+            parts.Add(c switch
+            {
+                'y' => WireType.Byte,
+                'u' => WireType.ULong,
+                'z' => WireType.ZeroString,
+                's' => WireType.SpaceString,
+                'v' => WireType.Version,
+                'M' => WireType.Mechanism,
+                'P' => WireType.MechanismUpdate,
+                _ => throw new FormatException($"unknown signature element '{c}' in '{signature}'"),
+            });
+        }
+        return parts.ToArray();
+    }
+
+    public static string Format(ReadOnlySpan<WireType> parts)
+    {
+        var text = new System.Text.StringBuilder();
+        foreach (var part in parts)
+            text.Append(part switch
+            {
+                WireType.Byte => "y", WireType.ULong => "u", WireType.ZeroString => "z",
+                WireType.SpaceString => "s", WireType.Version => "v", WireType.ByteArray => "ay",
+                WireType.ByteBuffer => "fy", WireType.ULongArray => "au", WireType.ULongBuffer => "fu",
+                WireType.AttributeArray => "aA", WireType.AttributeBuffer => "fA", WireType.Mechanism => "M",
+                WireType.MechanismUpdate => "P", _ => "?",
+            });
+        return text.ToString();
+    }
+}
+
+/// <summary>
+/// The call table of p11-kit 0.26 (rpc-message.h): request and response signature of every call,
+/// and the protocol version that introduced it. Module and broker both encode and decode from it.
+/// </summary>
+public static class CallTable
+{
+    /// <summary>The handshake string sent in C_Initialize.</summary>
+    public static ReadOnlySpan<byte> Handshake => "PRIVATE-GNOME-KEYRING-PKCS11-PROTOCOL-V-1"u8;
+
+    private static readonly RpcCall[] Calls =
+    [
+        new(RpcCallId.Error, "", "u", 0),
+        new(RpcCallId.C_Initialize, "ayyay", "", 0),
+        new(RpcCallId.C_Finalize, "", "", 0),
+        new(RpcCallId.C_GetInfo, "", "vsusv", 0),
+        new(RpcCallId.C_GetSlotList, "yfu", "au", 0),
+        new(RpcCallId.C_GetSlotInfo, "u", "ssuvv", 0),
+        new(RpcCallId.C_GetTokenInfo, "u", "ssssuuuuuuuuuuuvvs", 0),
+        new(RpcCallId.C_GetMechanismList, "ufu", "au", 0),
+        new(RpcCallId.C_GetMechanismInfo, "uu", "uuu", 0),
+        new(RpcCallId.C_InitToken, "uayz", "", 0),
+        new(RpcCallId.C_OpenSession, "uu", "u", 0),
+        new(RpcCallId.C_CloseSession, "u", "", 0),
+        new(RpcCallId.C_CloseAllSessions, "u", "", 0),
+        new(RpcCallId.C_GetSessionInfo, "u", "uuuu", 0),
+        new(RpcCallId.C_InitPIN, "uay", "", 0),
+        new(RpcCallId.C_SetPIN, "uayay", "", 0),
+        new(RpcCallId.C_GetOperationState, "ufy", "ay", 0),
+        new(RpcCallId.C_SetOperationState, "uayuu", "", 0),
+        new(RpcCallId.C_Login, "uuay", "", 0),
+        new(RpcCallId.C_Logout, "u", "", 0),
+        new(RpcCallId.C_CreateObject, "uaA", "u", 0),
+        new(RpcCallId.C_CopyObject, "uuaA", "u", 0),
+        new(RpcCallId.C_DestroyObject, "uu", "", 0),
+        new(RpcCallId.C_GetObjectSize, "uu", "u", 0),
+        new(RpcCallId.C_GetAttributeValue, "uufA", "aAu", 0),
+        new(RpcCallId.C_SetAttributeValue, "uuaA", "", 0),
+        new(RpcCallId.C_FindObjectsInit, "uaA", "", 0),
+        new(RpcCallId.C_FindObjects, "ufu", "au", 0),
+        new(RpcCallId.C_FindObjectsFinal, "u", "", 0),
+        new(RpcCallId.C_EncryptInit, "uMu", "", 0),
+        new(RpcCallId.C_Encrypt, "uayfy", "ay", 0),
+        new(RpcCallId.C_EncryptUpdate, "uayfy", "ay", 0),
+        new(RpcCallId.C_EncryptFinal, "ufy", "ay", 0),
+        new(RpcCallId.C_DecryptInit, "uMu", "", 0),
+        new(RpcCallId.C_Decrypt, "uayfy", "ay", 0),
+        new(RpcCallId.C_DecryptUpdate, "uayfy", "ay", 0),
+        new(RpcCallId.C_DecryptFinal, "ufy", "ay", 0),
+        new(RpcCallId.C_DigestInit, "uM", "", 0),
+        new(RpcCallId.C_Digest, "uayfy", "ay", 0),
+        new(RpcCallId.C_DigestUpdate, "uay", "", 0),
+        new(RpcCallId.C_DigestKey, "uu", "", 0),
+        new(RpcCallId.C_DigestFinal, "ufy", "ay", 0),
+        new(RpcCallId.C_SignInit, "uMu", "", 0),
+        new(RpcCallId.C_Sign, "uayfy", "ay", 0),
+        new(RpcCallId.C_SignUpdate, "uay", "", 0),
+        new(RpcCallId.C_SignFinal, "ufy", "ay", 0),
+        new(RpcCallId.C_SignRecoverInit, "uMu", "", 0),
+        new(RpcCallId.C_SignRecover, "uayfy", "ay", 0),
+        new(RpcCallId.C_VerifyInit, "uMu", "", 0),
+        new(RpcCallId.C_Verify, "uayay", "", 0),
+        new(RpcCallId.C_VerifyUpdate, "uay", "", 0),
+        new(RpcCallId.C_VerifyFinal, "uay", "", 0),
+        new(RpcCallId.C_VerifyRecoverInit, "uMu", "", 0),
+        new(RpcCallId.C_VerifyRecover, "uayfy", "ay", 0),
+        new(RpcCallId.C_DigestEncryptUpdate, "uayfy", "ay", 0),
+        new(RpcCallId.C_DecryptDigestUpdate, "uayfy", "ay", 0),
+        new(RpcCallId.C_SignEncryptUpdate, "uayfy", "ay", 0),
+        new(RpcCallId.C_DecryptVerifyUpdate, "uayfy", "ay", 0),
+        new(RpcCallId.C_GenerateKey, "uMaA", "u", 0),
+        new(RpcCallId.C_GenerateKeyPair, "uMaAaA", "uu", 0),
+        new(RpcCallId.C_WrapKey, "uMuufy", "ay", 0),
+        new(RpcCallId.C_UnwrapKey, "uMuayaA", "u", 0),
+        new(RpcCallId.C_DeriveKey, "uMuaA", "u", 0),
+        new(RpcCallId.C_SeedRandom, "uay", "", 0),
+        new(RpcCallId.C_GenerateRandom, "ufy", "ay", 0),
+        new(RpcCallId.C_WaitForSlotEvent, "u", "u", 0),
+        new(RpcCallId.C_LoginUser, "uuayay", "", 1),
+        new(RpcCallId.C_SessionCancel, "uu", "", 1),
+        new(RpcCallId.C_MessageEncryptInit, "uMu", "", 1),
+        new(RpcCallId.C_EncryptMessage, "uayayayfy", "ay", 1),
+        new(RpcCallId.C_EncryptMessageBegin, "uayay", "", 1),
+        new(RpcCallId.C_EncryptMessageNext, "uayayfyu", "ay", 1),
+        new(RpcCallId.C_MessageEncryptFinal, "u", "", 1),
+        new(RpcCallId.C_MessageDecryptInit, "uMu", "", 1),
+        new(RpcCallId.C_DecryptMessage, "uayayayfy", "ay", 1),
+        new(RpcCallId.C_DecryptMessageBegin, "uayay", "", 1),
+        new(RpcCallId.C_DecryptMessageNext, "uayayfyu", "ay", 1),
+        new(RpcCallId.C_MessageDecryptFinal, "u", "", 1),
+        new(RpcCallId.C_MessageSignInit, "uMu", "", 1),
+        new(RpcCallId.C_SignMessage, "uayayfy", "ay", 1),
+        new(RpcCallId.C_SignMessageBegin, "uay", "", 1),
+        new(RpcCallId.C_SignMessageNext, "uayayyfy", "ay", 1),
+        new(RpcCallId.C_MessageSignFinal, "u", "", 1),
+        new(RpcCallId.C_MessageVerifyInit, "uMu", "", 1),
+        new(RpcCallId.C_VerifyMessage, "uayayay", "", 1),
+        new(RpcCallId.C_VerifyMessageBegin, "uay", "", 1),
+        new(RpcCallId.C_VerifyMessageNext, "uayayay", "", 1),
+        new(RpcCallId.C_MessageVerifyFinal, "u", "", 1),
+        new(RpcCallId.C_InitToken2, "uays", "", 1),
+        new(RpcCallId.C_DeriveKey2, "uMuaA", "uPu", 2),
+    ];
+
+    private static readonly FrozenDictionary<string, RpcCall> ByName =
+        Calls.ToFrozenDictionary(call => call.Name, StringComparer.Ordinal);
+
+    /// <summary>Number of call ids including ERROR (p11-kit's P11_RPC_CALL_MAX).</summary>
+    public static int Count => Calls.Length;
+
+    public static IReadOnlyList<RpcCall> All => Calls;
+
+    public static RpcCall Get(RpcCallId id) => Calls[(int)id];
+
+    public static bool TryGet(uint id, out RpcCall call)
+    {
+        if (id < (uint)Calls.Length)
+        {
+            call = Calls[id];
+            return true;
+        }
+        call = null!;
+        return false;
+    }
+
+    public static bool TryGetByName(string name, out RpcCall call) => ByName.TryGetValue(name, out call!);
+}

@@ -1,0 +1,81 @@
+using System.Runtime.InteropServices;
+
+namespace P11Proxy.Wire.Transport;
+
+/// <summary>
+/// The few libc calls the transports need. Plain blocking system calls on the caller's thread:
+/// no thread pool, no async engine, so the module adds no threads to its host process.
+/// </summary>
+internal static partial class Libc
+{
+    public const int AF_UNIX = 1;
+    public const int AF_VSOCK = 40;
+    public const int SOCK_STREAM = 1;
+    public const int SOCK_CLOEXEC = 0x80000;
+    public const int MSG_NOSIGNAL = 0x4000;
+    public const int EINTR = 4;
+    public const int EAGAIN = 11;
+    public const int SHUT_RDWR = 2;
+    public const short POLLIN = 0x001;
+    public const short POLLOUT = 0x004;
+    public const short POLLERR = 0x008;
+    public const short POLLHUP = 0x010;
+    public const int SOL_SOCKET = 1;
+    public const int SO_PEERCRED = 17;
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int socket(int domain, int type, int protocol);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int connect(int fd, ReadOnlySpan<byte> address, int length);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int bind(int fd, ReadOnlySpan<byte> address, int length);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int listen(int fd, int backlog);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int accept4(int fd, nint address, nint length, int flags);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial nint send(int fd, ReadOnlySpan<byte> buffer, nint length, int flags);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial nint write(int fd, ReadOnlySpan<byte> buffer, nint length);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial nint read(int fd, Span<byte> buffer, nint length);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int close(int fd);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int shutdown(int fd, int how);
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct PollFd
+    {
+        public int Fd;
+        public short Events;
+        public short Revents;
+    }
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int poll(Span<PollFd> fds, nuint count, int timeoutMilliseconds);
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct UCred
+    {
+        public int Pid;
+        public uint Uid;
+        public uint Gid;
+    }
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int getsockopt(int fd, int level, int name, out UCred value, ref uint length);
+
+    public static int LastError => Marshal.GetLastPInvokeError();
+
+    public static string Describe(int errno) => Marshal.GetPInvokeErrorMessage(errno);
+}

@@ -1,0 +1,243 @@
+using System.Buffers;
+using System.Text;
+
+namespace P11Proxy.Wire.Transport;
+
+/// <summary>A transport failure; the message says what went wrong in words a person can act on.</summary>
+public sealed class TransportException(string message) : Exception(message);
+
+/// <summary>
+/// One connection speaking p11-kit's framing over file descriptors: a socket (read and write on
+/// one fd) or a pair of pipes to a spawned process. Frames go out in one write (header and body
+/// are contiguous, the options field is left empty as servers ignore it) and come in through a
+/// receive buffer, so a small reply usually costs one read.
+/// </summary>
+public sealed class RpcChannel : IDisposable
+{
+    private readonly int _readFd;
+    private readonly int _writeFd;
+    private readonly bool _isSocket;
+    private readonly FrameLimits _limits;
+    private byte[] _receive;
+    private int _receiveStart;
+    private int _receiveEnd;
+    private int _disposed;
+
+    public RpcChannel(int readFd, int writeFd, bool isSocket, FrameLimits? limits = null)
+    {
+        _readFd = readFd;
+        _writeFd = writeFd;
+        _isSocket = isSocket;
+        _limits = limits ?? FrameLimits.Default;
+        _receive = ArrayPool<byte>.Shared.Rent(16 * 1024);
+    }
+
+    /// <summary>Milliseconds a receive may wait for the peer; -1 waits for ever.</summary>
+    public int ReceiveTimeoutMilliseconds { get; set; } = -1;
+
+    public int ReadFd => _readFd;
+
+    /// <summary>Connects to a unix socket, close-on-exec so a forking host does not leak it into children.</summary>
+    public static RpcChannel ConnectUnix(string path, FrameLimits? limits = null)
+    {
+        var address = UnixAddress(path);
+        int fd = Libc.socket(Libc.AF_UNIX, Libc.SOCK_STREAM | Libc.SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            throw new TransportException($"cannot create a unix socket: {Libc.Describe(Libc.LastError)}");
+        while (Libc.connect(fd, address, address.Length) != 0)
+        {
+            int errno = Libc.LastError;
+            if (errno == Libc.EINTR) continue;
+            Libc.close(fd);
+            throw new TransportException(
+                $"cannot connect to the broker at {path}: {Libc.Describe(errno)}; " +
+                "is it running (p11proxy-broker serve, or p11-kit server)? Set P11_KIT_SERVER_ADDRESS to its address.");
+        }
+        return new RpcChannel(fd, fd, isSocket: true, limits);
+    }
+
+    /// <summary>struct sockaddr_un for a path (108 bytes of path at most, NUL-terminated).</summary>
+    public static byte[] UnixAddress(string path)
+    {
+        var encoded = Encoding.UTF8.GetBytes(path);
+        if (encoded.Length >= 108)
+            throw new TransportException($"socket path is too long for a unix socket ({encoded.Length} bytes, at most 107): {path}");
+        var address = new byte[2 + encoded.Length + 1];
+        address[0] = Libc.AF_UNIX & 0xff;
+        address[1] = 0;
+        encoded.CopyTo(address, 2);
+        return address;
+    }
+
+    /// <summary>
+    /// Client side of the one-byte version handshake: offers <paramref name="offered"/>, returns what
+    /// the server accepted (a server answers with the lower of both; p11-kit 0.24 answers 0).
+    /// </summary>
+    public byte NegotiateAsClient(byte offered)
+    {
+        Span<byte> version = [offered];
+        WriteAll(version);
+        Span<byte> answer = stackalloc byte[1];
+        if (!ReadExactly(answer))
+            throw new TransportException("the broker closed the connection during the version handshake");
+        if (answer[0] > offered)
+            throw new TransportException($"the broker answered protocol version {answer[0]}, higher than the {offered} offered");
+        return answer[0];
+    }
+
+    /// <summary>Server side: reads the client's version and answers the lower of it and <paramref name="highest"/>.</summary>
+    public bool NegotiateAsServer(byte highest, out byte version)
+    {
+        Span<byte> offered = stackalloc byte[1];
+        version = 0;
+        if (!ReadExactly(offered))
+            return false;
+        version = Math.Min(offered[0], highest);
+        WriteAll([version]);
+        return true;
+    }
+
+    /// <summary>Sends the message in <paramref name="body"/> as one frame tagged with <paramref name="code"/>.</summary>
+    public void SendFrame(uint code, WireWriter body)
+    {
+        var frame = body.FrameWithHeader;
+        new FrameHeader(code, 0, (uint)body.Length).Write(frame);
+        WriteAll(frame);
+    }
+
+    private void WriteAll(ReadOnlySpan<byte> data)
+    {
+        while (!data.IsEmpty)
+        {
+            nint written = _isSocket
+                ? Libc.send(_writeFd, data, data.Length, Libc.MSG_NOSIGNAL)
+                : Libc.write(_writeFd, data, data.Length);
+            if (written < 0)
+            {
+                int errno = Libc.LastError;
+                if (errno == Libc.EINTR || errno == Libc.EAGAIN) continue;
+                throw new TransportException($"cannot send to the broker: {Libc.Describe(errno)}");
+            }
+            data = data[(int)written..];
+        }
+    }
+
+    /// <summary>
+    /// Receives one frame. The body stays valid until the next receive. Returns false when the peer
+    /// closed the connection cleanly between frames.
+    /// </summary>
+    public bool TryReceiveFrame(out uint code, out ReadOnlyMemory<byte> body)
+    {
+        code = 0;
+        body = default;
+        if (!Fill(FrameHeader.Size, allowCleanEof: true))
+            return false;
+        var header = FrameHeader.Read(_receive.AsSpan(_receiveStart, FrameHeader.Size));
+        string? problem = _limits.Check(header);
+        if (problem is not null)
+            throw new TransportException($"refused a frame from the peer: {problem}");
+        int total = FrameHeader.Size + (int)header.OptionsLength + (int)header.BodyLength;
+        if (!Fill(total, allowCleanEof: false))
+            throw new TransportException("the peer closed the connection in the middle of a frame");
+        int bodyStart = _receiveStart + FrameHeader.Size + (int)header.OptionsLength;
+        body = new ReadOnlyMemory<byte>(_receive, bodyStart, (int)header.BodyLength);
+        code = header.Code;
+        _receiveStart += total;
+        return true;
+    }
+
+    /// <summary>Makes at least <paramref name="count"/> unread bytes available from the start of the buffer.</summary>
+    private bool Fill(int count, bool allowCleanEof)
+    {
+        if (_receiveEnd - _receiveStart >= count)
+            return true;
+        // Compact, and grow for large frames (bounded by the frame limits checked before).
+        if (_receive.Length - _receiveStart < count)
+        {
+            int unread = _receiveEnd - _receiveStart;
+            byte[] target = _receive.Length >= count ? _receive : ArrayPool<byte>.Shared.Rent(count);
+            Buffer.BlockCopy(_receive, _receiveStart, target, 0, unread);
+            if (!ReferenceEquals(target, _receive))
+            {
+                ArrayPool<byte>.Shared.Return(_receive, clearArray: true);
+                _receive = target;
+            }
+            _receiveStart = 0;
+            _receiveEnd = unread;
+        }
+        while (_receiveEnd - _receiveStart < count)
+        {
+            WaitReadable();
+            nint got = Libc.read(_readFd, _receive.AsSpan(_receiveEnd), _receive.Length - _receiveEnd);
+            if (got < 0)
+            {
+                int errno = Libc.LastError;
+                if (errno == Libc.EINTR || errno == Libc.EAGAIN) continue;
+                throw new TransportException($"cannot receive from the peer: {Libc.Describe(errno)}");
+            }
+            if (got == 0)
+            {
+                if (allowCleanEof && _receiveEnd == _receiveStart)
+                    return false;
+                throw new TransportException("the peer closed the connection");
+            }
+            _receiveEnd += (int)got;
+        }
+        return true;
+    }
+
+    private bool ReadExactly(Span<byte> destination)
+    {
+        // Handshake bytes come before any frame, so they are read straight, not buffered.
+        while (!destination.IsEmpty)
+        {
+            WaitReadable();
+            nint got = Libc.read(_readFd, destination, destination.Length);
+            if (got < 0)
+            {
+                int errno = Libc.LastError;
+                if (errno == Libc.EINTR || errno == Libc.EAGAIN) continue;
+                throw new TransportException($"cannot receive from the peer: {Libc.Describe(errno)}");
+            }
+            if (got == 0)
+                return false;
+            destination = destination[(int)got..];
+        }
+        return true;
+    }
+
+    private void WaitReadable()
+    {
+        if (ReceiveTimeoutMilliseconds < 0)
+            return;
+        Span<Libc.PollFd> fds = [new Libc.PollFd { Fd = _readFd, Events = Libc.POLLIN }];
+        while (true)
+        {
+            int ready = Libc.poll(fds, 1, ReceiveTimeoutMilliseconds);
+            if (ready > 0) return;
+            if (ready == 0)
+                throw new TransportException($"the peer sent nothing for {ReceiveTimeoutMilliseconds} ms");
+            if (Libc.LastError != Libc.EINTR)
+                throw new TransportException($"cannot wait for the peer: {Libc.Describe(Libc.LastError)}");
+        }
+    }
+
+    /// <summary>Wakes a thread blocked in a receive on this channel (it then fails) without closing the fd.</summary>
+    public void Shutdown()
+    {
+        if (_isSocket)
+            Libc.shutdown(_readFd, Libc.SHUT_RDWR);
+    }
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+            return;
+        Libc.close(_readFd);
+        if (_writeFd != _readFd)
+            Libc.close(_writeFd);
+        var buffer = _receive;
+        _receive = [];
+        ArrayPool<byte>.Shared.Return(buffer, clearArray: true);
+    }
+}

@@ -1,0 +1,151 @@
+using System.Runtime.InteropServices;
+using System.Text;
+
+namespace P11Proxy.Wire.Transport;
+
+/// <summary>
+/// A child process speaking the protocol on its stdin/stdout (p11-kit's "|command args" address).
+/// Started with posix_spawn, so no managed code ever runs in a forked copy of the host and no
+/// thread is created; the pipes on our side are close-on-exec. At disposal the child's stdin is
+/// closed (it exits on EOF) and the child is reaped, without a fixed sleep.
+/// </summary>
+public sealed partial class SpawnedProcess : IDisposable
+{
+    private const int O_CLOEXEC = 0x80000;
+    private const int WNOHANG = 1;
+    private const int SIGKILL = 9;
+    private const int SIGTERM = 15;
+
+    private int _pid;
+
+    private SpawnedProcess(int pid, RpcChannel channel)
+    {
+        _pid = pid;
+        Channel = channel;
+    }
+
+    public RpcChannel Channel { get; }
+    public int Pid => _pid;
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int pipe2(Span<int> fds, int flags);
+
+    [LibraryImport("libc")]
+    private static partial int posix_spawn_file_actions_init(nint actions);
+
+    [LibraryImport("libc")]
+    private static partial int posix_spawn_file_actions_adddup2(nint actions, int fd, int newFd);
+
+    [LibraryImport("libc")]
+    private static partial int posix_spawn_file_actions_destroy(nint actions);
+
+    [LibraryImport("libc")]
+    private static partial int posix_spawn(out int pid, ReadOnlySpan<byte> path, nint actions, nint attributes, nint argv, nint envp);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int waitpid(int pid, out int status, int options);
+
+    [LibraryImport("libc")]
+    private static partial int kill(int pid, int signal);
+
+    /// <summary>Starts <c>/bin/sh -c command</c> with its stdin and stdout connected to a new channel.</summary>
+    public static unsafe SpawnedProcess Start(string command, FrameLimits? limits = null)
+    {
+        Span<int> toChild = stackalloc int[2];
+        Span<int> fromChild = stackalloc int[2];
+        if (pipe2(toChild, O_CLOEXEC) != 0)
+            throw new TransportException($"cannot create a pipe: {Libc.Describe(Libc.LastError)}");
+        if (pipe2(fromChild, O_CLOEXEC) != 0)
+        {
+            int errno = Libc.LastError;
+            Libc.close(toChild[0]);
+            Libc.close(toChild[1]);
+            throw new TransportException($"cannot create a pipe: {Libc.Describe(errno)}");
+        }
+
+        // glibc's posix_spawn_file_actions_t is 80 bytes; leave generous room.
+        nint actions = (nint)NativeMemory.AllocZeroed(256);
+        var strings = new List<nint>();
+        try
+        {
+            posix_spawn_file_actions_init(actions);
+            // dup2 onto 0 and 1 clears close-on-exec for those two only.
+            posix_spawn_file_actions_adddup2(actions, toChild[0], 0);
+            posix_spawn_file_actions_adddup2(actions, fromChild[1], 1);
+
+            nint Utf8(string text)
+            {
+                var bytes = Encoding.UTF8.GetBytes(text + "\0");
+                nint p = (nint)NativeMemory.Alloc((nuint)bytes.Length);
+                bytes.CopyTo(new Span<byte>((void*)p, bytes.Length));
+                strings.Add(p);
+                return p;
+            }
+            var argv = (nint*)NativeMemory.AllocZeroed((nuint)(4 * sizeof(nint)));
+            strings.Add((nint)argv);
+            argv[0] = Utf8("sh");
+            argv[1] = Utf8("-c");
+            argv[2] = Utf8(command);
+            argv[3] = 0;
+
+            int rc = posix_spawn(out int pid, "/bin/sh\0"u8, actions, 0, (nint)argv, Environ());
+            Libc.close(toChild[0]);
+            Libc.close(fromChild[1]);
+            if (rc != 0)
+            {
+                Libc.close(toChild[1]);
+                Libc.close(fromChild[0]);
+                throw new TransportException($"cannot start '{command}': {Libc.Describe(rc)}");
+            }
+            return new SpawnedProcess(pid, new RpcChannel(fromChild[0], toChild[1], isSocket: false, limits));
+        }
+        finally
+        {
+            posix_spawn_file_actions_destroy(actions);
+            NativeMemory.Free((void*)actions);
+            foreach (var p in strings)
+                NativeMemory.Free((void*)p);
+        }
+    }
+
+    /// <summary>The current environment block (the host's, including variables it set with setenv).</summary>
+    private static unsafe nint Environ()
+    {
+        var libc = NativeLibrary.Load("libc.so.6");
+        return *(nint*)NativeLibrary.GetExport(libc, "environ");
+    }
+
+    /// <summary>Whether the child has exited (reaping it if so).</summary>
+    public bool HasExited()
+    {
+        if (_pid <= 0) return true;
+        int result = waitpid(_pid, out _, WNOHANG);
+        if (result == _pid || result < 0)
+        {
+            _pid = 0;
+            return true;
+        }
+        return false;
+    }
+
+    public void Dispose()
+    {
+        // Closing our ends gives the child EOF on stdin; a well-behaved server exits at once.
+        Channel.Dispose();
+        if (_pid <= 0) return;
+        for (int waited = 0; waited < 2000; waited++)
+        {
+            if (HasExited()) return;
+            Thread.Sleep(1);
+        }
+        kill(_pid, SIGTERM);
+        for (int waited = 0; waited < 500; waited++)
+        {
+            if (HasExited()) return;
+            Thread.Sleep(1);
+        }
+        kill(_pid, SIGKILL);
+        waitpid(_pid, out _, 0);
+        _pid = 0;
+    }
+}

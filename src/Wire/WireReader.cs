@@ -1,0 +1,84 @@
+using System.Buffers.Binary;
+
+namespace P11Proxy.Wire;
+
+/// <summary>
+/// Bounds-checked big-endian reader over one received message body. Every read checks the
+/// remaining length first; nothing is allocated from a length the peer sent.
+/// </summary>
+public sealed class WireReader
+{
+    private ReadOnlyMemory<byte> _data;
+    private int _position;
+
+    public WireReader() { }
+
+    public WireReader(ReadOnlyMemory<byte> data) => Reset(data);
+
+    public void Reset(ReadOnlyMemory<byte> data)
+    {
+        _data = data;
+        _position = 0;
+    }
+
+    public int Position => _position;
+    public int Remaining => _data.Length - _position;
+    public bool AtEnd => _position == _data.Length;
+
+    public bool TryReadByte(out byte value)
+    {
+        if (Remaining < 1) { value = 0; return false; }
+        value = _data.Span[_position++];
+        return true;
+    }
+
+    public bool TryReadUInt32(out uint value)
+    {
+        if (Remaining < 4) { value = 0; return false; }
+        value = BinaryPrimitives.ReadUInt32BigEndian(_data.Span.Slice(_position, 4));
+        _position += 4;
+        return true;
+    }
+
+    public bool TryReadUInt64(out ulong value)
+    {
+        if (Remaining < 8) { value = 0; return false; }
+        value = BinaryPrimitives.ReadUInt64BigEndian(_data.Span.Slice(_position, 8));
+        _position += 8;
+        return true;
+    }
+
+    /// <summary>
+    /// A length-prefixed byte array. <paramref name="isNull"/> reports the 0xffffffff NULL marker.
+    /// Lengths of 0x7fffffff and more (other than the marker) are refused as p11-kit does.
+    /// </summary>
+    public bool TryReadByteArray(out ReadOnlyMemory<byte> data, out bool isNull)
+    {
+        data = default;
+        isNull = false;
+        int start = _position;
+        if (!TryReadUInt32(out uint length))
+            return false;
+        if (length == 0xffffffff)
+        {
+            isNull = true;
+            return true;
+        }
+        if (length >= 0x7fffffff || length > (uint)Remaining)
+        {
+            _position = start;
+            return false;
+        }
+        data = _data.Slice(_position, (int)length);
+        _position += (int)length;
+        return true;
+    }
+
+    public bool TryReadBytes(int count, out ReadOnlyMemory<byte> data)
+    {
+        if (count < 0 || Remaining < count) { data = default; return false; }
+        data = _data.Slice(_position, count);
+        _position += count;
+        return true;
+    }
+}

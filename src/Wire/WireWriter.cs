@@ -1,0 +1,123 @@
+using System.Buffers;
+using System.Buffers.Binary;
+
+namespace P11Proxy.Wire;
+
+/// <summary>
+/// Growable big-endian output buffer for p11-kit RPC messages. The first <see cref="HeaderReserve"/>
+/// bytes are kept free so the transport can put the 12-byte frame header in front of the body
+/// and send header + body with a single system call.
+/// </summary>
+public sealed class WireWriter : IDisposable
+{
+    /// <summary>Room for the frame header (call code, options length, body length).</summary>
+    public const int HeaderReserve = FrameHeader.Size;
+
+    /// <summary>p11-kit refuses byte arrays of 0x7fffffff bytes or more; so do we.</summary>
+    public const uint MaxArrayLength = 0x7ffffffe;
+
+    private byte[] _buffer;
+    private int _position;
+
+    public WireWriter(int initialCapacity = 256)
+    {
+        _buffer = ArrayPool<byte>.Shared.Rent(Math.Max(initialCapacity, 64) + HeaderReserve);
+        _position = HeaderReserve;
+    }
+
+    /// <summary>Set when a value could not be encoded (too long, wrong size); the message must not be sent.</summary>
+    public bool Failed { get; private set; }
+
+    /// <summary>Length of the body written so far (without the reserved header).</summary>
+    public int Length => _position - HeaderReserve;
+
+    /// <summary>The body written so far.</summary>
+    public ReadOnlySpan<byte> Body => _buffer.AsSpan(HeaderReserve, Length);
+
+    /// <summary>Reserved header followed by the body: what the transport sends once it filled the header.</summary>
+    public Span<byte> FrameWithHeader => _buffer.AsSpan(0, _position);
+
+    public void Reset()
+    {
+        _position = HeaderReserve;
+        Failed = false;
+    }
+
+    public void Fail() => Failed = true;
+
+    private Span<byte> Grow(int count)
+    {
+        if (_buffer.Length - _position < count)
+        {
+            long wanted = Math.Max((long)_buffer.Length * 2, (long)_position + count);
+            if (wanted > Array.MaxLength)
+                wanted = Array.MaxLength;
+            if (wanted - _position < count)
+            {
+                Failed = true;
+                return Span<byte>.Empty;
+            }
+            var bigger = ArrayPool<byte>.Shared.Rent((int)wanted);
+            _buffer.AsSpan(0, _position).CopyTo(bigger);
+            ArrayPool<byte>.Shared.Return(_buffer, clearArray: true);
+            _buffer = bigger;
+        }
+        var span = _buffer.AsSpan(_position, count);
+        _position += count;
+        return span;
+    }
+
+    public void WriteByte(byte value)
+    {
+        var span = Grow(1);
+        if (!span.IsEmpty) span[0] = value;
+    }
+
+    public void WriteUInt32(uint value)
+    {
+        var span = Grow(4);
+        if (!span.IsEmpty) BinaryPrimitives.WriteUInt32BigEndian(span, value);
+    }
+
+    /// <summary>A CK_ULONG travels as 64 bits, high word first, whatever the host's long size.</summary>
+    public void WriteUInt64(ulong value)
+    {
+        var span = Grow(8);
+        if (!span.IsEmpty) BinaryPrimitives.WriteUInt64BigEndian(span, value);
+    }
+
+    /// <summary>Length-prefixed bytes.</summary>
+    public void WriteByteArray(ReadOnlySpan<byte> data)
+    {
+        if ((ulong)data.Length > MaxArrayLength)
+        {
+            Failed = true;
+            return;
+        }
+        WriteUInt32((uint)data.Length);
+        var span = Grow(data.Length);
+        if (!span.IsEmpty || data.IsEmpty) data.CopyTo(span);
+    }
+
+    /// <summary>The NULL byte array: a length of 0xffffffff and no data.</summary>
+    public void WriteNullByteArray() => WriteUInt32(0xffffffff);
+
+    public void WriteBytes(ReadOnlySpan<byte> data)
+    {
+        var span = Grow(data.Length);
+        if (!span.IsEmpty || data.IsEmpty) data.CopyTo(span);
+    }
+
+    /// <summary>Overwrites a big-endian 32-bit value written earlier (counts known only afterwards).</summary>
+    public void PatchUInt32(int bodyOffset, uint value) =>
+        BinaryPrimitives.WriteUInt32BigEndian(_buffer.AsSpan(HeaderReserve + bodyOffset, 4), value);
+
+    public void Dispose()
+    {
+        var buffer = _buffer;
+        _buffer = Array.Empty<byte>();
+        _position = 0;
+        if (buffer.Length > 0)
+            ArrayPool<byte>.Shared.Return(buffer, clearArray: true); // may hold PINs or key material
+    }
+}
