@@ -529,15 +529,7 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_GenerateRandom(nuint session, byte* output, nuint length)
     {
-        try
-        {
-            if (output == null && length != 0) return Done(nameof(C_GenerateRandom), CKR_ARGUMENTS_BAD);
-            nuint received = length;
-            ulong rv = Remote.ToData(Id.C_GenerateRandom, session, output, &received);
-            // The caller asked for exactly this many bytes; fewer is not a valid answer.
-            if (rv == CKR_OK && received != length) rv = CKR_DEVICE_ERROR;
-            return Done(nameof(C_GenerateRandom), rv);
-        }
+        try { return Done(nameof(C_GenerateRandom), Remote.GenerateRandom(session, output, length)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_GenerateRandom), e); }
     }
 

@@ -18,6 +18,9 @@ internal static unsafe class FunctionTable
 
     public static void* Version240 => List240;
 
+    [DllImport("p11proxy_native", EntryPoint = "p11proxy_gate_wrap")]
+    private static extern int p11proxy_gate_wrap(nint* managed, nint* table, int count);
+
     private static ReadOnlySpan<byte> InterfaceName => "PKCS 11\0"u8;
 
     static FunctionTable()
@@ -121,8 +124,16 @@ internal static unsafe class FunctionTable
         if (pointers.Length != Pkcs11Abi.FunctionCount30)
             throw new InvalidOperationException($"function table has {pointers.Length} entries, expected {Pkcs11Abi.FunctionCount30}");
 
-        List240 = Build(pointers.AsSpan(0, Pkcs11Abi.FunctionCount240), 2, 40);
-        List300 = Build(pointers, 3, 0);
+        // Every entry goes through the fork gate (native/forkgate.c).
+        var gated = new nint[pointers.Length];
+        fixed (nint* managed = pointers)
+        fixed (nint* entries = gated)
+        {
+            if (p11proxy_gate_wrap(managed, entries, pointers.Length) != 0)
+                throw new InvalidOperationException("the fork gate refused the function table");
+        }
+        List240 = Build(gated.AsSpan(0, Pkcs11Abi.FunctionCount240), 2, 40);
+        List300 = Build(gated, 3, 0);
 
         // "PKCS 11" 3.0 first (the default), then 2.40 for callers that ask for it by version.
         var name = (byte*)NativeMemory.Alloc((nuint)InterfaceName.Length);

@@ -256,6 +256,32 @@ internal static unsafe partial class Remote
         return rv != CKR_OK ? rv : ReadHandle(context, slot);
     }
 
+    public static ulong GenerateRandom(nuint session, byte* output, nuint length)
+    {
+        if (output == null && length != 0) return CKR_ARGUMENTS_BAD;
+        ulong rv = ModuleState.TryGet(out var connection);
+        if (rv != CKR_OK) return rv;
+        if (length == 0 && output != null && connection.Profile.Version == 0)
+        {
+            // Version 0 cannot send a zero-length buffer (0 means "size query", which SoftHSM and
+            // others refuse for random data): ask for one byte and hand back none, which keeps
+            // the session checks and the result a direct call would give.
+            byte scratch;
+            nuint one = 1;
+            rv = ToData(RpcCallId.C_GenerateRandom, session, &scratch, &one);
+            return rv;
+        }
+        nuint received = length;
+        rv = ToData(RpcCallId.C_GenerateRandom, session, output, &received);
+        // The caller asked for exactly this many bytes; fewer is not a valid answer.
+        if (rv == CKR_OK && received != length)
+        {
+            Log.Error($"C_GenerateRandom: the broker returned {received} bytes for {length} asked");
+            return CKR_DEVICE_ERROR;
+        }
+        return rv;
+    }
+
     // ---- objects ---------------------------------------------------------------------------------------
 
     /// <summary>C_CreateObject ("uaA") and C_CopyObject ("uuaA"): a template in, a handle out.</summary>
