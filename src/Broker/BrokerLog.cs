@@ -6,13 +6,17 @@ namespace P11Proxy.Broker;
 /// Log lines on stderr: "p11proxy-broker: LEVEL message". Call tracing with --verbose names the
 /// call, slot or session, CK_RV and duration, never argument values (PINs, data, keys).
 /// </summary>
-internal sealed class BrokerLog(bool verbose)
+internal sealed class BrokerLog(bool verbose, bool quiet = false)
 {
     private readonly object _gate = new();
 
     public bool Verbose { get; } = verbose;
 
-    public void Info(string message) => Write("info", message);
+    /// <summary>Informational lines are dropped when quiet (stdio mode shares the host's stderr).</summary>
+    public void Info(string message)
+    {
+        if (!quiet || Verbose) Write("info", message);
+    }
     public void Warn(string message) => Write("warning", message);
     public void Error(string message) => Write("error", message);
 

@@ -83,7 +83,7 @@ internal sealed unsafe partial class Dispatcher
             case Id.C_DeriveKey: return DeriveKey(version2: false);
             case Id.C_DeriveKey2: return DeriveKey(version2: true);
             case Id.C_SeedRandom: return SessionData((s, d, n) => F->C_SeedRandom(s, d, n));
-            case Id.C_GenerateRandom: return SessionToData((s, o, n) => F->C_GenerateRandom(s, o, *n));
+            case Id.C_GenerateRandom: return GenerateRandom();
             case Id.C_WaitForSlotEvent: return WaitForSlotEvent();
             case Id.C_MessageEncryptInit: return Init((s, m, k) => F->C_MessageEncryptInit(s, m, k));
             case Id.C_EncryptMessage: return MessageOneShot((s, p, pn, a, an, i, n, o, on) => F->C_EncryptMessage(s, p, pn, a, an, i, n, o, on));
@@ -446,6 +446,21 @@ internal sealed unsafe partial class Dispatcher
         rv = F->C_SessionCancel(session, flags);
         if (rv == CKR_OK) BeginReply();
         return rv;
+    }
+
+    /// <summary>
+    /// The length of C_GenerateRandom is an input, so a 0 here is a request for no bytes, not a size
+    /// query: p11-kit 0.24 clients send it that way for a zero-length buffer.
+    /// </summary>
+    private ulong GenerateRandom()
+    {
+        if (!ReadSession(out var session, out ulong rv)) return rv;
+        rv = ReadOutputBuffer(out var buffer, out var length);
+        if (rv != CKR_OK) return rv;
+        if (!Done) return Malformed;
+        if (buffer == null) buffer = (byte*)_arena.Alloc(1);
+        rv = F->C_GenerateRandom(session, buffer, length);
+        return ReplyOutput(rv, buffer, length);
     }
 
     private ulong WaitForSlotEvent()

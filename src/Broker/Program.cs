@@ -53,7 +53,7 @@ namespace P11Proxy.Broker
                         return 2;
                 }
             }
-            var log = new BrokerLog(verbose);
+            var log = new BrokerLog(verbose, quiet: mode == "stdio");
             try
             {
                 if (mode is not ("serve" or "stdio"))
