@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# 16 host threads (64 KiB stacks) calling through one p11proxy.so at once: every signature
+# verifies, every lookup finds its object, no reply reaches the wrong thread. Against our broker
+# and against p11-kit's server.
+set -euo pipefail
+OUT=${1:-out}
+. "$(dirname "$0")/lib.sh"
+fixture_token threads
+cc -O2 -Wall -o "$FIXTURE_DIR/threadhost" "$(dirname "$0")/hosts/threadhost.c" -I/usr/include/p11-kit-1 -ldl -lpthread \
+  || fail "cannot build the thread host"
+fixture_start_broker
+P11_KIT_SERVER_ADDRESS=$FIXTURE_ADDRESS timeout 240 "$FIXTURE_DIR/threadhost" "$OUT/p11proxy.so" "$FIXTURE_PIN" 16 40 \
+  || fail "16 threads through our broker failed"
+fixture_start_p11kit_server
+P11_KIT_SERVER_ADDRESS=$FIXTURE_ADDRESS timeout 240 "$FIXTURE_DIR/threadhost" "$OUT/p11proxy.so" "$FIXTURE_PIN" 16 20 \
+  || fail "16 threads through p11-kit server failed"
+echo "no crossed or lost replies"
