@@ -19,8 +19,11 @@ internal sealed class Connection : IDisposable
     private uint _nextCode = 0x10;
     private bool _broken;
 
-    private Connection(RpcChannel channel, SpawnedProcess? child, WireProfile profile, string address)
+    private readonly int _timeoutMilliseconds;
+
+    private Connection(RpcChannel channel, SpawnedProcess? child, WireProfile profile, string address, int timeoutMilliseconds)
     {
+        _timeoutMilliseconds = timeoutMilliseconds;
         _channel = channel;
         _child = child;
         Profile = profile;
@@ -29,6 +32,38 @@ internal sealed class Connection : IDisposable
 
     public WireProfile Profile { get; }
     public string Address { get; }
+
+    /// <summary>
+    /// Session handles given to the caller carry the connection's generation in their top byte once
+    /// the module had to reconnect, so a handle from before the broker was lost can never name a
+    /// session of the new connection, even when the new broker reuses the number. Generation 0
+    /// (no reconnection yet) passes handles through unchanged.
+    /// </summary>
+    public ulong Generation { get; private set; }
+
+    /// <summary>Set once, before the connection is published to other threads.</summary>
+    public void AssignGeneration(ulong generation) => Generation = generation;
+
+    private const int GenerationShift = 56;
+
+    public bool TryToBroker(nuint callerHandle, out nuint brokerHandle)
+    {
+        brokerHandle = callerHandle;
+        if (Generation == 0) return true;
+        if (((ulong)callerHandle >> GenerationShift) != Generation) return false;
+        brokerHandle = (nuint)((ulong)callerHandle & ((1UL << GenerationShift) - 1));
+        return true;
+    }
+
+    public bool TryToCaller(nuint brokerHandle, out nuint callerHandle)
+    {
+        callerHandle = brokerHandle;
+        if (Generation == 0) return true;
+        if (((ulong)brokerHandle >> GenerationShift) != 0) return false;
+        callerHandle = (nuint)((ulong)brokerHandle | (Generation << GenerationShift));
+        return true;
+    }
+
     public bool Broken => Volatile.Read(ref _broken);
 
     /// <summary>Connects and negotiates the highest protocol version both sides speak.</summary>
@@ -59,7 +94,7 @@ internal sealed class Connection : IDisposable
             }
         }
         Log.Trace($"connected to {address} with protocol version {version}");
-        return new Connection(channel, child, WireProfile.For(version), address.ToString());
+        return new Connection(channel, child, WireProfile.For(version), address.ToString(), timeoutMilliseconds);
     }
 
     private static (RpcChannel, SpawnedProcess?) OpenChannel(ServerAddress address)
@@ -104,6 +139,7 @@ internal sealed class Connection : IDisposable
             if (_nextCode == 0) _nextCode = 0x10;
             try
             {
+                _channel.ReceiveTimeoutMilliseconds = call.Id == RpcCallId.C_WaitForSlotEvent ? -1 : _timeoutMilliseconds;
                 _channel.SendFrame(code, request.Writer);
                 if (!_channel.TryReceiveFrame(out uint replyCode, out var body))
                     return Fail(call, "the broker closed the connection");
@@ -149,7 +185,37 @@ internal sealed class Connection : IDisposable
         return CKR_DEVICE_ERROR;
     }
 
-    public void Dispose() => Close(_channel, _child);
+    /// <summary>
+    /// Sends C_Finalize if the connection is free within <paramref name="waitMilliseconds"/>, then
+    /// closes it. A call stalled on a silent broker is woken (it fails) instead of blocking
+    /// C_Finalize for ever.
+    /// </summary>
+    public ulong FinalizeAndClose(CallContext context, int waitMilliseconds)
+    {
+        ulong rv = CKR_OK;
+        bool free = Monitor.TryEnter(_gate, waitMilliseconds);
+        try
+        {
+            if (free && !_broken)
+                rv = Exchange(context);
+        }
+        finally
+        {
+            if (free) Monitor.Exit(_gate);
+        }
+        Dispose();
+        return rv;
+    }
+
+    /// <summary>Wakes any thread blocked on the broker, waits for it to leave, then releases the connection.</summary>
+    public void Dispose()
+    {
+        Volatile.Write(ref _broken, true);
+        if (_child is not null) _child.Shutdown();
+        else _channel.Shutdown();
+        lock (_gate)
+            Close(_channel, _child);
+    }
 }
 
 /// <summary>Per-thread message buffers, reused across calls so the hot path does not allocate.</summary>

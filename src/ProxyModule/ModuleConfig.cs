@@ -8,11 +8,19 @@ namespace P11Proxy.Module;
 ///   2. server-address in $XDG_CONFIG_HOME/p11proxy/p11proxy.conf (default ~/.config/...);
 ///   3. server-address in /etc/p11proxy/p11proxy.conf;
 ///   4. unix:path=$XDG_RUNTIME_DIR/p11-kit/pkcs11, p11-kit's default socket.
-/// The file format is "key = value" lines; '#' starts a comment.
+/// The file format is "key = value" lines; '#' starts a comment. Keys: server-address, timeout-ms
+/// (P11PROXY_TIMEOUT_MS in the environment wins; 0 means no limit).
 /// </summary>
 internal sealed record ModuleConfig(string Address, string Source, int TimeoutMilliseconds)
 {
     public const string SystemConfigPath = "/etc/p11proxy/p11proxy.conf";
+
+    /// <summary>
+    /// How long a call waits for the broker's reply. Long enough for a PIN pad or a slow HSM,
+    /// short enough that a stalled broker cannot hang the host for ever. C_WaitForSlotEvent is
+    /// exempt: waiting is its purpose.
+    /// </summary>
+    public const int DefaultTimeoutMilliseconds = 300_000;
 
     public static string UserConfigPath
     {
@@ -29,9 +37,15 @@ internal sealed record ModuleConfig(string Address, string Source, int TimeoutMi
     {
         var user = ReadFile(UserConfigPath);
         var system = ReadFile(SystemConfigPath);
-        int timeout = -1;
-        if ((Lookup(user, "timeout-ms") ?? Lookup(system, "timeout-ms")) is { } timeoutText && int.TryParse(timeoutText, out var t) && t > 0)
-            timeout = t;
+        int timeout = DefaultTimeoutMilliseconds;
+        string? timeoutText = Environment.GetEnvironmentVariable("P11PROXY_TIMEOUT_MS") ?? Lookup(user, "timeout-ms") ?? Lookup(system, "timeout-ms");
+        if (timeoutText is not null)
+        {
+            if (int.TryParse(timeoutText, out var t) && t >= 0)
+                timeout = t == 0 ? -1 : t;
+            else
+                Log.Error($"ignoring timeout-ms '{timeoutText}': it must be a number of milliseconds (0: no limit)");
+        }
 
         string? fromEnvironment = Environment.GetEnvironmentVariable("P11_KIT_SERVER_ADDRESS");
         if (!string.IsNullOrEmpty(fromEnvironment))

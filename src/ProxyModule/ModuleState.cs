@@ -33,6 +33,11 @@ internal static partial class ModuleState
         return CKR_OK;
     }
 
+    private static byte[] _reserved = [];
+    private static bool _hasReserved;
+    private static long _lastReconnectAttempt;
+    private static ulong _generation;
+
     public static ulong Initialize(ReadOnlySpan<byte> reserved, bool hasReserved)
     {
         lock (Gate)
@@ -43,14 +48,54 @@ internal static partial class ModuleState
             // A connection inherited across fork belongs to the parent: forget it without
             // closing it, since closing would not disturb the parent but using it would.
             _connection = null;
+            ulong rv = Connect(reserved, hasReserved, out var connection);
+            if (rv != CKR_OK)
+                return rv;
+            _reserved = reserved.ToArray();
+            _hasReserved = hasReserved;
+            _initializedPid = pid;
+            Volatile.Write(ref _connection, connection);
+            return CKR_OK;
+        }
+    }
 
+    /// <summary>
+    /// After the broker went away, the next call that starts something (C_OpenSession, slot and
+    /// token queries) connects again, at most once a second. Sessions of the old connection stay
+    /// invalid: the new broker connection never knew them.
+    /// </summary>
+    public static ulong Reconnect(Connection broken)
+    {
+        lock (Gate)
+        {
+            if (!ReferenceEquals(_connection, broken) || _initializedPid != getpid())
+                return TryGet(out _);
+            long now = Environment.TickCount64;
+            if (now - _lastReconnectAttempt < 1000)
+                return CKR_DEVICE_REMOVED;
+            _lastReconnectAttempt = now;
+            ulong rv = Connect(_reserved, _hasReserved, out var connection);
+            if (rv != CKR_OK)
+                return CKR_DEVICE_REMOVED;
+            _generation = _generation % 255 + 1;
+            connection.AssignGeneration(_generation);
+            Log.Error($"reconnected to the broker at {connection.Address}; earlier sessions are invalid");
+            Volatile.Write(ref _connection, connection);
+            broken.Dispose();
+            return CKR_OK;
+        }
+    }
+
+    private static ulong Connect(ReadOnlySpan<byte> reserved, bool hasReserved, out Connection connection)
+    {
+        connection = null!;
+        {
             var config = ModuleConfig.Load(getuid());
             if (!ServerAddress.TryParse(config.Address, out var address, out string error))
             {
                 Log.Error($"bad broker address from {config.Source}: {error}");
                 return CKR_DEVICE_ERROR;
             }
-            Connection connection;
             try
             {
                 connection = Connection.Open(address, config.TimeoutMilliseconds);
@@ -65,10 +110,9 @@ internal static partial class ModuleState
             if (rv != CKR_OK)
             {
                 connection.Dispose();
+                connection = null!;
                 return rv;
             }
-            _initializedPid = pid;
-            Volatile.Write(ref _connection, connection);
             return CKR_OK;
         }
     }
@@ -80,12 +124,11 @@ internal static partial class ModuleState
             if (_connection is null || _initializedPid != getpid())
                 return CKR_CRYPTOKI_NOT_INITIALIZED;
             var connection = _connection;
-            ulong rv = Remote.Finalize(connection);
-            if (rv != CKR_OK)
-                Log.Trace($"C_Finalize: the broker answered {Names.Rv(rv)}; disconnecting anyway");
             _connection = null;
             _initializedPid = 0;
-            connection.Dispose();
+            ulong rv = Remote.Finalize(connection);
+            if (rv != CKR_OK)
+                Log.Trace($"C_Finalize: the broker answered {Names.Rv(rv)}; disconnected anyway");
             return CKR_OK;
         }
     }

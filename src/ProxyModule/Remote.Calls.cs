@@ -13,7 +13,9 @@ internal static unsafe partial class Remote
     {
         ulong rv = Begin(id, out var connection, out var context);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(first);
+        nuint value = first;
+        if (id != RpcCallId.C_CloseAllSessions && !connection.TryToBroker(first, out value)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(value);
         return Finish(connection, context);
     }
 
@@ -21,7 +23,8 @@ internal static unsafe partial class Remote
     {
         ulong rv = Begin(id, out var connection, out var context);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(first);
+        if (!connection.TryToBroker(first, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         context.Request.WriteULong(second);
         return Finish(connection, context);
     }
@@ -41,7 +44,8 @@ internal static unsafe partial class Remote
         if (rv != CKR_OK) return rv;
         rv = MechanismMarshal.FromNative(connection.Profile, mechanism, out var wire);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         rv = context.Request.WriteMechanism(wire);
         if (rv != CKR_OK) return rv;
         if (hasKey) context.Request.WriteULong(key);
@@ -54,7 +58,8 @@ internal static unsafe partial class Remote
         if (outputLength == null) return CKR_ARGUMENTS_BAD;
         ulong rv = Begin(id, out var connection, out var context);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         rv = Marshalling.WriteInput(context.Request, input, inputLength);
         if (rv != CKR_OK) return rv;
         nuint capacity = *outputLength;
@@ -68,7 +73,8 @@ internal static unsafe partial class Remote
         if (outputLength == null) return CKR_ARGUMENTS_BAD;
         ulong rv = Begin(id, out var connection, out var context);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         nuint capacity = *outputLength;
         Marshalling.WriteOutputCapacity(context.Request, output, outputLength);
         return ExchangeForOutput(connection, context, output, outputLength, capacity);
@@ -88,7 +94,8 @@ internal static unsafe partial class Remote
     {
         ulong rv = Begin(id, out var connection, out var context);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         rv = Marshalling.WriteInput(context.Request, data, length);
         if (rv != CKR_OK) return rv;
         rv = Finish(connection, context);
@@ -101,7 +108,8 @@ internal static unsafe partial class Remote
     {
         ulong rv = Begin(id, out var connection, out var context);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         rv = Marshalling.WriteInput(context.Request, first, firstLength);
         if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, second, secondLength);
         if (rv != CKR_OK) { if (secret) context.Scrub(); return rv; }
@@ -190,7 +198,13 @@ internal static unsafe partial class Remote
         context.Request.WriteULong(slotId);
         context.Request.WriteULong(flags);
         rv = connection.Exchange(context);
-        return rv != CKR_OK ? rv : ReadHandle(context, session);
+        if (rv == CKR_OK) rv = ReadHandle(context, session);
+        if (rv == CKR_OK && !connection.TryToCaller(*session, out *session))
+        {
+            Log.Error($"C_OpenSession: session handle {*session} is too large to tell it from earlier connections");
+            return CKR_DEVICE_ERROR;
+        }
+        return rv;
     }
 
     public static ulong GetSessionInfo(nuint session, CK_SESSION_INFO* info)
@@ -198,7 +212,8 @@ internal static unsafe partial class Remote
         if (info == null) return CKR_ARGUMENTS_BAD;
         ulong rv = Begin(RpcCallId.C_GetSessionInfo, out var connection, out var context);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         rv = connection.Exchange(context);
         if (rv != CKR_OK) return rv;
         var reply = context.Response;
@@ -213,7 +228,8 @@ internal static unsafe partial class Remote
     {
         ulong rv = Begin(RpcCallId.C_SetOperationState, out var connection, out var context);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         rv = Marshalling.WriteInput(context.Request, state, stateLength);
         if (rv != CKR_OK) return rv;
         context.Request.WriteULong(encryptionKey);
@@ -225,7 +241,8 @@ internal static unsafe partial class Remote
     {
         ulong rv = Begin(RpcCallId.C_Login, out var connection, out var context);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         context.Request.WriteULong(userType);
         rv = Marshalling.WriteInput(context.Request, pin, pinLength);
         if (rv == CKR_OK) rv = Finish(connection, context);
@@ -237,7 +254,8 @@ internal static unsafe partial class Remote
     {
         ulong rv = Begin(RpcCallId.C_LoginUser, out var connection, out var context);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         context.Request.WriteULong(userType);
         rv = Marshalling.WriteInput(context.Request, pin, pinLength);
         if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, username, usernameLength);
@@ -290,7 +308,8 @@ internal static unsafe partial class Remote
         if (handle == null) return CKR_ARGUMENTS_BAD;
         ulong rv = Begin(id, out var connection, out var context);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         if (source is { } sourceHandle) context.Request.WriteULong(sourceHandle);
         rv = Marshalling.WriteTemplate(context.Request, template, count);
         if (rv != CKR_OK) { context.Scrub(); return rv; }
@@ -305,7 +324,8 @@ internal static unsafe partial class Remote
         if (size == null) return CKR_ARGUMENTS_BAD;
         ulong rv = Begin(RpcCallId.C_GetObjectSize, out var connection, out var context);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         context.Request.WriteULong(handle);
         rv = connection.Exchange(context);
         return rv != CKR_OK ? rv : ReadHandle(context, size);
@@ -316,7 +336,8 @@ internal static unsafe partial class Remote
         if (template == null && count != 0) return CKR_ARGUMENTS_BAD;
         ulong rv = Begin(RpcCallId.C_GetAttributeValue, out var connection, out var context);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         context.Request.WriteULong(handle);
         rv = Marshalling.WriteAttributeBuffers(context.Request, template, count);
         if (rv != CKR_OK) return rv;
@@ -333,7 +354,8 @@ internal static unsafe partial class Remote
     {
         ulong rv = Begin(id, out var connection, out var context);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         if (handle is { } h) context.Request.WriteULong(h);
         rv = Marshalling.WriteTemplate(context.Request, template, count);
         if (rv == CKR_OK) rv = Finish(connection, context);
@@ -346,7 +368,8 @@ internal static unsafe partial class Remote
         if (count == null || (handles == null && maxCount != 0)) return CKR_ARGUMENTS_BAD;
         ulong rv = Begin(RpcCallId.C_FindObjects, out var connection, out var context);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         context.Request.WriteULongBuffer(Capacity(maxCount));
         rv = connection.Exchange(context);
         if (rv != CKR_OK) return rv;
@@ -367,7 +390,8 @@ internal static unsafe partial class Remote
         if (rv != CKR_OK) return rv;
         rv = MechanismMarshal.FromNative(connection.Profile, mechanism, out var wire);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         rv = context.Request.WriteMechanism(wire);
         if (rv == CKR_OK) rv = Marshalling.WriteTemplate(context.Request, template, count);
         if (rv != CKR_OK) return rv;
@@ -383,7 +407,8 @@ internal static unsafe partial class Remote
         if (rv != CKR_OK) return rv;
         rv = MechanismMarshal.FromNative(connection.Profile, mechanism, out var wire);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         rv = context.Request.WriteMechanism(wire);
         if (rv == CKR_OK) rv = Marshalling.WriteTemplate(context.Request, publicTemplate, publicCount);
         if (rv == CKR_OK) rv = Marshalling.WriteTemplate(context.Request, privateTemplate, privateCount);
@@ -405,7 +430,8 @@ internal static unsafe partial class Remote
         if (rv != CKR_OK) return rv;
         rv = MechanismMarshal.FromNative(connection.Profile, mechanism, out var wire);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         rv = context.Request.WriteMechanism(wire);
         if (rv != CKR_OK) return rv;
         context.Request.WriteULong(wrappingKey);
@@ -423,7 +449,8 @@ internal static unsafe partial class Remote
         if (rv != CKR_OK) return rv;
         rv = MechanismMarshal.FromNative(connection.Profile, mechanism, out var wire);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         rv = context.Request.WriteMechanism(wire);
         if (rv != CKR_OK) return rv;
         context.Request.WriteULong(unwrappingKey);
@@ -445,7 +472,8 @@ internal static unsafe partial class Remote
         rv = MechanismMarshal.FromNative(connection.Profile, mechanism, out var wire);
         if (rv != CKR_OK) return rv;
         if (version2) context = CallContext.For(connection, RpcCallId.C_DeriveKey2);
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         rv = context.Request.WriteMechanism(wire);
         if (rv != CKR_OK) return rv;
         context.Request.WriteULong(baseKey);
@@ -476,7 +504,8 @@ internal static unsafe partial class Remote
         if (outputLength == null) return CKR_ARGUMENTS_BAD;
         ulong rv = Begin(id, out var connection, out var context);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         rv = Marshalling.WriteInput(context.Request, (byte*)parameter, parameterLength);
         if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, associated, associatedLength);
         if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, input, inputLength);
@@ -493,7 +522,8 @@ internal static unsafe partial class Remote
         if (outputLength == null) return CKR_ARGUMENTS_BAD;
         ulong rv = Begin(id, out var connection, out var context);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         rv = Marshalling.WriteInput(context.Request, (byte*)parameter, parameterLength);
         if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, input, inputLength);
         if (rv != CKR_OK) return rv;
@@ -510,7 +540,8 @@ internal static unsafe partial class Remote
         if (signatureLength == null) return CKR_ARGUMENTS_BAD;
         ulong rv = Begin(RpcCallId.C_SignMessage, out var connection, out var context);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         rv = Marshalling.WriteInput(context.Request, (byte*)parameter, parameterLength);
         if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, data, dataLength);
         if (rv != CKR_OK) return rv;
@@ -529,7 +560,8 @@ internal static unsafe partial class Remote
         nuint none = 0;
         nuint* length = wanted ? signatureLength : &none;
         byte* buffer = wanted ? signature : null;
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         rv = Marshalling.WriteInput(context.Request, (byte*)parameter, parameterLength);
         if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, data, dataLength);
         if (rv != CKR_OK) return rv;
@@ -545,7 +577,8 @@ internal static unsafe partial class Remote
     {
         ulong rv = Begin(id, out var connection, out var context);
         if (rv != CKR_OK) return rv;
-        context.Request.WriteULong(session);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         rv = Marshalling.WriteInput(context.Request, (byte*)parameter, parameterLength);
         if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, data, dataLength);
         if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, signature, signatureLength);

@@ -24,13 +24,25 @@ internal static unsafe partial class Remote
         if (rv != CKR_OK)
             return rv;
         if (connection.Broken)
-            return CKR_DEVICE_REMOVED;
+        {
+            if (!StartsSomething(id))
+                return CKR_DEVICE_REMOVED;
+            rv = ModuleState.Reconnect(connection);
+            if (rv != CKR_OK)
+                return rv;
+            ModuleState.TryGet(out connection);
+        }
         var call = CallTable.Get(id);
         if (!connection.Profile.Knows(call))
             return CKR_FUNCTION_NOT_SUPPORTED;
         context = CallContext.For(connection, id);
         return CKR_OK;
     }
+
+    /// <summary>Calls after which a reconnected broker can carry on: they use no earlier session.</summary>
+    private static bool StartsSomething(RpcCallId id) => id is RpcCallId.C_OpenSession or RpcCallId.C_GetSlotList
+        or RpcCallId.C_GetSlotInfo or RpcCallId.C_GetTokenInfo or RpcCallId.C_GetInfo or RpcCallId.C_GetMechanismList
+        or RpcCallId.C_GetMechanismInfo;
 
     /// <summary>A reply that does not match its signature is the broker's fault, never the caller's.</summary>
     private static ulong Malformed(CallContext context)
@@ -53,10 +65,11 @@ internal static unsafe partial class Remote
         return connection.Exchange(context);
     }
 
+    /// <summary>Tells the broker, unless a call stalled on it holds the connection for more than a second.</summary>
     public static ulong Finalize(Connection connection)
     {
         var context = CallContext.For(connection, RpcCallId.C_Finalize);
-        return connection.Exchange(context);
+        return connection.FinalizeAndClose(context, 1000);
     }
 
     public static ulong GetInfo(CK_INFO* info)

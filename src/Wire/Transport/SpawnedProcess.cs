@@ -115,6 +115,12 @@ public sealed partial class SpawnedProcess : IDisposable
         return *(nint*)NativeLibrary.GetExport(libc, "environ");
     }
 
+    /// <summary>Makes a thread blocked reading from the child fail: the child is asked to stop.</summary>
+    public void Shutdown()
+    {
+        if (_pid > 0) kill(_pid, SIGTERM);
+    }
+
     /// <summary>Whether the child has exited (reaping it if so).</summary>
     public bool HasExited()
     {
