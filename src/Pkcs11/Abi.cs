@@ -3,11 +3,12 @@ using System.Text;
 
 namespace P11Proxy.Pkcs11;
 
-// The C ABI of PKCS#11 on LP64 Linux: CK_ULONG and every type derived from it (handles, flags,
-// CK_RV, mechanism and attribute types) are 8 bytes, so they are nuint here; CK_BBOOL and CK_BYTE
-// are byte; structures use the C compiler's natural alignment. Names are the standard's, so each
-// field maps 1:1 to the specification. tests/Unit/Pkcs11/AbiLayoutTests compares every size and
-// offset with what the C compiler computes.
+// The C ABI of PKCS#11 on LP64 Linux (x86-64). CK_ULONG and every type defined from it (CK_RV,
+// CK_FLAGS, handles, CK_SLOT_ID, CK_USER_TYPE, mechanism and attribute types) is 8 bytes, hence
+// nuint; CK_BBOOL, CK_BYTE, CK_CHAR and CK_UTF8CHAR are byte. Structures keep the C compiler's
+// natural alignment (pkcs11p.h packs to 1 only on Windows). Type and field names are the
+// standard's so that each maps 1:1 onto pkcs11t.h / pkcs11f.h; tests/Unit/Pkcs11/AbiLayoutTests
+// compares every size and offset with what cc computes from those headers.
 #pragma warning disable CS1591, IDE1006 // names follow the C standard
 
 [StructLayout(LayoutKind.Sequential)]
@@ -101,6 +102,7 @@ public unsafe struct CK_MECHANISM
     public nuint ulParameterLen;
 }
 
+// The mutex callbacks are only ever passed through or compared with null, so void* is enough.
 [StructLayout(LayoutKind.Sequential)]
 public unsafe struct CK_C_INITIALIZE_ARGS
 {
@@ -112,6 +114,8 @@ public unsafe struct CK_C_INITIALIZE_ARGS
     public void* pReserved;
 }
 
+// pFunctionList points at a CK_FUNCTION_LIST or CK_FUNCTION_LIST_3_0 depending on the interface
+// version, so it stays untyped.
 [StructLayout(LayoutKind.Sequential)]
 public unsafe struct CK_INTERFACE
 {
@@ -120,7 +124,7 @@ public unsafe struct CK_INTERFACE
     public nuint flags;
 }
 
-// ---- mechanism parameters p11-kit serialises --------------------------------------------------------
+// ---- mechanism parameters that p11-kit's RPC protocol serialises ---------------------------------
 
 [StructLayout(LayoutKind.Sequential)]
 public struct CK_RSA_PKCS_PSS_PARAMS
@@ -150,6 +154,7 @@ public unsafe struct CK_ECDH1_DERIVE_PARAMS
     public byte* pPublicData;
 }
 
+// The 3.0 layout (NSS calls it CK_GCM_PARAMS_V3); the 2.40 draft without ulIvBits is not used.
 [StructLayout(LayoutKind.Sequential)]
 public unsafe struct CK_GCM_PARAMS
 {
@@ -167,6 +172,8 @@ public unsafe struct CK_AES_CTR_PARAMS
     public nuint ulCounterBits;
     public fixed byte cb[16];
 }
+
+// IBM vendor parameters: layouts from p11-kit's common/pkcs11x.h (no Debian header has them).
 
 [StructLayout(LayoutKind.Sequential)]
 public struct CK_IBM_ECDSA_OTHER_PARAMS
@@ -188,9 +195,9 @@ public unsafe struct CK_IBM_BTC_DERIVE_PARAMS
 public unsafe struct CK_IBM_KYBER_PARAMS
 {
     public nuint ulVersion;
-    public nuint mode;
-    public nuint kdf;
-    public byte bPrepend;
+    public nuint mode;        // CK_IBM_KYBER_KEM_MODE
+    public nuint kdf;         // CK_IBM_KYBER_KDF_TYPE
+    public byte bPrepend;     // CK_BBOOL: 7 bytes of padding follow
     public byte* pCipher;
     public nuint ulCipherLen;
     public byte* pSharedData;
@@ -204,18 +211,19 @@ public struct CK_IBM_ATTRIBUTEBOUND_WRAP_PARAMS
     public nuint hSignVerifyKey;
 }
 
-/// <summary>
-/// CK_FUNCTION_LIST_3_0. A 2.40 module's CK_FUNCTION_LIST is the same up to C_WaitForSlotEvent;
-/// the fields after it exist only when the module returned a 3.0 interface.
-/// </summary>
+// ---- function lists ------------------------------------------------------------------------------
+// Argument lists transcribed from pkcs11f.h. CK_NOTIFY is CK_RV (*)(CK_SESSION_HANDLE,
+// CK_NOTIFICATION, CK_VOID_PTR).
+
+/// <summary>The PKCS#11 2.40 function list: version and 68 entry points.</summary>
 [StructLayout(LayoutKind.Sequential)]
-public unsafe struct CK_FUNCTION_LIST_3_0
+public unsafe struct CK_FUNCTION_LIST
 {
     public CK_VERSION version;
     public delegate* unmanaged<void*, nuint> C_Initialize;
     public delegate* unmanaged<void*, nuint> C_Finalize;
     public delegate* unmanaged<CK_INFO*, nuint> C_GetInfo;
-    public delegate* unmanaged<void**, nuint> C_GetFunctionList;
+    public delegate* unmanaged<CK_FUNCTION_LIST**, nuint> C_GetFunctionList;
     public delegate* unmanaged<byte, nuint*, nuint*, nuint> C_GetSlotList;
     public delegate* unmanaged<nuint, CK_SLOT_INFO*, nuint> C_GetSlotInfo;
     public delegate* unmanaged<nuint, CK_TOKEN_INFO*, nuint> C_GetTokenInfo;
@@ -224,7 +232,86 @@ public unsafe struct CK_FUNCTION_LIST_3_0
     public delegate* unmanaged<nuint, byte*, nuint, byte*, nuint> C_InitToken;
     public delegate* unmanaged<nuint, byte*, nuint, nuint> C_InitPIN;
     public delegate* unmanaged<nuint, byte*, nuint, byte*, nuint, nuint> C_SetPIN;
-    public delegate* unmanaged<nuint, nuint, void*, void*, nuint*, nuint> C_OpenSession;
+    public delegate* unmanaged<nuint, nuint, void*, delegate* unmanaged<nuint, nuint, void*, nuint>, nuint*, nuint> C_OpenSession;
+    public delegate* unmanaged<nuint, nuint> C_CloseSession;
+    public delegate* unmanaged<nuint, nuint> C_CloseAllSessions;
+    public delegate* unmanaged<nuint, CK_SESSION_INFO*, nuint> C_GetSessionInfo;
+    public delegate* unmanaged<nuint, byte*, nuint*, nuint> C_GetOperationState;
+    public delegate* unmanaged<nuint, byte*, nuint, nuint, nuint, nuint> C_SetOperationState;
+    public delegate* unmanaged<nuint, nuint, byte*, nuint, nuint> C_Login;
+    public delegate* unmanaged<nuint, nuint> C_Logout;
+    public delegate* unmanaged<nuint, CK_ATTRIBUTE*, nuint, nuint*, nuint> C_CreateObject;
+    public delegate* unmanaged<nuint, nuint, CK_ATTRIBUTE*, nuint, nuint*, nuint> C_CopyObject;
+    public delegate* unmanaged<nuint, nuint, nuint> C_DestroyObject;
+    public delegate* unmanaged<nuint, nuint, nuint*, nuint> C_GetObjectSize;
+    public delegate* unmanaged<nuint, nuint, CK_ATTRIBUTE*, nuint, nuint> C_GetAttributeValue;
+    public delegate* unmanaged<nuint, nuint, CK_ATTRIBUTE*, nuint, nuint> C_SetAttributeValue;
+    public delegate* unmanaged<nuint, CK_ATTRIBUTE*, nuint, nuint> C_FindObjectsInit;
+    public delegate* unmanaged<nuint, nuint*, nuint, nuint*, nuint> C_FindObjects;
+    public delegate* unmanaged<nuint, nuint> C_FindObjectsFinal;
+    public delegate* unmanaged<nuint, CK_MECHANISM*, nuint, nuint> C_EncryptInit;
+    public delegate* unmanaged<nuint, byte*, nuint, byte*, nuint*, nuint> C_Encrypt;
+    public delegate* unmanaged<nuint, byte*, nuint, byte*, nuint*, nuint> C_EncryptUpdate;
+    public delegate* unmanaged<nuint, byte*, nuint*, nuint> C_EncryptFinal;
+    public delegate* unmanaged<nuint, CK_MECHANISM*, nuint, nuint> C_DecryptInit;
+    public delegate* unmanaged<nuint, byte*, nuint, byte*, nuint*, nuint> C_Decrypt;
+    public delegate* unmanaged<nuint, byte*, nuint, byte*, nuint*, nuint> C_DecryptUpdate;
+    public delegate* unmanaged<nuint, byte*, nuint*, nuint> C_DecryptFinal;
+    public delegate* unmanaged<nuint, CK_MECHANISM*, nuint> C_DigestInit;
+    public delegate* unmanaged<nuint, byte*, nuint, byte*, nuint*, nuint> C_Digest;
+    public delegate* unmanaged<nuint, byte*, nuint, nuint> C_DigestUpdate;
+    public delegate* unmanaged<nuint, nuint, nuint> C_DigestKey;
+    public delegate* unmanaged<nuint, byte*, nuint*, nuint> C_DigestFinal;
+    public delegate* unmanaged<nuint, CK_MECHANISM*, nuint, nuint> C_SignInit;
+    public delegate* unmanaged<nuint, byte*, nuint, byte*, nuint*, nuint> C_Sign;
+    public delegate* unmanaged<nuint, byte*, nuint, nuint> C_SignUpdate;
+    public delegate* unmanaged<nuint, byte*, nuint*, nuint> C_SignFinal;
+    public delegate* unmanaged<nuint, CK_MECHANISM*, nuint, nuint> C_SignRecoverInit;
+    public delegate* unmanaged<nuint, byte*, nuint, byte*, nuint*, nuint> C_SignRecover;
+    public delegate* unmanaged<nuint, CK_MECHANISM*, nuint, nuint> C_VerifyInit;
+    public delegate* unmanaged<nuint, byte*, nuint, byte*, nuint, nuint> C_Verify;
+    public delegate* unmanaged<nuint, byte*, nuint, nuint> C_VerifyUpdate;
+    public delegate* unmanaged<nuint, byte*, nuint, nuint> C_VerifyFinal;
+    public delegate* unmanaged<nuint, CK_MECHANISM*, nuint, nuint> C_VerifyRecoverInit;
+    public delegate* unmanaged<nuint, byte*, nuint, byte*, nuint*, nuint> C_VerifyRecover;
+    public delegate* unmanaged<nuint, byte*, nuint, byte*, nuint*, nuint> C_DigestEncryptUpdate;
+    public delegate* unmanaged<nuint, byte*, nuint, byte*, nuint*, nuint> C_DecryptDigestUpdate;
+    public delegate* unmanaged<nuint, byte*, nuint, byte*, nuint*, nuint> C_SignEncryptUpdate;
+    public delegate* unmanaged<nuint, byte*, nuint, byte*, nuint*, nuint> C_DecryptVerifyUpdate;
+    public delegate* unmanaged<nuint, CK_MECHANISM*, CK_ATTRIBUTE*, nuint, nuint*, nuint> C_GenerateKey;
+    public delegate* unmanaged<nuint, CK_MECHANISM*, CK_ATTRIBUTE*, nuint, CK_ATTRIBUTE*, nuint, nuint*, nuint*, nuint> C_GenerateKeyPair;
+    public delegate* unmanaged<nuint, CK_MECHANISM*, nuint, nuint, byte*, nuint*, nuint> C_WrapKey;
+    public delegate* unmanaged<nuint, CK_MECHANISM*, nuint, byte*, nuint, CK_ATTRIBUTE*, nuint, nuint*, nuint> C_UnwrapKey;
+    public delegate* unmanaged<nuint, CK_MECHANISM*, nuint, CK_ATTRIBUTE*, nuint, nuint*, nuint> C_DeriveKey;
+    public delegate* unmanaged<nuint, byte*, nuint, nuint> C_SeedRandom;
+    public delegate* unmanaged<nuint, byte*, nuint, nuint> C_GenerateRandom;
+    public delegate* unmanaged<nuint, nuint> C_GetFunctionStatus;
+    public delegate* unmanaged<nuint, nuint> C_CancelFunction;
+    public delegate* unmanaged<nuint, nuint*, void*, nuint> C_WaitForSlotEvent;
+}
+
+/// <summary>
+/// The PKCS#11 3.0 function list. Its first 68 entries are laid out exactly as in
+/// <see cref="CK_FUNCTION_LIST"/>, which is why a 2.40 list may be read through this type as long
+/// as nothing after C_WaitForSlotEvent is touched.
+/// </summary>
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct CK_FUNCTION_LIST_3_0
+{
+    public CK_VERSION version;
+    public delegate* unmanaged<void*, nuint> C_Initialize;
+    public delegate* unmanaged<void*, nuint> C_Finalize;
+    public delegate* unmanaged<CK_INFO*, nuint> C_GetInfo;
+    public delegate* unmanaged<CK_FUNCTION_LIST**, nuint> C_GetFunctionList;
+    public delegate* unmanaged<byte, nuint*, nuint*, nuint> C_GetSlotList;
+    public delegate* unmanaged<nuint, CK_SLOT_INFO*, nuint> C_GetSlotInfo;
+    public delegate* unmanaged<nuint, CK_TOKEN_INFO*, nuint> C_GetTokenInfo;
+    public delegate* unmanaged<nuint, nuint*, nuint*, nuint> C_GetMechanismList;
+    public delegate* unmanaged<nuint, nuint, CK_MECHANISM_INFO*, nuint> C_GetMechanismInfo;
+    public delegate* unmanaged<nuint, byte*, nuint, byte*, nuint> C_InitToken;
+    public delegate* unmanaged<nuint, byte*, nuint, nuint> C_InitPIN;
+    public delegate* unmanaged<nuint, byte*, nuint, byte*, nuint, nuint> C_SetPIN;
+    public delegate* unmanaged<nuint, nuint, void*, delegate* unmanaged<nuint, nuint, void*, nuint>, nuint*, nuint> C_OpenSession;
     public delegate* unmanaged<nuint, nuint> C_CloseSession;
     public delegate* unmanaged<nuint, nuint> C_CloseAllSessions;
     public delegate* unmanaged<nuint, CK_SESSION_INFO*, nuint> C_GetSessionInfo;
@@ -313,18 +400,29 @@ public static class Pkcs11Abi
     /// <summary>Function pointers in a 2.40 CK_FUNCTION_LIST (C_Initialize … C_WaitForSlotEvent).</summary>
     public const int FunctionCount240 = 68;
 
-    /// <summary>Function pointers in CK_FUNCTION_LIST_3_0.</summary>
+    /// <summary>Function pointers in CK_FUNCTION_LIST_3_0 (the 68, then C_GetInterfaceList … C_MessageVerifyFinal).</summary>
     public const int FunctionCount30 = 92;
 
-    /// <summary>Copies text into a fixed-width field, padding with spaces (truncating what does not fit).</summary>
+    /// <summary>
+    /// Fills a fixed-width field (label, manufacturerID, ...) with UTF-8 text padded with spaces,
+    /// as the standard requires; text that does not fit is cut at a character boundary so the
+    /// field never ends in half a UTF-8 sequence.
+    /// </summary>
     public static void WritePadded(Span<byte> field, ReadOnlySpan<byte> text)
     {
         field.Fill((byte)' ');
-        text[..Math.Min(text.Length, field.Length)].CopyTo(field);
+        var length = Math.Min(text.Length, field.Length);
+        if (length < text.Length)
+            while (length > 0 && (text[length] & 0xC0) == 0x80) // text[length] continues a sequence
+                length--;
+        text[..length].CopyTo(field);
     }
 
     public static void WritePadded(Span<byte> field, string text) => WritePadded(field, Encoding.UTF8.GetBytes(text));
 
-    /// <summary>The text of a space-padded field, without the padding.</summary>
+    /// <summary>
+    /// The text of a padded field without its padding. NULs are trimmed too because some modules
+    /// zero-fill instead of space-padding.
+    /// </summary>
     public static string ReadPadded(ReadOnlySpan<byte> field) => Encoding.UTF8.GetString(field).TrimEnd(' ', '\0');
 }

@@ -1,8 +1,9 @@
 /*
- * IBM vendor constants that p11-kit's RPC code (p11-kit/rpc-message.c,
- * rpc-client.c, rpc-server.c) serialises, but that no Debian header defines.
+ * Constants that p11-kit's RPC code (p11-kit/rpc-message.c,
+ * rpc-client.c, rpc-server.c) serialises, but that no Debian header defines:
+ * the IBM vendor names, and (at the end) a few standard ones NSS omits.
  *
- * Values copied from p11-kit's common/pkcs11x.h (the CRYPTOKI_IBM_VENDOR_DEFINED
+ * IBM values copied from p11-kit's common/pkcs11x.h (the CRYPTOKI_IBM_VENDOR_DEFINED
  * block, which mirrors opencryptoki's pkcs11types.h). This file is input to
  * src/Pkcs11/generate-constants.sh; it is read after NSS's pkcs11t.h, so it may
  * refer to CKA_/CKK_/CKM_VENDOR_DEFINED from there.
@@ -88,5 +89,27 @@
 #define CK_IBM_KYBER_KEM_VERSION               0
 #define CK_IBM_KYBER_KEM_ENCAPSULATE           1
 #define CK_IBM_KYBER_KEM_DECAPSULATE           2
+
+/*
+ * Not vendor names: standard PKCS#11 2.40 values that NSS's pkcs11t.h leaves
+ * out but p11-kit (and so our wire code) uses. Values from the OASIS PKCS#11
+ * 2.40 specification, as in p11-kit's own pkcs11.h.
+ */
+#define CKO_OTP_KEY                            0x00000008UL
+#define CKK_SECURID                            0x00000022UL
+#define CKK_HOTP                               0x00000023UL
+#define CKK_ACTI                               0x00000024UL
+#define CKA_NAME_HASH_ALGORITHM                0x0000008cUL
+#define CKN_OTP_CHANGED                        0x00000001UL
+#define CKM_DES3_CMAC_GENERAL                  0x00000137UL
+#define CKM_DES3_CMAC                          0x00000138UL
+#define CKM_TLS10_MAC_SERVER                   0x000003d6UL
+#define CKM_TLS10_MAC_CLIENT                   0x000003d7UL
+#define CKM_AES_GMAC                           0x0000108eUL
+#define CKM_CAMELLIA_CTR                       0x00000558UL
+#define CKM_AES_OFB                            0x00002104UL
+#define CKM_AES_CFB64                          0x00002105UL
+#define CKM_AES_CFB8                           0x00002106UL
+#define CKM_AES_CFB128                         0x00002107UL
 
 #endif /* P11PROXY_VENDOR_EXTENSIONS_H */
