@@ -88,7 +88,7 @@ internal static unsafe class Marshalling
             if (length == Unavailable) length = 0;
             if (length > WireWriter.MaxArrayLength) length = WireWriter.MaxArrayLength;
             AttributeCodec.WriteBufferEntry(writer, attribute.type, length);
-            if (attribute.pValue != null && profile.KindOf(attribute.type) == AttributeValueKind.AttributeArray)
+            if (attribute.pValue != null && profile.NestedAttributeBuffers && profile.KindOf(attribute.type) == AttributeValueKind.AttributeArray)
             {
                 if (depth + 1 > AttributeCodec.MaxDepth) return CKR_TEMPLATE_INCONSISTENT;
                 nuint nested = length / (nuint)sizeof(CK_ATTRIBUTE);

@@ -139,12 +139,14 @@ public static class AttributeCodec
                 return true;
             case AttributeValueKind.MechanismTypeArray:
             {
-                ulong count = length / 8;
+                // A NULL value (a size answer) has no elements: the count says so, the length
+                // field above still carries the size. (p11-kit writes length / 8 here and no
+                // elements, which leaves every reader out of step.)
+                ulong count = valueIsNull ? 0 : length / 8;
                 if (count > uint.MaxValue) { writer.Fail(); return false; }
                 writer.WriteUInt32((uint)count);
-                if (!valueIsNull)
-                    for (int i = 0; i < (int)count; i++)
-                        writer.WriteUInt64(BinaryPrimitives.ReadUInt64LittleEndian(value[(i * 8)..]));
+                for (int i = 0; i < (int)count; i++)
+                    writer.WriteUInt64(BinaryPrimitives.ReadUInt64LittleEndian(value[(i * 8)..]));
                 return true;
             }
             case AttributeValueKind.Date:
@@ -201,8 +203,11 @@ public static class AttributeCodec
             {
                 var image = new byte[(attribute.Mechanisms?.Length ?? 0) * 8];
                 attribute.CopyFlatValueTo(image);
-                return WriteFlat(writer, profile, attribute.Type, (ulong)image.Length, image,
-                    valueIsNull: attribute.Mechanisms is null);
+                // The announced length travels as it came, but never shorter than the elements.
+                ulong length = Math.Max(attribute.Length, (ulong)image.Length);
+                if (length != (ulong)image.Length && image.Length != 0) length = (ulong)image.Length;
+                return WriteFlat(writer, profile, attribute.Type, image.Length == 0 ? attribute.Length : length, image,
+                    valueIsNull: image.Length == 0);
             }
             default:
                 return WriteFlat(writer, profile, attribute.Type, attribute.Bytes.IsNull ? attribute.Length : (ulong)attribute.Bytes.Length,
@@ -326,7 +331,7 @@ public static class AttributeCodec
             if (!reader.TryReadUInt32(out uint type) || !reader.TryReadUInt32(out uint length))
                 return false;
             WireAttributeBuffer[]? nested = null;
-            if (length != 0 && profile.KindOf(type) == AttributeValueKind.AttributeArray)
+            if (length != 0 && profile.NestedAttributeBuffers && profile.KindOf(type) == AttributeValueKind.AttributeArray)
             {
                 if (!TryReadBufferArray(reader, profile, depth + 1, ref budget, out nested))
                     return false;

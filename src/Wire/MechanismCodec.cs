@@ -13,10 +13,16 @@ public static class MechanismCodec
     {
         if (mechanism.IsNullMechanism)
         {
+            // p11-kit 0.24 knows no marker for a NULL mechanism; its own client refuses the call.
+            if (!profile.HasNullMechanismMarker)
+                return CKR_ARGUMENTS_BAD;
             writer.WriteUInt32(WireMechanism.NullMechanismMarker);
             return CKR_OK;
         }
-        if (mechanism.Type > uint.MaxValue - 1 || !profile.CanCarry(mechanism.Type))
+        // Peers of version 2 take any mechanism (an absent parameter, or plain bytes through the
+        // byte-array fallback); older peers only what p11-kit's client of their time carried.
+        bool anyMechanism = profile.MechanismEncoding == MechanismEncoding.TypeThenOptionalParameter;
+        if (mechanism.Type > uint.MaxValue - 1 || (!anyMechanism && !profile.CanCarry(mechanism.Type)))
             return CKR_MECHANISM_INVALID;
 
         writer.WriteUInt32((uint)mechanism.Type);
@@ -62,7 +68,7 @@ public static class MechanismCodec
         mechanism = default;
         if (!reader.TryReadUInt32(out uint type))
             return false;
-        if (type == WireMechanism.NullMechanismMarker)
+        if (type == WireMechanism.NullMechanismMarker && profile.HasNullMechanismMarker)
         {
             mechanism = WireMechanism.NullMechanism;
             return true;

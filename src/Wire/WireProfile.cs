@@ -43,6 +43,16 @@ public sealed class WireProfile
     public byte Version { get; }
     public MechanismEncoding MechanismEncoding { get; }
 
+    /// <summary>
+    /// Whether 'fA' entries of template attributes carry their nested entries: p11-kit does so
+    /// since 0.25.4, older peers send type and length only. Version 1 spans 0.25.0 to 0.25.5; it
+    /// is taken to nest, as the later releases of that series do.
+    /// </summary>
+    public bool NestedAttributeBuffers => Version >= 1;
+
+    /// <summary>Whether a NULL CK_MECHANISM (0xffffffff marker) can be sent: p11-kit 0.24 has no such marker.</summary>
+    public bool HasNullMechanismMarker => Version >= 1;
+
     public static WireProfile V0 { get; }
     public static WireProfile V1 { get; }
     public static WireProfile V2 { get; }

@@ -262,7 +262,7 @@ public static class WireValues
             if (!AttributeCodec.WriteBufferEntry(writer, entry.Type, entry.Length))
                 return;
             // Mirrors AttributeCodec.TryReadBufferArray: a template with a buffer carries its nested entries.
-            if (entry.Length != 0 && profile.KindOf(entry.Type) == AttributeValueKind.AttributeArray)
+            if (entry.Length != 0 && profile.NestedAttributeBuffers && profile.KindOf(entry.Type) == AttributeValueKind.AttributeArray)
             {
                 if (depth >= AttributeCodec.MaxDepth) { writer.Fail(); return; }
                 var nested = entry.Nested ?? [];
@@ -482,7 +482,7 @@ public static class WireValues
                 return x.Type == y.Type && ParameterEquals(x.Parameter, y.Parameter);
             case MechanismUpdate x when b is MechanismUpdate y:
                 return x.HasParameter == y.HasParameter && x.Capsulation == y.Capsulation && x.HasData == y.HasData &&
-                       x.Length == y.Length && ValueEquals(x.Data, y.Data);
+                       x.Length == y.Length && (!x.HasData || ValueEquals(x.Data, y.Data));
             default:
                 return a.Equals(b);
         }
