@@ -6,17 +6,23 @@ namespace P11Proxy.Module;
 
 /// <summary>
 /// The module's link to the broker. Connection model: one connection per C_Initialize, shared by
-/// all host threads; a request and its reply are exchanged under one lock, as p11-kit's client
-/// does, and every frame is tagged with a fresh call code that the reply must carry, so replies
-/// can never be handed to the wrong thread. Sessions live on the broker side of this single
-/// connection, which is why several connections could not simply be pooled.
+/// all host threads (sessions live on the broker side of that connection, so connections cannot
+/// simply be pooled). Unlike p11-kit's client, which serialises calls, several threads may have
+/// requests in flight at once: each request carries a fresh call code, the broker answers in any
+/// order, and a reply is handed only to the thread waiting for its code, so replies never cross
+/// and a quick call is not held up behind another thread's slow signature. Frames are sent under
+/// a write lock in one system call; one waiting thread at a time reads (leader/follower).
 /// </summary>
 internal sealed class Connection : IDisposable
 {
-    private readonly object _gate = new();
+    private readonly object _writeGate = new();
+    private readonly object _readGate = new();
+    private readonly Dictionary<uint, Waiter> _waiters = new();
+    private int _timedWaiters;
+    private bool _reading;
     private readonly RpcChannel _channel;
     private readonly SpawnedProcess? _child;
-    private uint _nextCode = 0x10;
+    private uint _nextCode = 0x0f;
     private bool _broken;
 
     private readonly int _timeoutMilliseconds;
@@ -122,7 +128,10 @@ internal sealed class Connection : IDisposable
     /// Returns CKR_OK, the CK_RV of an error reply, or CKR_DEVICE_ERROR / CKR_DEVICE_REMOVED when the
     /// broker misbehaves or is gone.
     /// </summary>
-    public ulong Exchange(CallContext context)
+    public ulong Exchange(CallContext context) => Exchange(context, -1);
+
+    /// <summary>As <see cref="Exchange(CallContext)"/>, giving up after <paramref name="maxWaitMilliseconds"/> (-1: the configured timeout).</summary>
+    public ulong Exchange(CallContext context, int maxWaitMilliseconds)
     {
         var request = context.Request;
         var call = request.Call!;
@@ -131,27 +140,31 @@ internal sealed class Connection : IDisposable
             Log.Error($"{call.Name}: request could not be encoded");
             return CKR_HOST_MEMORY;
         }
-        lock (_gate)
+        if (Volatile.Read(ref _broken))
+            return CKR_DEVICE_REMOVED;
+
+        bool timed = call.Id != RpcCallId.C_WaitForSlotEvent;
+        uint code = NextCode();
+        var waiter = new Waiter(context);
+        lock (_readGate)
         {
-            if (_broken)
-                return CKR_DEVICE_REMOVED;
-            uint code = _nextCode++;
-            if (_nextCode == 0) _nextCode = 0x10;
-            try
-            {
-                _channel.ReceiveTimeoutMilliseconds = call.Id == RpcCallId.C_WaitForSlotEvent ? -1 : _timeoutMilliseconds;
-                _channel.SendFrame(code, request.Writer);
-                if (!_channel.TryReceiveFrame(out uint replyCode, out var body))
-                    return Fail(call, "the broker closed the connection");
-                if (replyCode != code)
-                    return Fail(call, $"reply tagged {replyCode} for request {code}");
-                context.KeepReply(body.Span);
-            }
-            catch (TransportException e)
-            {
-                return Fail(call, e.Message);
-            }
+            _waiters[code] = waiter;
+            if (timed) _timedWaiters++;
         }
+        try
+        {
+            lock (_writeGate)
+                _channel.SendFrame(code, request.Writer);
+        }
+        catch (TransportException e)
+        {
+            Forget(code, timed);
+            return Fail(call, e.Message);
+        }
+
+        ulong rv = AwaitReply(code, waiter, call, timed, maxWaitMilliseconds);
+        if (rv != CKR_OK)
+            return rv;
 
         var reply = context.Response;
         var status = reply.Parse(context.ReplyBody, MessageKind.Response);
@@ -180,9 +193,117 @@ internal sealed class Connection : IDisposable
 
     private ulong Fail(RpcCall call, string why)
     {
-        _broken = true;
-        Log.Error($"{call.Name}: lost the broker at {Address}: {why}");
+        if (!Volatile.Read(ref _broken))
+            Log.Error($"{call.Name}: lost the broker at {Address}: {why}");
+        Volatile.Write(ref _broken, true);
+        lock (_readGate) Monitor.PulseAll(_readGate);
         return CKR_DEVICE_ERROR;
+    }
+
+    private uint NextCode()
+    {
+        while (true)
+        {
+            uint code = Interlocked.Increment(ref _nextCode);
+            if (code >= 0x10) return code; // wrapped past 0xffffffff: skip the reserved low codes
+        }
+    }
+
+    private void Forget(uint code, bool timed)
+    {
+        lock (_readGate)
+        {
+            _waiters.Remove(code);
+            if (timed) _timedWaiters--;
+        }
+    }
+
+    /// <summary>A thread waiting for the reply tagged with its call code.</summary>
+    private sealed class Waiter(CallContext context)
+    {
+        public readonly CallContext Context = context;
+        public bool Done;
+    }
+
+    /// <summary>
+    /// Several host threads may be waiting on one connection. Whoever finds no reader becomes the
+    /// reader (leader/follower): it receives frames and hands each to the thread whose call code it
+    /// carries, until its own arrives; the others sleep. A reply with an unknown code is a broken
+    /// broker. The reader waits at most the configured timeout while any timed call is pending.
+    /// </summary>
+    private ulong AwaitReply(uint code, Waiter waiter, RpcCall call, bool timed, int maxWaitMilliseconds)
+    {
+        long deadline = maxWaitMilliseconds < 0 ? long.MaxValue : Environment.TickCount64 + maxWaitMilliseconds;
+        lock (_readGate)
+        {
+            try
+            {
+                while (!waiter.Done)
+                {
+                    if (Volatile.Read(ref _broken))
+                        return CKR_DEVICE_ERROR;
+                    long remaining = deadline - Environment.TickCount64;
+                    if (remaining <= 0)
+                        return CKR_DEVICE_ERROR;
+                    if (_reading)
+                    {
+                        Monitor.Wait(_readGate, (int)Math.Min(remaining, int.MaxValue));
+                        continue;
+                    }
+                    _reading = true;
+                    int timeout = _timedWaiters > 0 ? _timeoutMilliseconds : -1;
+                    if (deadline != long.MaxValue) timeout = timeout < 0 ? (int)remaining : (int)Math.Min(timeout, remaining);
+                    Monitor.Exit(_readGate);
+                    string? failure = null;
+                    try
+                    {
+                        failure = ReceiveOne(timeout);
+                    }
+                    finally
+                    {
+                        Monitor.Enter(_readGate);
+                        _reading = false;
+                        Monitor.PulseAll(_readGate);
+                    }
+                    if (failure is not null)
+                    {
+                        Monitor.Exit(_readGate);
+                        try { return Fail(call, failure); }
+                        finally { Monitor.Enter(_readGate); }
+                    }
+                }
+                return CKR_OK;
+            }
+            finally
+            {
+                _waiters.Remove(code);
+                if (timed) _timedWaiters--;
+            }
+        }
+    }
+
+    /// <summary>Receives one frame and gives it to its waiter; returns why the connection failed, if it did.</summary>
+    private string? ReceiveOne(int timeoutMilliseconds)
+    {
+        try
+        {
+            _channel.ReceiveTimeoutMilliseconds = timeoutMilliseconds;
+            if (!_channel.TryReceiveFrame(out uint replyCode, out var body))
+                return "the broker closed the connection";
+            lock (_readGate)
+            {
+                // Copied under the lock: a waiter that gave up must not find its buffers rewritten.
+                if (!_waiters.TryGetValue(replyCode, out var target))
+                    return $"reply tagged {replyCode}, which no call is waiting for";
+                target.Context.KeepReply(body.Span);
+                target.Done = true;
+            }
+            return null;
+        }
+        catch (TransportException e)
+        {
+            return e.Message;
+        }
     }
 
     /// <summary>
@@ -192,17 +313,7 @@ internal sealed class Connection : IDisposable
     /// </summary>
     public ulong FinalizeAndClose(CallContext context, int waitMilliseconds)
     {
-        ulong rv = CKR_OK;
-        bool free = Monitor.TryEnter(_gate, waitMilliseconds);
-        try
-        {
-            if (free && !_broken)
-                rv = Exchange(context);
-        }
-        finally
-        {
-            if (free) Monitor.Exit(_gate);
-        }
+        ulong rv = Volatile.Read(ref _broken) ? CKR_OK : Exchange(context, waitMilliseconds);
         Dispose();
         return rv;
     }
@@ -213,7 +324,14 @@ internal sealed class Connection : IDisposable
         Volatile.Write(ref _broken, true);
         if (_child is not null) _child.Shutdown();
         else _channel.Shutdown();
-        lock (_gate)
+        // Wait until no thread is reading or writing before the descriptors are closed.
+        lock (_readGate)
+        {
+            Monitor.PulseAll(_readGate);
+            while (_reading)
+                Monitor.Wait(_readGate, 100);
+        }
+        lock (_writeGate)
             Close(_channel, _child);
     }
 }
