@@ -25,6 +25,15 @@ PACKAGES=(
   "openssl:/usr/bin/openssl"
   "libnss3-dev:/usr/include/nss/pkcs11t.h"                       # header the constants are generated from
   "strace:/usr/bin/strace"                                       # golden-vector capture
+  "openssh-client:/usr/bin/ssh-keygen"                           # real clients (native-tests/1*.sh)
+  "openssh-server:/usr/sbin/sshd"
+  "libnss3-tools:/usr/bin/modutil"
+  "libengine-pkcs11-openssl:/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so"
+  "curl:/usr/bin/curl"
+  "default-jdk-headless:/usr/bin/javac"                          # SunPKCS11; java Sign.java needs a JDK
+  "hostapd:/usr/sbin/hostapd"
+  "wpasupplicant:/usr/sbin/wpa_supplicant"
+  "iproute2:/sbin/ip"
 )
 
 ensure_packages() {
@@ -65,27 +74,30 @@ build() {
 PASSED=0
 FAILED=0
 
-# Runs one NUnit project and adds its counts. Skipped tests count as failed: none may be skipped.
+# Runs one NUnit project and adds its counts (read from its TRX report). Skipped tests count as
+# failed: none may be skipped.
 run_dotnet_tests() {
-  local project=$1 name=$2 log
-  log=$(mktemp)
+  local project=$1 name=$2
+  local results="$ROOT/.build/results/$(basename "$project" .csproj)"
+  rm -rf "$results"
   say "running $name"
   set +e
-  dotnet test "$project" -c Release --nologo --logger "console;verbosity=normal" 2>&1 | tee "$log" | grep -E '^\s*(Failed|Skipped) |Error Message|Assert' | head -200 >&2
+  dotnet test "$project" -c Release --nologo --logger "trx;LogFileName=results.trx" --results-directory "$results" \
+    >"$results.log" 2>&1
   set -e
-  local summary
-  summary=$(grep -E '(Passed|Failed)!? +- +Failed: +[0-9]+' "$log" | tail -1 || true)
-  if [ -z "$summary" ]; then
-    say "$name: no test summary (build failure?)"; tail -40 "$log" >&2
-    FAILED=$((FAILED + 1)); rm -f "$log"; return
+  grep -E '^\s+Failed |Error Message:|^\s+(Expected|But was):' "$results.log" | head -60 >&2 || true
+  local trx="$results/results.trx" counters
+  counters=$(grep -o '<Counters [^>]*>' "$trx" 2>/dev/null || true)
+  if [ -z "$counters" ]; then
+    say "$name: no test report (build failure?)"; tail -40 "$results.log" >&2 || true
+    FAILED=$((FAILED + 1)); return
   fi
-  local f p s
-  f=$(sed -E 's/.*Failed: +([0-9]+).*/\1/' <<<"$summary")
-  p=$(sed -E 's/.*Passed: +([0-9]+).*/\1/' <<<"$summary")
-  s=$(sed -E 's/.*Skipped: +([0-9]+).*/\1/' <<<"$summary")
-  say "$name: $p passed, $f failed, $s skipped"
-  PASSED=$((PASSED + p)); FAILED=$((FAILED + f + s))
-  rm -f "$log"
+  local total passed failed
+  total=$(sed -E 's/.* total="([0-9]+)".*/\1/' <<<"$counters")
+  passed=$(sed -E 's/.* passed="([0-9]+)".*/\1/' <<<"$counters")
+  failed=$((total - passed))
+  say "$name: $passed passed, $failed failed or skipped (of $total)"
+  PASSED=$((PASSED + passed)); FAILED=$((FAILED + failed))
 }
 
 # Each native-tests/*.sh script is one test: exit 0 passes, anything else fails.
@@ -110,7 +122,7 @@ run_native_tests() {
 
 run_tests() {
   build
-  mkdir -p "$ROOT/.build"
+  mkdir -p "$ROOT/.build/results"
   export P11PROXY_MODULE="$OUT/p11proxy.so"
   run_dotnet_tests tests/Unit/Unit.csproj "unit tests"
   [ -f tests/conformance/Conformance.csproj ] && run_dotnet_tests tests/conformance/Conformance.csproj "conformance tests"
@@ -140,9 +152,47 @@ demo() {
   say "demo done; stopping the broker and removing the token"
 }
 
+# --- install ---------------------------------------------------------------------------------
+# ./build.sh install: the built module, broker and registration into the system's places (run
+# ./build.sh first); ./build.sh uninstall removes them (the config file only while unmodified).
+INSTALL_MODULE=/usr/lib/x86_64-linux-gnu/pkcs11/p11proxy.so
+INSTALL_BROKER=/usr/libexec/p11proxy-broker
+INSTALL_REGISTRATION=/usr/share/p11-kit/modules/p11proxy.module
+INSTALL_CONF=/etc/p11proxy/p11proxy.conf
+
+install_files() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  [ -f "$OUT/p11proxy.so" ] && [ -f "$OUT/p11proxy-broker" ] || die "out/p11proxy.so and out/p11proxy-broker are not built: run ./build.sh first"
+  $sudo install -D -m 0755 "$OUT/p11proxy.so" "$INSTALL_MODULE"
+  $sudo install -D -m 0755 "$OUT/p11proxy-broker" "$INSTALL_BROKER"
+  $sudo install -D -m 0644 module-config/p11proxy.module "$INSTALL_REGISTRATION"
+  if [ -e "$INSTALL_CONF" ]; then
+    say "keeping the existing $INSTALL_CONF"
+  else
+    $sudo install -D -m 0644 module-config/p11proxy.conf "$INSTALL_CONF"
+  fi
+  say "installed $INSTALL_MODULE $INSTALL_BROKER $INSTALL_REGISTRATION $INSTALL_CONF"
+}
+
+uninstall_files() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo rm -f "$INSTALL_MODULE" "$INSTALL_BROKER" "$INSTALL_REGISTRATION"
+  if [ -f "$INSTALL_CONF" ] && cmp -s "$INSTALL_CONF" module-config/p11proxy.conf; then
+    $sudo rm -f "$INSTALL_CONF"
+    $sudo rmdir "$(dirname "$INSTALL_CONF")" 2>/dev/null || true
+  elif [ -e "$INSTALL_CONF" ]; then
+    say "keeping $INSTALL_CONF (changed since installation)"
+  fi
+  say "removed $INSTALL_MODULE $INSTALL_BROKER $INSTALL_REGISTRATION"
+}
+
 case "${1:-build}" in
   build) build ;;
   test) run_tests ;;
   demo) demo ;;
+  install) install_files ;;
+  uninstall) uninstall_files ;;
   *) die "unknown command '$1' (use: build, demo, test)" ;;
 esac

@@ -1,0 +1,3 @@
+global using NUnit.Framework;
+global using Net.Pkcs11Interop.HighLevelAPI.MechanismParams;
+global using Net.Pkcs11Interop.HighLevelAPI.Factories;
