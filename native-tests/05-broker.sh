@@ -23,11 +23,14 @@ diff <(sed 1d "$FIXTURE_DIR/test-direct" | grep -vF "$skipped") <(sed 1d "$FIXTU
 echo "p11-kit-client.so against the broker: --test as SoftHSM direct ($(grep -cF "$skipped" "$FIXTURE_DIR/test-direct") vs $(grep -cF "$skipped" "$FIXTURE_DIR/test-client") skipped mechanisms)"
 
 # Two clients: one cannot use or close the other's session, and its disconnect leaves it alone.
+# (bash unsets HOLD_PID once the coprocess ends, so its pid is kept first)
 coproc HOLD { "$FIXTURE_DIR/probe" hold "$OUT/p11proxy.so"; }
-read -r handle <&"${HOLD[0]}"
+hold_pid=$HOLD_PID
+exec {hold_out}<&"${HOLD[0]}" {hold_in}>&"${HOLD[1]}"
+read -r handle <&"$hold_out"
 "$FIXTURE_DIR/probe" steal "$OUT/p11proxy.so" "$handle" || fail "a client could touch another client's session $handle"
-echo done >&"${HOLD[1]}"
-wait "$HOLD_PID" || fail "the first client's session did not survive the second client"
+echo done >&"$hold_in"
+wait "$hold_pid" || fail "the first client's session did not survive the second client"
 echo "clients isolated: session $handle refused to the other client and still alive after it left"
 
 # A malformed message closes only its own connection; the broker keeps serving.

@@ -81,9 +81,11 @@ internal sealed partial class Server
 /// <summary>
 /// One client's connection. Requests are answered concurrently and as they finish, tagged with
 /// the caller's call code, so a slow signature does not hold up another thread's small call.
-/// Workers take turns as the reader (leader/follower): the thread that receives a request
-/// handles it itself, after letting the next worker read, so the common one-at-a-time case
-/// costs no thread hand-off. Workers are added while all are busy, up to <see cref="MaxWorkers"/>.
+/// One worker at a time is the reader. After reading a request that may take a while (crypto,
+/// key generation, login, slot events) it hands the reader role to a parked worker (or starts
+/// one, up to <see cref="MaxWorkers"/>) before handling it; a quick request is handled by the
+/// reader itself, which then reads on, so the common one-call-at-a-time case costs one read and
+/// one write and no thread hand-off.
 /// </summary>
 internal sealed class ClientConnection
 {
@@ -96,10 +98,11 @@ internal sealed class ClientConnection
     private readonly TokenFilter _filter;
     private readonly BrokerLog _log;
     private readonly ClientState _client;
-    private readonly object _readLock = new();
+    private readonly object _park = new();
     private readonly object _writeLock = new();
     private int _workers;
-    private int _idle;
+    private int _parked;
+    private bool _readerActive;
     private volatile bool _closing;
 
     public ClientConnection(RpcChannel channel, string name, WireProfile profile, Backend backend, TokenFilter filter, BrokerLog log)
@@ -117,16 +120,18 @@ internal sealed class ClientConnection
     public void Run()
     {
         Interlocked.Increment(ref _workers);
-        Interlocked.Increment(ref _idle);
         Work();
     }
 
-    private void StartWorker()
-    {
-        Interlocked.Increment(ref _workers);
-        Interlocked.Increment(ref _idle);
-        new Thread(Work) { IsBackground = true, Name = _name }.Start();
-    }
+    /// <summary>Calls that return quickly whatever the token: the reader handles them itself.</summary>
+    private static bool IsQuick(uint callId) => (RpcCallId)callId is
+        RpcCallId.C_Initialize or RpcCallId.C_Finalize or RpcCallId.C_GetInfo or RpcCallId.C_GetSlotList or
+        RpcCallId.C_GetSlotInfo or RpcCallId.C_GetTokenInfo or RpcCallId.C_GetMechanismList or
+        RpcCallId.C_GetMechanismInfo or RpcCallId.C_OpenSession or RpcCallId.C_CloseSession or
+        RpcCallId.C_GetSessionInfo or RpcCallId.C_Logout or RpcCallId.C_GetObjectSize or
+        RpcCallId.C_GetAttributeValue or RpcCallId.C_SetAttributeValue or RpcCallId.C_FindObjectsInit or
+        RpcCallId.C_FindObjects or RpcCallId.C_FindObjectsFinal or RpcCallId.C_GenerateRandom or
+        RpcCallId.C_SeedRandom or RpcCallId.C_DestroyObject;
 
     private void Work()
     {
@@ -134,26 +139,42 @@ internal sealed class ClientConnection
         byte[] body = new byte[4096];
         try
         {
-            while (!_closing)
+            while (true)
             {
-                uint code;
-                int length;
-                lock (_readLock)
+                lock (_park)
                 {
-                    if (_closing) break;
-                    if (!_channel.TryReceiveFrame(out code, out var frame))
+                    while (_readerActive && !_closing)
                     {
-                        _log.Info($"{_name} disconnected");
-                        Close();
-                        break;
+                        _parked++;
+                        Monitor.Wait(_park);
+                        _parked--;
                     }
-                    if (body.Length < frame.Length)
-                        body = new byte[Math.Max(frame.Length, body.Length * 2)];
-                    frame.Span.CopyTo(body);
-                    length = frame.Length;
+                    if (_closing) break;
+                    _readerActive = true;
                 }
-                if (Interlocked.Decrement(ref _idle) == 0 && Volatile.Read(ref _workers) < MaxWorkers)
-                    StartWorker();
+
+                if (!_channel.TryReceiveFrame(out uint code, out var frame))
+                {
+                    _log.Info($"{_name} disconnected");
+                    Close();
+                    break;
+                }
+                if (body.Length < frame.Length)
+                    body = new byte[Math.Max(frame.Length, body.Length * 2)];
+                frame.Span.CopyTo(body);
+                int length = frame.Length;
+                uint callId = length >= 4 ? System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(body) : 0;
+
+                bool handOver = !IsQuick(callId) || _channel.HasBufferedData;
+                lock (_park)
+                {
+                    _readerActive = false;
+                    if (handOver)
+                    {
+                        if (_parked > 0) Monitor.Pulse(_park);
+                        else if (_workers < MaxWorkers) StartWorker();
+                    }
+                }
                 try
                 {
                     if (!dispatcher.Handle(new ReadOnlyMemory<byte>(body, 0, length), out var reply))
@@ -166,8 +187,7 @@ internal sealed class ClientConnection
                 }
                 finally
                 {
-                    Interlocked.Increment(ref _idle);
-                    if (length > 0) Array.Clear(body, 0, length); // requests may carry PINs
+                    Array.Clear(body, 0, length); // requests may carry PINs
                 }
             }
         }
@@ -195,10 +215,21 @@ internal sealed class ClientConnection
         }
     }
 
+    /// <summary>Called with <see cref="_park"/> held.</summary>
+    private void StartWorker()
+    {
+        Interlocked.Increment(ref _workers);
+        new Thread(Work) { IsBackground = true, Name = _name }.Start();
+    }
+
     /// <summary>Stops every worker: a reader blocked on the socket is woken by the shutdown.</summary>
     private void Close()
     {
-        _closing = true;
+        lock (_park)
+        {
+            _closing = true;
+            Monitor.PulseAll(_park);
+        }
         _channel.Shutdown();
     }
 }

@@ -22,6 +22,17 @@ internal static partial class Libc
     public const short POLLHUP = 0x010;
     public const int SOL_SOCKET = 1;
     public const int SO_PEERCRED = 17;
+    public const int SO_RCVTIMEO = 20;
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct TimeVal
+    {
+        public long Seconds;
+        public long Microseconds;
+    }
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int setsockopt(int fd, int level, int name, in TimeVal value, uint length);
 
     [LibraryImport("libc", SetLastError = true)]
     public static partial int socket(int domain, int type, int protocol);

@@ -32,10 +32,34 @@ public sealed class RpcChannel : IDisposable
         _receive = ArrayPool<byte>.Shared.Rent(16 * 1024);
     }
 
-    /// <summary>Milliseconds a receive may wait for the peer; -1 waits for ever.</summary>
-    public int ReceiveTimeoutMilliseconds { get; set; } = -1;
+    private int _receiveTimeout = -1;
+    private int _socketTimeout = -1;
+
+    /// <summary>
+    /// Milliseconds a receive may wait for the peer; -1 waits for ever. On sockets the kernel
+    /// enforces it (SO_RCVTIMEO, set only when it changes), so a read costs one system call; on
+    /// pipes a poll precedes each read.
+    /// </summary>
+    public int ReceiveTimeoutMilliseconds
+    {
+        get => _receiveTimeout;
+        set => _receiveTimeout = value;
+    }
+
+    private void ApplySocketTimeout()
+    {
+        if (_socketTimeout == _receiveTimeout)
+            return;
+        int ms = Math.Max(_receiveTimeout, 0); // 0 in SO_RCVTIMEO means "no limit"
+        var value = new Libc.TimeVal { Seconds = ms / 1000, Microseconds = ms % 1000 * 1000 };
+        if (Libc.setsockopt(_readFd, Libc.SOL_SOCKET, Libc.SO_RCVTIMEO, value, 16) == 0)
+            _socketTimeout = _receiveTimeout;
+    }
 
     public int ReadFd => _readFd;
+
+    /// <summary>Whether bytes of a further frame already sit in the receive buffer.</summary>
+    public bool HasBufferedData => _receiveEnd > _receiveStart;
 
     /// <summary>Connects to a unix socket, close-on-exec so a forking host does not leak it into children.</summary>
     public static RpcChannel ConnectUnix(string path, FrameLimits? limits = null)
@@ -172,6 +196,8 @@ public sealed class RpcChannel : IDisposable
             if (got < 0)
             {
                 int errno = Libc.LastError;
+                if (errno == Libc.EAGAIN && _isSocket && _socketTimeout > 0)
+                    throw new TransportException($"the peer sent nothing for {_socketTimeout} ms");
                 if (errno == Libc.EINTR || errno == Libc.EAGAIN) continue;
                 throw new TransportException($"cannot receive from the peer: {Libc.Describe(errno)}");
             }
@@ -196,6 +222,8 @@ public sealed class RpcChannel : IDisposable
             if (got < 0)
             {
                 int errno = Libc.LastError;
+                if (errno == Libc.EAGAIN && _isSocket && _socketTimeout > 0)
+                    throw new TransportException($"the peer sent nothing for {_socketTimeout} ms");
                 if (errno == Libc.EINTR || errno == Libc.EAGAIN) continue;
                 throw new TransportException($"cannot receive from the peer: {Libc.Describe(errno)}");
             }
@@ -208,6 +236,12 @@ public sealed class RpcChannel : IDisposable
 
     private void WaitReadable()
     {
+        if (_isSocket)
+        {
+            ApplySocketTimeout();
+            if (_socketTimeout == _receiveTimeout)
+                return;
+        }
         if (ReceiveTimeoutMilliseconds < 0)
             return;
         Span<Libc.PollFd> fds = [new Libc.PollFd { Fd = _readFd, Events = Libc.POLLIN }];
