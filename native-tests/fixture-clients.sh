@@ -1,0 +1,152 @@
+# Fixture for the real-client tests (native-tests/1*.sh). Source it after lib.sh.
+#
+# fixture_clients_token NAME makes a throw-away SoftHSM token holding two key pairs with
+# certificates issued by a throw-away test CA, plus a server certificate for TLS peers:
+#
+#   id 01 label rsa-key   RSA-2048 key pair (imported), certificate rsa.pem / rsa.der
+#   id 02 label ec-key    EC P-256 key pair (imported), certificate ec.pem / ec.der
+#   files in $FIXTURE_DIR: ca.pem, server.pem, server-key.pem (CN 127.0.0.1), rsa-key.pem, ec-key.pem,
+#                          rsa-pub.pem, ec-pub.pem, pinfile
+#
+# fixture_clients_brokers starts our broker (BROKER_ADDRESS) and p11-kit's server
+# (P11KIT_ADDRESS) for that token. Everything started or registered here is undone at exit: the
+# processes in FIXTURE_PIDS by lib.sh's cleanup, then the actions added with fixture_on_exit.
+# shellcheck shell=bash
+
+FIXTURE_EXIT_ACTIONS=()
+FIXTURE_STARTED=$(date +%s%N)
+
+# fixture_on_exit 'COMMAND': run COMMAND (eval) at exit, after the processes are stopped; last
+# added runs first.
+fixture_on_exit() { FIXTURE_EXIT_ACTIONS+=("$1"); }
+
+fixture_clients_cleanup() {
+  local status=$? i
+  fixture_cleanup
+  for ((i = ${#FIXTURE_EXIT_ACTIONS[@]} - 1; i >= 0; i--)); do
+    eval "${FIXTURE_EXIT_ACTIONS[$i]}" >/dev/null 2>&1 || true
+  done
+  exit $status
+}
+trap fixture_clients_cleanup EXIT
+
+# Elapsed seconds since the fixture was sourced, for the last line of each script.
+fixture_elapsed() {
+  local ms=$((($(date +%s%N) - FIXTURE_STARTED) / 1000000))
+  printf '%d.%d' $((ms / 1000)) $((ms % 1000 / 100))
+}
+
+# fixture_clients_cert NAME KEYFILE CN EXTENSIONS: a certificate NAME.pem (and NAME.der) for
+# KEYFILE issued by the test CA.
+fixture_clients_cert() {
+  local name=$1 key=$2 cn=$3 ext=$4 d=$FIXTURE_DIR
+  openssl req -new -key "$key" -subj "/O=p11proxy tests/CN=$cn" -out "$d/$name.csr" 2>/dev/null \
+    || fail "openssl could not make a request for $name"
+  printf '%s\n' "$ext" > "$d/$name.ext"
+  openssl x509 -req -in "$d/$name.csr" -CA "$d/ca.pem" -CAkey "$d/ca-key.pem" -CAcreateserial -days 2 -sha256 \
+    -extfile "$d/$name.ext" -out "$d/$name.pem" 2>/dev/null || fail "the test CA could not issue $name"
+  openssl x509 -in "$d/$name.pem" -outform DER -out "$d/$name.der"
+}
+
+# fixture_clients_token NAME: see the top of this file. Sets FIXTURE_DIR, FIXTURE_LABEL,
+# FIXTURE_PIN, FIXTURE_SO_PIN, SOFTHSM2_CONF, RSA_URI, EC_URI, TOKEN_URI.
+fixture_clients_token() {
+  FIXTURE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/p11proxy-$1.XXXXXX")
+  FIXTURE_LABEL="p11proxy-$1"
+  FIXTURE_PIN=1234
+  FIXTURE_SO_PIN=12345678
+  local d=$FIXTURE_DIR
+  mkdir -p "$d/tokens"
+  printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$d/tokens" > "$d/softhsm2.conf"
+  export SOFTHSM2_CONF="$d/softhsm2.conf"
+  softhsm2-util --init-token --free --label "$FIXTURE_LABEL" --so-pin "$FIXTURE_SO_PIN" --pin "$FIXTURE_PIN" >/dev/null \
+    || fail "softhsm2-util could not create a token"
+  printf '%s\n' "$FIXTURE_PIN" > "$d/pinfile"
+
+  # The test CA (EC, so that the chain mixes algorithms).
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$d/ca-key.pem" -out "$d/ca.pem" \
+    -days 2 -subj "/O=p11proxy tests/CN=p11proxy test CA" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null \
+    || fail "openssl could not make the test CA"
+
+  # Client keys, made in files, imported into the token, certificates written next to them.
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$d/rsa-key.pem" 2>/dev/null || fail "no RSA key"
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$d/ec-key.pem" 2>/dev/null || fail "no EC key"
+  chmod 0600 "$d/rsa-key.pem" "$d/ec-key.pem"
+  local client_ext='basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature
+extendedKeyUsage=clientAuth
+subjectKeyIdentifier=hash
+authorityKeyIdentifier=keyid'
+  fixture_clients_cert rsa "$d/rsa-key.pem" "p11proxy rsa client" "$client_ext"
+  fixture_clients_cert ec "$d/ec-key.pem" "p11proxy ec client" "$client_ext"
+  local kind id
+  for kind in rsa ec; do
+    id=01; [ $kind = ec ] && id=02
+    openssl pkey -in "$d/$kind-key.pem" -pubout -out "$d/$kind-pub.pem" 2>/dev/null
+    softhsm2-util --import "$d/$kind-key.pem" --token "$FIXTURE_LABEL" --label "$kind-key" --id "$id" --pin "$FIXTURE_PIN" >/dev/null \
+      || fail "softhsm2-util could not import $kind-key"
+    pkcs11-tool --module "$SOFTHSM_MODULE" --token-label "$FIXTURE_LABEL" --login --pin "$FIXTURE_PIN" \
+      --write-object "$d/$kind.der" --type cert --id "$id" --label "$kind-key" >/dev/null 2>&1 \
+      || fail "pkcs11-tool could not store the $kind certificate"
+  done
+
+  # The TLS/EAP server's certificate: a file key, never on the token.
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$d/server-key.pem" 2>/dev/null || fail "no server key"
+  fixture_clients_cert server "$d/server-key.pem" "127.0.0.1" 'basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,DNS:localhost'
+
+  TOKEN_URI="pkcs11:token=$FIXTURE_LABEL"
+  RSA_URI="pkcs11:token=$FIXTURE_LABEL;object=rsa-key;type=private"
+  EC_URI="pkcs11:token=$FIXTURE_LABEL;object=ec-key;type=private"
+}
+
+# fixture_clients_brokers: our broker and p11-kit's server, both serving the token.
+fixture_clients_brokers() {
+  fixture_start_broker
+  BROKER_ADDRESS=$FIXTURE_ADDRESS
+  fixture_start_p11kit_server
+  P11KIT_ADDRESS=$FIXTURE_ADDRESS
+}
+
+# fixture_free_port: prints a TCP port in 20000-59999 nothing listens on (127.0.0.1).
+fixture_free_port() {
+  local port i
+  for i in $(seq 1 50); do
+    port=$((20000 + RANDOM % 40000))
+    if [ -z "$(ss -Htln "sport = :$port" 2>/dev/null)" ]; then echo "$port"; return 0; fi
+  done
+  fail "no free TCP port found"
+}
+
+# fixture_wait_port PORT PID [NAME]: waits (10 s) until something listens on PORT; fails if PID died.
+fixture_wait_port() {
+  local port=$1 pid=$2 name=${3:-server} i
+  for i in $(seq 1 100); do
+    [ -n "$(ss -Htln "sport = :$port" 2>/dev/null)" ] && return 0
+    kill -0 "$pid" 2>/dev/null || fail "$name exited before listening on port $port"
+    sleep 0.1
+  done
+  fail "$name is not listening on port $port after 10 s"
+}
+
+# fixture_wait_file FILE REGEX SECONDS: waits until FILE has a line matching REGEX; status 1 if not.
+fixture_wait_file() {
+  local file=$1 regex=$2 limit=$(($3 * 10)) i
+  for i in $(seq 1 "$limit"); do
+    grep -qE "$regex" "$file" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# fixture_install: ./build.sh install now, ./build.sh uninstall at exit.
+fixture_install() {
+  local root
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  [ "$(readlink -f "$OUT")" = "$root/out" ] || fail "./build.sh install copies $root/out, but the test runs $OUT"
+  fixture_on_exit "'$root/build.sh' uninstall"
+  "$root/build.sh" install >"$FIXTURE_DIR/install.out" 2>&1 || fail "./build.sh install failed: $(cat "$FIXTURE_DIR/install.out")"
+}
