@@ -80,7 +80,7 @@ internal sealed class Connection : IDisposable
         byte version;
         try
         {
-            version = channel.NegotiateAsClient(WireProfile.MaxVersion);
+            version = channel.NegotiateAsClient(OfferedVersion());
         }
         catch (TransportException)
         {
@@ -101,6 +101,22 @@ internal sealed class Connection : IDisposable
         }
         Log.Trace($"connected to {address} with protocol version {version}");
         return new Connection(channel, child, WireProfile.For(version), address.ToString(), timeoutMilliseconds);
+    }
+
+    /// <summary>
+    /// The highest protocol version to offer: WireProfile.MaxVersion, or lower when
+    /// P11PROXY_PROTOCOL_VERSION says so (to interoperate with a peer that mishandles newer ones,
+    /// and to test every version against our own broker).
+    /// </summary>
+    private static byte OfferedVersion()
+    {
+        string? text = Environment.GetEnvironmentVariable("P11PROXY_PROTOCOL_VERSION");
+        if (string.IsNullOrEmpty(text))
+            return WireProfile.MaxVersion;
+        if (byte.TryParse(text, out byte version) && version <= WireProfile.MaxVersion)
+            return version;
+        Log.Error($"ignoring P11PROXY_PROTOCOL_VERSION={text}: it must be 0 to {WireProfile.MaxVersion}");
+        return WireProfile.MaxVersion;
     }
 
     private static (RpcChannel, SpawnedProcess?) OpenChannel(ServerAddress address)

@@ -28,6 +28,21 @@ internal static class H
         (ulong)CKM.CKM_SHA512_RSA_PKCS_PSS,
     ];
 
+    /// <summary>
+    /// What a protocol-1 path hides: p11-kit 0.25.0-0.25.5 carry the parameters of AES/DES CBC,
+    /// CTR, GCM, CMAC, ECDH and the PSS family, but still not these (no entry in their tables).
+    /// </summary>
+    public static readonly HashSet<ulong> HiddenByP11Kit025 =
+    [
+        (ulong)CKM.CKM_AES_CBC_ENCRYPT_DATA, (ulong)CKM.CKM_AES_ECB_ENCRYPT_DATA, (ulong)CKM.CKM_AES_KEY_WRAP,
+        (ulong)CKM.CKM_AES_KEY_WRAP_PAD, (ulong)CKM.CKM_DES_CBC_ENCRYPT_DATA, (ulong)CKM.CKM_DES_ECB_ENCRYPT_DATA,
+        (ulong)CKM.CKM_DES3_CBC_ENCRYPT_DATA, (ulong)CKM.CKM_DES3_ECB_ENCRYPT_DATA,
+        (ulong)CKM.CKM_DSA_SHA224, (ulong)CKM.CKM_DSA_SHA256, (ulong)CKM.CKM_DSA_SHA384, (ulong)CKM.CKM_DSA_SHA512,
+        0x1055 /* CKM_EC_EDWARDS_KEY_PAIR_GEN */, 0x1057 /* CKM_EDDSA */,
+    ];
+
+    public static readonly HashSet<ulong> NothingHidden = [];
+
     public static List<IObjectAttribute> Attrs(params (CKA type, object value)[] items)
     {
         var f = Reference.Factories.ObjectAttributeFactory;

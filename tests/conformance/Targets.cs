@@ -175,7 +175,8 @@ public sealed class Reference
 internal sealed class Target : IDisposable
 {
     public static readonly string[] Names =
-        ["direct", "p11kit-server", "p11kit-remote", "broker-socket", "broker-stdio", "p11kit-client-broker"];
+        ["direct", "p11kit-server", "p11kit-remote", "broker-socket", "broker-stdio", "p11kit-client-broker",
+         "broker-v1", "broker-v0"];
 
     public string Name { get; }
     public string ModulePath { get; private set; } = "";
@@ -183,7 +184,14 @@ internal sealed class Target : IDisposable
     public ISlot Slot { get; private set; } = null!;
     /// <summary>The client side speaks p11-kit's protocol version 0 (p11-kit 0.24.1 on one end), so
     /// only the mechanisms whose parameters p11-kit 0.24 can carry are usable.</summary>
-    public bool Protocol0 => Name is "p11kit-server" or "p11kit-remote" or "p11kit-client-broker";
+    public bool Protocol0 => Name is "p11kit-server" or "p11kit-remote" or "p11kit-client-broker" or "broker-v0";
+
+    /// <summary>
+    /// The mechanisms the protocol version of this path cannot carry, hidden from the list and
+    /// refused at *Init: p11-kit 0.24's set for version 0, p11-kit 0.25's for version 1 (our
+    /// module offering only version 1 to our broker), none for version 2.
+    /// </summary>
+    public IReadOnlySet<ulong> Hidden => Protocol0 ? H.HiddenByP11Kit024 : Name == "broker-v1" ? H.HiddenByP11Kit025 : H.NothingHidden;
     public bool IsDirect => Name == "direct";
     /// <summary>What the server process printed so far (empty without one).</summary>
     public string ServerLog => _server?.Log ?? "";
@@ -220,6 +228,8 @@ internal sealed class Target : IDisposable
                 break;
             case "broker-socket":
             case "p11kit-client-broker":
+            case "broker-v1":
+            case "broker-v0":
                 string[] args = ["serve", "--module", Paths.SoftHsm, "--socket", sock];
                 // P11PROXY_CONF_VERBOSE=1: the broker traces every call into its log, shown by BrokerLog.
                 if (Environment.GetEnvironmentVariable("P11PROXY_CONF_VERBOSE") == "1") args = [.. args, "--verbose"];
@@ -236,6 +246,9 @@ internal sealed class Target : IDisposable
         // target's token directory. SoftHSM in this process read its own at C_Initialize already.
         NativeEnv.Set("SOFTHSM2_CONF", _dir.Conf);
         NativeEnv.Set("P11_KIT_SERVER_ADDRESS", address);
+        // broker-v1 / broker-v0: our module offers only that protocol version to our broker.
+        if (Name is "broker-v1" or "broker-v0") NativeEnv.Set("P11PROXY_PROTOCOL_VERSION", Name == "broker-v1" ? "1" : "0");
+        else NativeEnv.Unset("P11PROXY_PROTOCOL_VERSION");
         ModulePath = module;
         try
         {
