@@ -25,6 +25,7 @@ PACKAGES=(
   "openssl:/usr/bin/openssl"
   "libnss3-dev:/usr/include/nss/pkcs11t.h"                       # header the constants are generated from
   "strace:/usr/bin/strace"                                       # golden-vector capture
+  "libssl-dev:/usr/include/openssl/sha.h"                        # native test hosts
   "openssh-client:/usr/bin/ssh-keygen"                           # real clients (native-tests/1*.sh)
   "openssh-server:/usr/sbin/sshd"
   "libnss3-tools:/usr/bin/modutil"
