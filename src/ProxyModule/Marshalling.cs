@@ -49,6 +49,8 @@ internal static unsafe class Marshalling
             return CKR_DEVICE_ERROR;
         if (!present)
         {
+            // 0xffffffff is the wire's NULL marker, never a size: a broker sending it as one is broken.
+            if (needed == uint.MaxValue) return CKR_DEVICE_ERROR;
             *length = needed;
             return buffer == null ? CKR_OK : CKR_BUFFER_TOO_SMALL;
         }

@@ -191,7 +191,7 @@ internal static unsafe partial class Remote
         nuint capacity = *count;
         if (!present)
         {
-            if (!reply.Complete) return Malformed(context);
+            if (!reply.Complete || received == uint.MaxValue) return Malformed(context);
             *count = received;
             return array == null ? CKR_OK : CKR_BUFFER_TOO_SMALL;
         }
