@@ -191,23 +191,14 @@ public sealed class RpcChannel : IDisposable
         }
         while (_receiveEnd - _receiveStart < count)
         {
-            WaitReadable();
-            nint got = Libc.read(_readFd, _receive.AsSpan(_receiveEnd), _receive.Length - _receiveEnd);
-            if (got < 0)
-            {
-                int errno = Libc.LastError;
-                if (errno == Libc.EAGAIN && _isSocket && _socketTimeout > 0)
-                    throw new TransportException($"the peer sent nothing for {_socketTimeout} ms");
-                if (errno == Libc.EINTR || errno == Libc.EAGAIN) continue;
-                throw new TransportException($"cannot receive from the peer: {Libc.Describe(errno)}");
-            }
+            int got = ReadSome(_receive.AsSpan(_receiveEnd));
             if (got == 0)
             {
                 if (allowCleanEof && _receiveEnd == _receiveStart)
                     return false;
                 throw new TransportException("the peer closed the connection");
             }
-            _receiveEnd += (int)got;
+            _receiveEnd += got;
         }
         return true;
     }
@@ -217,21 +208,29 @@ public sealed class RpcChannel : IDisposable
         // Handshake bytes come before any frame, so they are read straight, not buffered.
         while (!destination.IsEmpty)
         {
-            WaitReadable();
-            nint got = Libc.read(_readFd, destination, destination.Length);
-            if (got < 0)
-            {
-                int errno = Libc.LastError;
-                if (errno == Libc.EAGAIN && _isSocket && _socketTimeout > 0)
-                    throw new TransportException($"the peer sent nothing for {_socketTimeout} ms");
-                if (errno == Libc.EINTR || errno == Libc.EAGAIN) continue;
-                throw new TransportException($"cannot receive from the peer: {Libc.Describe(errno)}");
-            }
+            int got = ReadSome(destination);
             if (got == 0)
                 return false;
-            destination = destination[(int)got..];
+            destination = destination[got..];
         }
         return true;
+    }
+
+    /// <summary>One read of at most <paramref name="destination"/>'s length; 0 at end of stream.</summary>
+    private int ReadSome(Span<byte> destination)
+    {
+        while (true)
+        {
+            WaitReadable();
+            nint got = Libc.read(_readFd, destination, destination.Length);
+            if (got >= 0)
+                return (int)got;
+            int errno = Libc.LastError;
+            if (errno == Libc.EAGAIN && _isSocket && _socketTimeout > 0)
+                throw new TransportException($"the peer sent nothing for {_socketTimeout} ms");
+            if (errno != Libc.EINTR && errno != Libc.EAGAIN)
+                throw new TransportException($"cannot receive from the peer: {Libc.Describe(errno)}");
+        }
     }
 
     private void WaitReadable()
