@@ -291,6 +291,12 @@ internal static unsafe partial class Remote
         }
         nuint received = length;
         rv = ToData(RpcCallId.C_GenerateRandom, session, output, &received);
+        // The caller's length is exact: more bytes than asked is the broker's fault, not a size to grow to.
+        if (rv == CKR_BUFFER_TOO_SMALL)
+        {
+            Log.Error($"C_GenerateRandom: the broker returned {received} bytes for {length} asked");
+            return CKR_DEVICE_ERROR;
+        }
         // The caller asked for exactly this many bytes; fewer is not a valid answer.
         if (rv == CKR_OK && received != length)
         {

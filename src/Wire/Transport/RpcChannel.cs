@@ -170,27 +170,20 @@ public sealed class RpcChannel : IDisposable
         return true;
     }
 
-    /// <summary>Makes at least <paramref name="count"/> unread bytes available from the start of the buffer.</summary>
+    /// <summary>Buffers up to this size come from and go back to the shared pool; larger ones are the GC's.</summary>
+    private const int PooledLimit = 1 << 20;
+
+    /// <summary>
+    /// Makes at least <paramref name="count"/> unread bytes available. The buffer grows with the
+    /// bytes that actually arrive (at most doubling per step), not with the size a header announced,
+    /// so a peer that announces a large frame and sends little costs little.
+    /// </summary>
     private bool Fill(int count, bool allowCleanEof)
     {
-        if (_receiveEnd - _receiveStart >= count)
-            return true;
-        // Compact, and grow for large frames (bounded by the frame limits checked before).
-        if (_receive.Length - _receiveStart < count)
-        {
-            int unread = _receiveEnd - _receiveStart;
-            byte[] target = _receive.Length >= count ? _receive : ArrayPool<byte>.Shared.Rent(count);
-            Buffer.BlockCopy(_receive, _receiveStart, target, 0, unread);
-            if (!ReferenceEquals(target, _receive))
-            {
-                ArrayPool<byte>.Shared.Return(_receive, clearArray: true);
-                _receive = target;
-            }
-            _receiveStart = 0;
-            _receiveEnd = unread;
-        }
         while (_receiveEnd - _receiveStart < count)
         {
+            if (_receiveEnd == _receive.Length)
+                MakeRoom(count);
             int got = ReadSome(_receive.AsSpan(_receiveEnd));
             if (got == 0)
             {
@@ -201,6 +194,35 @@ public sealed class RpcChannel : IDisposable
             _receiveEnd += got;
         }
         return true;
+    }
+
+    /// <summary>Moves unread bytes to the front, or into a larger buffer when the front is already used.</summary>
+    private void MakeRoom(int count)
+    {
+        int unread = _receiveEnd - _receiveStart;
+        if (_receiveStart > 0)
+        {
+            Buffer.BlockCopy(_receive, _receiveStart, _receive, 0, unread);
+            Array.Clear(_receive, unread, _receiveEnd - unread);
+        }
+        else
+        {
+            int size = (int)Math.Min((long)count, Math.Max((long)_receive.Length * 2, 16 * 1024));
+            var bigger = size <= PooledLimit ? ArrayPool<byte>.Shared.Rent(size) : new byte[size];
+            Buffer.BlockCopy(_receive, _receiveStart, bigger, 0, unread);
+            Release(_receive, _receiveEnd);
+            _receive = bigger;
+        }
+        _receiveStart = 0;
+        _receiveEnd = unread;
+    }
+
+    /// <summary>Wipes the used part (it may have held PINs) and returns pool-sized buffers to the pool.</summary>
+    private static void Release(byte[] buffer, int used)
+    {
+        Array.Clear(buffer, 0, Math.Min(used, buffer.Length));
+        if (buffer.Length <= PooledLimit)
+            ArrayPool<byte>.Shared.Return(buffer);
     }
 
     private bool ReadExactly(Span<byte> destination)
@@ -271,6 +293,6 @@ public sealed class RpcChannel : IDisposable
             Libc.close(_writeFd);
         var buffer = _receive;
         _receive = [];
-        ArrayPool<byte>.Shared.Return(buffer, clearArray: true);
+        Release(buffer, _receiveEnd);
     }
 }
