@@ -163,10 +163,10 @@ internal sealed unsafe partial class Dispatcher
     private ulong SessionToData(ToDataCall call)
     {
         if (!ReadSession(out var session, out ulong rv)) return rv;
-        rv = ReadOutputBuffer(out var buffer, out var length);
+        rv = ReadOutputCapacity(out uint capacity);
         if (rv != CKR_OK) return rv;
         if (!Done) return Malformed;
-        rv = call(session, buffer, &length);
+        rv = CallWithOutput(capacity, (o, n) => call(session, o, n), out var buffer, out var length);
         return ReplyOutput(rv, buffer, length);
     }
 
@@ -174,10 +174,10 @@ internal sealed unsafe partial class Dispatcher
     {
         if (!ReadSession(out var session, out ulong rv)) return rv;
         if (!ReadInput(out var input, out var inputLength)) return Malformed;
-        rv = ReadOutputBuffer(out var buffer, out var length);
+        rv = ReadOutputCapacity(out uint capacity);
         if (rv != CKR_OK) return rv;
         if (!Done) return Malformed;
-        rv = call(session, input, inputLength, buffer, &length);
+        rv = CallWithOutput(capacity, (o, n) => call(session, input, inputLength, o, n), out var buffer, out var length);
         return ReplyOutput(rv, buffer, length);
     }
 
@@ -455,10 +455,12 @@ internal sealed unsafe partial class Dispatcher
     private ulong GenerateRandom()
     {
         if (!ReadSession(out var session, out ulong rv)) return rv;
-        rv = ReadOutputBuffer(out var buffer, out var length);
+        rv = ReadOutputCapacity(out uint capacity);
         if (rv != CKR_OK) return rv;
         if (!Done) return Malformed;
-        if (buffer == null) buffer = (byte*)_arena.Alloc(1);
+        // The length is what the client asked for, not a guess: it is allocated as asked.
+        nuint length = capacity == RpcMessageWriter.ZeroLengthBuffer ? 0 : capacity;
+        var buffer = (byte*)_arena.Alloc(length);
         rv = F->C_GenerateRandom(session, buffer, length);
         return ReplyOutput(rv, buffer, length);
     }
@@ -518,7 +520,19 @@ internal sealed unsafe partial class Dispatcher
         if (!ReadSession(out var session, out ulong rv)) return rv;
         if (!ReadULong(out var handle)) return Malformed;
         if (!_request.TryReadAttributeBuffer(MaxOutputBuffer, out var buffers) || !Done) return Malformed;
-        var template = BufferTemplate(buffers);
+        // Large claimed buffers are not allocated on the client's word: a size query first tells
+        // what the values need, and no more than that (nor more than claimed) is allocated.
+        long claimed = 0;
+        foreach (var buffer in buffers) claimed += buffer.Length;
+        nuint[]? needed = null;
+        if (claimed > DirectAllocationLimit)
+        {
+            var query = BufferTemplate(buffers, null, sizesOnly: true);
+            F->C_GetAttributeValue(session, handle, query, (nuint)buffers.Length);
+            needed = new nuint[buffers.Length];
+            for (int i = 0; i < buffers.Length; i++) needed[i] = query[i].ulValueLen;
+        }
+        var template = BufferTemplate(buffers, needed, sizesOnly: false);
         rv = F->C_GetAttributeValue(session, handle, template, (nuint)buffers.Length);
         // These codes still carry per-attribute results, so they travel inside a normal reply.
         if (rv != CKR_OK && rv != CKR_ATTRIBUTE_SENSITIVE && rv != CKR_ATTRIBUTE_TYPE_INVALID && rv != CKR_BUFFER_TOO_SMALL)
@@ -531,7 +545,11 @@ internal sealed unsafe partial class Dispatcher
         return CKR_OK;
     }
 
-    private CK_ATTRIBUTE* BufferTemplate(WireAttributeBuffer[] buffers)
+    /// <summary>
+    /// The backend's template for a C_GetAttributeValue request. <paramref name="sizesOnly"/> leaves
+    /// flat values NULL (a size query); <paramref name="needed"/>, when known, caps each allocation.
+    /// </summary>
+    private CK_ATTRIBUTE* BufferTemplate(WireAttributeBuffer[] buffers, nuint[]? needed, bool sizesOnly)
     {
         if (buffers.Length == 0) return null;
         var template = _arena.Alloc<CK_ATTRIBUTE>(buffers.Length);
@@ -542,12 +560,18 @@ internal sealed unsafe partial class Dispatcher
                 continue;
             if (buffers[i].Nested is { } nested)
             {
-                template[i].pValue = BufferTemplate(nested);
+                template[i].pValue = BufferTemplate(nested, null, sizesOnly);
                 template[i].ulValueLen = (nuint)(nested.Length * sizeof(CK_ATTRIBUTE));
                 continue;
             }
-            template[i].pValue = _arena.Alloc(buffers[i].Length);
-            template[i].ulValueLen = buffers[i].Length;
+            if (sizesOnly)
+                continue;
+            nuint size = buffers[i].Length;
+            if (needed is not null && needed[i] != NativeTemplates.Unavailable && needed[i] < size)
+                size = needed[i];
+            // A client buffer stays a buffer (non-NULL) even when nothing needs to go into it.
+            template[i].pValue = _arena.Alloc(Math.Max(size, 1));
+            template[i].ulValueLen = needed is not null && needed[i] == NativeTemplates.Unavailable ? 0 : size;
         }
         return template;
     }
@@ -633,10 +657,10 @@ internal sealed unsafe partial class Dispatcher
         rv = ReadMechanism(out var mechanism);
         if (rv != CKR_OK) return rv;
         if (!ReadULong(out var wrappingKey) || !ReadULong(out var key)) return Malformed;
-        rv = ReadOutputBuffer(out var buffer, out var length);
+        rv = ReadOutputCapacity(out uint capacity);
         if (rv != CKR_OK) return rv;
         if (!Done) return Malformed;
-        rv = F->C_WrapKey(session, mechanism, wrappingKey, key, buffer, &length);
+        rv = CallWithOutput(capacity, (o, n) => F->C_WrapKey(session, mechanism, wrappingKey, key, o, n), out var buffer, out var length);
         return ReplyOutput(rv, buffer, length);
     }
 
@@ -691,10 +715,11 @@ internal sealed unsafe partial class Dispatcher
         if (!ReadInput(out var parameter, out var parameterLength) || !ReadInput(out var associated, out var associatedLength) ||
             !ReadInput(out var input, out var inputLength))
             return Malformed;
-        rv = ReadOutputBuffer(out var buffer, out var length);
+        rv = ReadOutputCapacity(out uint capacity);
         if (rv != CKR_OK) return rv;
         if (!Done) return Malformed;
-        rv = call(session, parameter, parameterLength, associated, associatedLength, input, inputLength, buffer, &length);
+        rv = CallWithOutput(capacity, (o, n) => call(session, parameter, parameterLength, associated, associatedLength, input, inputLength, o, n),
+            out var buffer, out var length);
         return ReplyOutput(rv, buffer, length);
     }
 
@@ -703,10 +728,11 @@ internal sealed unsafe partial class Dispatcher
         if (!ReadSession(out var session, out ulong rv)) return rv;
         if (!ReadInput(out var parameter, out var parameterLength) || !ReadInput(out var input, out var inputLength))
             return Malformed;
-        rv = ReadOutputBuffer(out var buffer, out var length);
+        rv = ReadOutputCapacity(out uint capacity);
         if (rv != CKR_OK) return rv;
         if (!ReadULong(out var flags) || !Done) return Malformed;
-        rv = call(session, parameter, parameterLength, input, inputLength, buffer, &length, flags);
+        rv = CallWithOutput(capacity, (o, n) => call(session, parameter, parameterLength, input, inputLength, o, n, flags),
+            out var buffer, out var length);
         return ReplyOutput(rv, buffer, length);
     }
 
@@ -715,10 +741,11 @@ internal sealed unsafe partial class Dispatcher
         if (!ReadSession(out var session, out ulong rv)) return rv;
         if (!ReadInput(out var parameter, out var parameterLength) || !ReadInput(out var data, out var dataLength))
             return Malformed;
-        rv = ReadOutputBuffer(out var buffer, out var length);
+        rv = ReadOutputCapacity(out uint capacity);
         if (rv != CKR_OK) return rv;
         if (!Done) return Malformed;
-        rv = F->C_SignMessage(session, parameter, parameterLength, data, dataLength, buffer, &length);
+        rv = CallWithOutput(capacity, (o, n) => F->C_SignMessage(session, parameter, parameterLength, data, dataLength, o, n),
+            out var buffer, out var length);
         return ReplyOutput(rv, buffer, length);
     }
 
@@ -728,11 +755,16 @@ internal sealed unsafe partial class Dispatcher
         if (!ReadInput(out var parameter, out var parameterLength) || !ReadInput(out var data, out var dataLength) ||
             !_request.TryReadByte(out byte wanted))
             return Malformed;
-        rv = ReadOutputBuffer(out var buffer, out var length);
+        rv = ReadOutputCapacity(out uint capacity);
         if (rv != CKR_OK) return rv;
         if (!Done) return Malformed;
-        rv = F->C_SignMessageNext(session, parameter, parameterLength, data, dataLength, wanted != 0 ? buffer : null,
-            wanted != 0 ? &length : null);
+        if (wanted == 0)
+        {
+            rv = F->C_SignMessageNext(session, parameter, parameterLength, data, dataLength, null, null);
+            return ReplyOutput(rv, null, 0);
+        }
+        rv = CallWithOutput(capacity, (o, n) => F->C_SignMessageNext(session, parameter, parameterLength, data, dataLength, o, n),
+            out var buffer, out var length);
         return ReplyOutput(rv, buffer, length);
     }
 

@@ -146,25 +146,61 @@ internal sealed unsafe partial class Dispatcher : IDisposable
         return true;
     }
 
-    /// <summary>'fy': an output buffer of the client's capacity; 0xffffffff is a zero-length non-NULL buffer.</summary>
-    private ulong ReadOutputBuffer(out byte* buffer, out nuint length)
+    /// <summary>Capacities up to this are allocated as asked; larger ones only as far as the backend needs.</summary>
+    private const uint DirectAllocationLimit = 64 * 1024;
+
+    /// <summary>'fy': the client's output capacity (0: size query; 0xffffffff: a zero-length non-NULL buffer).</summary>
+    private ulong ReadOutputCapacity(out uint capacity)
+    {
+        if (!_request.TryReadByteBuffer(out capacity))
+            return Malformed;
+        if (capacity > MaxOutputBuffer && capacity != RpcMessageWriter.ZeroLengthBuffer)
+            return CKR_DEVICE_MEMORY;
+        return CKR_OK;
+    }
+
+    /// <summary>A backend call that writes into an output buffer (NULL asks for the size).</summary>
+    private delegate nuint OutputCall(byte* output, nuint* length);
+
+    /// <summary>
+    /// Runs <paramref name="call"/> with an output buffer for the client's capacity. Nothing is
+    /// allocated from a large capacity the client merely claims: above a small limit the backend is
+    /// asked for the size first, and only what it needs (at most the capacity) is allocated.
+    /// </summary>
+    private ulong CallWithOutput(uint capacity, OutputCall call, out byte* buffer, out nuint length)
     {
         buffer = null;
-        length = 0;
-        if (!_request.TryReadByteBuffer(out uint capacity))
-            return Malformed;
+        nuint size = 0;
+        ulong rv;
         if (capacity == 0)
-            return CKR_OK;
+        {
+            rv = call(null, &size);
+            length = size;
+            return rv;
+        }
         if (capacity == RpcMessageWriter.ZeroLengthBuffer)
         {
             buffer = (byte*)_arena.Alloc(1);
-            return CKR_OK;
+            rv = call(buffer, &size);
+            length = size;
+            return rv;
         }
-        if (capacity > MaxOutputBuffer)
-            return CKR_DEVICE_MEMORY;
-        buffer = (byte*)_arena.Alloc(capacity);
-        length = capacity;
-        return CKR_OK;
+        size = capacity;
+        if (capacity > DirectAllocationLimit)
+        {
+            nuint needed = 0;
+            rv = call(null, &needed);
+            if (rv != CKR_OK)
+            {
+                length = needed;
+                return rv;
+            }
+            if (needed < size) size = needed;
+        }
+        buffer = (byte*)_arena.Alloc(size);
+        rv = call(buffer, &size);
+        length = size;
+        return rv;
     }
 
     private ulong ReadMechanism(out CK_MECHANISM* mechanism)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# p11proxy-broker under a seeded mutation fuzzer (tests/fuzz): golden p11-kit requests, a synthetic
+# request for every call in protocol versions 0-2 and hostile specials, mutated and sent over many
+# connections. The broker may answer or close a connection but must never die, must keep answering
+# a separate witness connection, must stay under 64 MiB peak RSS and must log no internal error.
+# FUZZ_SEED / FUZZ_INPUTS / FUZZ_CONNECTIONS / FUZZ_MAX_RSS_MIB override the short default run.
+set -euo pipefail
+OUT=${1:-out}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$(dirname "$0")/lib.sh"
+SEED=${FUZZ_SEED:-18}
+INPUTS=${FUZZ_INPUTS:-20000}
+CONNECTIONS=${FUZZ_CONNECTIONS:-2}
+ARTIFACTS=${FUZZ_ARTIFACTS:-${TMPDIR:-/tmp}/p11proxy-fuzz-artifacts}
+
+command -v dotnet >/dev/null || fail "the .NET SDK is needed to build tests/fuzz"
+dotnet build "$ROOT/tests/fuzz/BrokerFuzz.csproj" -c Release --artifacts-path "$ARTIFACTS" --nologo -v:q >"${TMPDIR:-/tmp}/p11proxy-fuzz-build.log" 2>&1 \
+  || { tail -30 "${TMPDIR:-/tmp}/p11proxy-fuzz-build.log" >&2; fail "the fuzzer did not build"; }
+FUZZ=$ARTIFACTS/bin/BrokerFuzz/release/BrokerFuzz.dll
+[ -f "$FUZZ" ] || fail "no fuzzer at $FUZZ"
+
+fixture_token fuzz
+fixture_start_broker
+broker_pid=${FIXTURE_PIDS[-1]}
+socket=${FIXTURE_ADDRESS#unix:path=}
+
+set +e
+timeout 240 dotnet "$FUZZ" "$socket" --seed "$SEED" --inputs "$INPUTS" --connections "$CONNECTIONS" \
+  --pid "$broker_pid" --pin "$FIXTURE_PIN" --max-rss-mib "${FUZZ_MAX_RSS_MIB:-64}" --timeout-ms 1000 --broker-log "$FIXTURE_DIR/broker.err" \
+  | tee "$FIXTURE_DIR/fuzz.out"
+status=${PIPESTATUS[0]}
+set -e
+
+kill -0 "$broker_pid" 2>/dev/null || fail "the broker is no longer running"
+[ "$status" -eq 0 ] || fail "the fuzzer exited with $status (seed $SEED; replay one input with --replay INDEX)"
+if grep -n "internal error" "$FIXTURE_DIR/broker.err" >&2; then
+  fail "the broker logged internal errors (lines above)"
+fi
+echo "broker log: $(grep -c "refused a request" "$FIXTURE_DIR/broker.err" || true) refused requests," \
+  "$(grep -c "malformed arguments" "$FIXTURE_DIR/broker.err" || true) malformed arguments," \
+  "$(grep -c "refused a frame" "$FIXTURE_DIR/broker.err" || true) refused frames, no internal error"
+echo "fuzz: $INPUTS inputs, seed $SEED, broker alive and answering"
