@@ -13,10 +13,15 @@ internal static partial class ModuleState
 {
     private static readonly object Gate = new();
     private static Connection? _connection;
-    private static int _initializedPid;
+    private static int _initializedGeneration = -1;
 
-    [LibraryImport("libc")]
-    private static partial int getpid();
+    [DllImport("p11proxy_native", EntryPoint = "p11proxy_fork_generation")]
+    private static extern unsafe int* p11proxy_fork_generation();
+
+    /// <summary>Incremented in every forked child (native/forkgate.c); read without a system call.</summary>
+    private static readonly unsafe int* ForkGeneration = p11proxy_fork_generation();
+
+    private static unsafe int CurrentForkGeneration => Volatile.Read(ref *ForkGeneration);
 
     [LibraryImport("libc")]
     private static partial uint getuid();
@@ -25,7 +30,7 @@ internal static partial class ModuleState
     public static ulong TryGet(out Connection connection)
     {
         connection = Volatile.Read(ref _connection)!;
-        if (connection is null || Volatile.Read(ref _initializedPid) != getpid())
+        if (connection is null || Volatile.Read(ref _initializedGeneration) != CurrentForkGeneration)
         {
             connection = null!;
             return CKR_CRYPTOKI_NOT_INITIALIZED;
@@ -42,8 +47,8 @@ internal static partial class ModuleState
     {
         lock (Gate)
         {
-            int pid = getpid();
-            if (_connection is not null && _initializedPid == pid)
+            int generation = CurrentForkGeneration;
+            if (_connection is not null && _initializedGeneration == generation)
                 return CKR_CRYPTOKI_ALREADY_INITIALIZED;
             // A connection inherited across fork belongs to the parent: forget it without
             // closing it, since closing would not disturb the parent but using it would.
@@ -53,7 +58,7 @@ internal static partial class ModuleState
                 return rv;
             _reserved = reserved.ToArray();
             _hasReserved = hasReserved;
-            _initializedPid = pid;
+            _initializedGeneration = generation;
             Volatile.Write(ref _connection, connection);
             return CKR_OK;
         }
@@ -68,7 +73,7 @@ internal static partial class ModuleState
     {
         lock (Gate)
         {
-            if (!ReferenceEquals(_connection, broken) || _initializedPid != getpid())
+            if (!ReferenceEquals(_connection, broken) || _initializedGeneration != CurrentForkGeneration)
                 return TryGet(out _);
             long now = Environment.TickCount64;
             if (now - _lastReconnectAttempt < 1000)
@@ -121,11 +126,11 @@ internal static partial class ModuleState
     {
         lock (Gate)
         {
-            if (_connection is null || _initializedPid != getpid())
+            if (_connection is null || _initializedGeneration != CurrentForkGeneration)
                 return CKR_CRYPTOKI_NOT_INITIALIZED;
             var connection = _connection;
             _connection = null;
-            _initializedPid = 0;
+            _initializedGeneration = -1;
             ulong rv = Remote.Finalize(connection);
             if (rv != CKR_OK)
                 Log.Trace($"C_Finalize: the broker answered {Names.Rv(rv)}; disconnected anyway");

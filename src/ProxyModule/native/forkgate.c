@@ -21,6 +21,10 @@ typedef uintptr_t word;
 typedef word (*implementation)(word, word, word, word, word, word, word, word, word);
 
 static implementation implementations[P11PROXY_FUNCTIONS];
+
+/* Counts forks into this process image: the module compares it with the value it saw at
+ * C_Initialize instead of calling getpid() on every call. */
+static volatile int fork_generation;
 static pthread_rwlock_t gate;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
@@ -36,7 +40,11 @@ static void gate_init(void)
 
 static void before_fork(void) { pthread_rwlock_wrlock(&gate); }
 static void after_fork_parent(void) { pthread_rwlock_unlock(&gate); }
-static void after_fork_child(void) { gate_init(); }
+static void after_fork_child(void)
+{
+	fork_generation++;
+	gate_init();
+}
 
 static void install(void)
 {
@@ -71,6 +79,13 @@ static const implementation trampolines[P11PROXY_FUNCTIONS] = {
 	R10(1), R10(2), R10(3), R10(4), R10(5), R10(6), R10(7), R10(8),
 	trampoline_90, trampoline_91,
 };
+
+/* Where the fork counter lives (read by the module without a system call). */
+volatile int *p11proxy_fork_generation(void)
+{
+	pthread_once(&once, install);
+	return &fork_generation;
+}
 
 /* Registers the managed implementations and fills `table` with the gated entry points. */
 int p11proxy_gate_wrap(const void *const *managed, void **table, int count)
