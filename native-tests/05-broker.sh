@@ -39,18 +39,22 @@ pkcs11-tool --module "$OUT/p11proxy.so" -L | grep -q "$FIXTURE_LABEL" || fail "t
 grep -q "refused a request" "$FIXTURE_DIR/broker.err" || fail "no log line for the garbage connection"
 echo "garbage connection dropped and logged; others unaffected"
 
-# A peer of another uid is refused by its credentials (the socket mode is opened up to let it try).
-id nobody >/dev/null 2>&1 || fail "no 'nobody' user to test refusal with"
+# A peer of another uid is refused by its credentials: a throw-away user made for this test (the
+# socket mode is opened up to let it try; the credential check must still refuse it).
+stranger="p11proxy-t$$"
+useradd --system --no-create-home --shell /usr/sbin/nologin "$stranger" || fail "cannot create a throw-away user"
+trap 'userdel "$stranger" 2>/dev/null || true; fixture_cleanup' EXIT
+stranger_uid=$(id -u "$stranger")
 chmod 0777 "$FIXTURE_DIR"
 chmod 0666 "$socket"
-if setpriv --reuid=65534 --regid=65534 --clear-groups env P11_KIT_SERVER_ADDRESS="$FIXTURE_ADDRESS" \
-     pkcs11-tool --module "$OUT/p11proxy.so" -L >"$FIXTURE_DIR/nobody.out" 2>&1; then
-  fail "uid 65534 was served: $(cat "$FIXTURE_DIR/nobody.out")"
+if setpriv --reuid="$stranger_uid" --regid="$(id -g "$stranger")" --clear-groups env P11_KIT_SERVER_ADDRESS="$FIXTURE_ADDRESS" \
+     pkcs11-tool --module "$OUT/p11proxy.so" -L >"$FIXTURE_DIR/stranger.out" 2>&1; then
+  fail "uid $stranger_uid was served: $(cat "$FIXTURE_DIR/stranger.out")"
 fi
-grep -q "refused a connection from uid 65534" "$FIXTURE_DIR/broker.err" || fail "no log line for the refused uid"
-echo "uid 65534 refused and logged"
+grep -q "refused a connection from uid $stranger_uid" "$FIXTURE_DIR/broker.err" || fail "no log line for the refused uid"
+echo "throw-away user $stranger (uid $stranger_uid) refused and logged"
 chmod 0700 "$FIXTURE_DIR"
-[ "$(stat -c %a "$socket")" = 666 ] && chmod 0600 "$socket"
+chmod 0600 "$socket"
 
 # stdio mode through a '|' address, for our module and for p11-kit's client.
 stdio="|$OUT/p11proxy-broker stdio --module $SOFTHSM_MODULE"
