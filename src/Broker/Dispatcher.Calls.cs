@@ -315,8 +315,21 @@ internal sealed unsafe partial class Dispatcher
         if (!ReadVisibleSlot(out var slot, out ulong rv)) return rv;
         if (!_request.TryReadULongBuffer(out uint capacity) || !Done) return Malformed;
         if (capacity > MaxOutputBuffer / 8) return CKR_DEVICE_MEMORY;
-        nuint count = capacity;
-        nuint* list = capacity == 0 ? null : _arena.Alloc<nuint>((int)capacity);
+        // Sized by what the token has, not by the capacity the client claims.
+        nuint count = 0;
+        nuint* list = null;
+        if (capacity != 0)
+        {
+            rv = F->C_GetMechanismList(slot, null, &count);
+            if (rv != CKR_OK) return rv;
+            if (count > capacity)
+            {
+                BeginReply();
+                WriteULongs(CKR_BUFFER_TOO_SMALL, null, count, arrayWanted: false);
+                return CKR_OK;
+            }
+            list = _arena.Alloc<nuint>((int)Math.Max(count, 1));
+        }
         rv = F->C_GetMechanismList(slot, list, &count);
         if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL) return rv;
         BeginReply();
@@ -604,11 +617,14 @@ internal sealed unsafe partial class Dispatcher
         if (!ReadSession(out var session, out ulong rv)) return rv;
         if (!_request.TryReadULongBuffer(out uint capacity) || !Done) return Malformed;
         if (capacity > MaxOutputBuffer / 8) return CKR_DEVICE_MEMORY;
+        // C_FindObjects may return fewer handles than asked (callers loop until 0), so a huge
+        // capacity is served in bounded batches rather than allocated.
+        uint batch = Math.Min(capacity, 4096u);
         nuint found = 0;
-        nuint* handles = _arena.Alloc<nuint>((int)Math.Max(capacity, 1u));
-        rv = F->C_FindObjects(session, handles, capacity, &found);
+        nuint* handles = _arena.Alloc<nuint>((int)Math.Max(batch, 1u));
+        rv = F->C_FindObjects(session, handles, batch, &found);
         if (rv != CKR_OK) return rv;
-        if (found > capacity) return CKR_GENERAL_ERROR;
+        if (found > batch) return CKR_GENERAL_ERROR;
         BeginReply();
         WriteULongs(rv, handles, found, arrayWanted: true);
         return CKR_OK;

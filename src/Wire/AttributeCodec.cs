@@ -96,6 +96,12 @@ public static class AttributeCodec
     /// <summary>The smallest encoded attribute (type and validity byte): bounds counts from the peer.</summary>
     private const int MinEncodedAttribute = 5;
 
+    /// <summary>
+    /// Most attributes one template (or mechanism list value) may hold. Real templates have tens;
+    /// without a cap a 64 MiB frame of 5-byte attributes would become millions of objects.
+    /// </summary>
+    public const int MaxArrayCount = 16384;
+
     /// <summary>An attribute whose ulValueLen is CK_UNAVAILABLE_INFORMATION.</summary>
     public static bool WriteUnavailable(WireWriter writer, ulong type)
     {
@@ -222,7 +228,7 @@ public static class AttributeCodec
     private static bool TryReadArray(WireReader reader, WireProfile profile, int depth, out WireAttribute[] attributes)
     {
         attributes = [];
-        if (!reader.TryReadUInt32(out uint count) || count > reader.Remaining / MinEncodedAttribute)
+        if (!reader.TryReadUInt32(out uint count) || count > reader.Remaining / MinEncodedAttribute || count > MaxArrayCount)
             return false;
         var result = count == 0 ? [] : new WireAttribute[count];
         for (int i = 0; i < result.Length; i++)
@@ -268,7 +274,7 @@ public static class AttributeCodec
                 break;
             case AttributeValueKind.MechanismTypeArray:
             {
-                if (!reader.TryReadUInt32(out uint n) || n > reader.Remaining / 8) return false;
+                if (!reader.TryReadUInt32(out uint n) || n > reader.Remaining / 8 || n > MaxArrayCount) return false;
                 var mechanisms = new ulong[n];
                 for (int i = 0; i < mechanisms.Length; i++)
                     reader.TryReadUInt64(out mechanisms[i]);
@@ -323,7 +329,7 @@ public static class AttributeCodec
         if (depth > MaxDepth)
             return false;
         // Each entry is at least 8 bytes (type and length).
-        if (!reader.TryReadUInt32(out uint count) || count > reader.Remaining / 8)
+        if (!reader.TryReadUInt32(out uint count) || count > reader.Remaining / 8 || count > MaxArrayCount)
             return false;
         var result = count == 0 ? [] : new WireAttributeBuffer[count];
         for (int i = 0; i < result.Length; i++)

@@ -349,7 +349,7 @@ public sealed class RpcMessageReader
     public bool TryReadAttributeArrayCount(out uint count)
     {
         Next(WireType.AttributeArray);
-        return Reader.TryReadUInt32(out count) && count <= Reader.Remaining / 5;
+        return Reader.TryReadUInt32(out count) && count <= Reader.Remaining / 5 && count <= AttributeCodec.MaxArrayCount;
     }
 
     public bool TryReadAttributeBuffer(long maxTotalBytes, out WireAttributeBuffer[] buffers)
