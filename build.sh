@@ -35,6 +35,8 @@ PACKAGES=(
   "hostapd:/usr/sbin/hostapd"
   "wpasupplicant:/usr/sbin/wpa_supplicant"
   "iproute2:/sbin/ip"
+  "valgrind:/usr/bin/valgrind"                                   # bench: instructions per call (callgrind)
+  "python3:/usr/bin/python3"                                     # bench: the report
 )
 
 ensure_packages() {
@@ -189,10 +191,18 @@ uninstall_files() {
   say "removed $INSTALL_MODULE $INSTALL_BROKER $INSTALL_REGISTRATION"
 }
 
+# --- bench -----------------------------------------------------------------------------------
+# Timings only, never pass/fail: writes bench/results/latest.md (see bench/run.sh).
+run_bench() {
+  build
+  OUT=$OUT bash bench/run.sh
+}
+
 case "${1:-build}" in
   build) build ;;
   test) run_tests ;;
   demo) demo ;;
+  bench) run_bench ;;
   install) install_files ;;
   uninstall) uninstall_files ;;
   *) die "unknown command '$1' (use: build, demo, test)" ;;

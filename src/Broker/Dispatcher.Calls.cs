@@ -283,10 +283,13 @@ internal sealed unsafe partial class Dispatcher
 
     private ulong GetTokenInfo()
     {
-        if (!ReadVisibleSlot(out var slot, out ulong rv)) return rv;
+        if (!ReadULong(out var slot)) return Malformed;
+        Note($" slot={slot}");
         if (!Done) return Malformed;
         CK_TOKEN_INFO info = default;
-        rv = F->C_GetTokenInfo(slot, &info);
+        ulong rv = F->C_GetTokenInfo(slot, &info);
+        // The filter judges from the information just fetched: one backend call, not two.
+        if (!_filter.IsVisible(F, slot, rv == CKR_OK ? &info : null)) return CKR_SLOT_ID_INVALID;
         if (rv != CKR_OK) return rv;
         BeginReply();
         WriteSpace(info.label, 32);

@@ -24,20 +24,6 @@ namespace P11Proxy.Broker
         [LibraryImport("libc")]
         private static partial uint getuid();
 
-        [LibraryImport("libc")]
-        private static partial int mallopt(int parameter, int value);
-
-        /// <summary>
-        /// glibc raises its mmap threshold after large frees, after which big request buffers come
-        /// from heap arenas that stay resident. A fixed threshold keeps them mmapped, so the memory
-        /// goes back to the system when a request is done.
-        /// </summary>
-        private static void KeepLargeBuffersReturnable()
-        {
-            const int M_MMAP_THRESHOLD = -3;
-            mallopt(M_MMAP_THRESHOLD, 128 * 1024);
-        }
-
         public static int Run(string[] args)
         {
             if (args.Length == 0 || args[0] is "-h" or "--help")
@@ -68,7 +54,6 @@ namespace P11Proxy.Broker
                 }
             }
             var log = new BrokerLog(verbose, quiet: mode == "stdio");
-            KeepLargeBuffersReturnable();
             try
             {
                 if (mode is not ("serve" or "stdio"))

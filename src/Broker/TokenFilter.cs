@@ -20,6 +20,8 @@ internal sealed unsafe class TokenFilter
 
     public bool FiltersAnything => _uris.Count > 0;
 
+    private bool _needsSlot, _needsToken, _needsLibrary;
+
     public IReadOnlyList<string> Descriptions { get; private set; } = [];
 
     /// <summary>Parses the URIs; throws <see cref="BrokerException"/> naming what is wrong.</summary>
@@ -49,6 +51,13 @@ internal sealed unsafe class TokenFilter
             descriptions.Add(uri);
         }
         filter.Descriptions = descriptions;
+        foreach (var uri in filter._uris)
+            foreach (var name in uri.Keys)
+            {
+                if (name.StartsWith("slot-", StringComparison.Ordinal)) filter._needsSlot = true;
+                else if (name.StartsWith("library-", StringComparison.Ordinal)) filter._needsLibrary = true;
+                else filter._needsToken = true;
+            }
         return filter;
     }
 
@@ -71,20 +80,37 @@ internal sealed unsafe class TokenFilter
         return Encoding.UTF8.GetString(bytes.ToArray());
     }
 
-    public bool IsVisible(CK_FUNCTION_LIST_3_0* functions, nuint slot)
+    private CK_INFO _library;
+    private bool _libraryKnown;
+
+    /// <summary>
+    /// Whether a slot's token may be seen. Only what the URIs ask about is fetched (the library
+    /// information once); a caller that already holds the token information passes it in.
+    /// </summary>
+    public bool IsVisible(CK_FUNCTION_LIST_3_0* functions, nuint slot, CK_TOKEN_INFO* knownToken = null)
     {
         if (_uris.Count == 0)
             return true;
         CK_SLOT_INFO slotInfo = default;
-        if (functions->C_GetSlotInfo(slot, &slotInfo) != (nuint)CKR_OK)
+        if (_needsSlot && functions->C_GetSlotInfo(slot, &slotInfo) != (nuint)CKR_OK)
             return false;
         CK_TOKEN_INFO tokenInfo = default;
-        bool hasToken = (slotInfo.flags & (nuint)CKF_TOKEN_PRESENT) != 0 &&
-                        functions->C_GetTokenInfo(slot, &tokenInfo) == (nuint)CKR_OK;
-        CK_INFO libraryInfo = default;
-        functions->C_GetInfo(&libraryInfo);
+        CK_TOKEN_INFO* token = knownToken;
+        if (token == null && _needsToken)
+        {
+            if (functions->C_GetTokenInfo(slot, &tokenInfo) == (nuint)CKR_OK)
+                token = &tokenInfo;
+        }
+        if (_needsLibrary && !_libraryKnown)
+        {
+            CK_INFO library = default;
+            functions->C_GetInfo(&library);
+            _library = library;
+            _libraryKnown = true;
+        }
+        var libraryInfo = _library;
         foreach (var uri in _uris)
-            if (Matches(uri, slot, &slotInfo, hasToken ? &tokenInfo : null, &libraryInfo))
+            if (Matches(uri, slot, &slotInfo, token, &libraryInfo))
                 return true;
         return false;
     }

@@ -108,11 +108,16 @@ public sealed partial class SpawnedProcess : IDisposable
         }
     }
 
-    /// <summary>The current environment block (the host's, including variables it set with setenv).</summary>
+    /// <summary>
+    /// The current environment block (the host's, including variables it set with setenv). Looked
+    /// up in the global scope: a host that declares environ itself has the live copy, and libc's
+    /// own symbol would then be a stale, empty one.
+    /// </summary>
     private static unsafe nint Environ()
     {
-        var libc = NativeLibrary.Load("libc.so.6");
-        return *(nint*)NativeLibrary.GetExport(libc, "environ");
+        if (!NativeLibrary.TryGetExport(NativeLibrary.GetMainProgramHandle(), "environ", out var address))
+            address = NativeLibrary.GetExport(NativeLibrary.Load("libc.so.6"), "environ");
+        return *(nint*)address;
     }
 
     /// <summary>Makes a thread blocked reading from the child fail: the child is asked to stop.</summary>

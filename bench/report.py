@@ -1,0 +1,338 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's raw lines into bench/results/latest.md (standard library only).
+
+  report.py report RAW META            Markdown report on stdout
+  report.py strace-diff SHORT LONG OPS TAGS
+                                       per-call system calls from two `strace -f -c` summaries
+                                       (long run minus short run, divided by OPS); one PROFILE line
+"""
+import statistics
+import sys
+
+CONFIGS = ["A", "B", "C", "D", "E"]
+CONFIG_NAMES = {
+    "A": "SoftHSM direct",
+    "B": "p11-kit-client → p11-kit server",
+    "C": "p11proxy.so → p11-kit server",
+    "D": "p11proxy.so → p11proxy-broker",
+    "E": "p11-kit-client → p11proxy-broker",
+}
+SPAWNED = {"B": "Bs", "C": "Cs", "D": "Ds", "E": "Es"}
+SPAWNED_NAMES = {
+    "Bs": "p11-kit-client.so, `|p11-kit remote`",
+    "Cs": "p11proxy.so, `|p11-kit remote`",
+    "Ds": "p11proxy.so, `|p11proxy-broker stdio`",
+    "Es": "p11-kit-client.so, `|p11proxy-broker stdio`",
+}
+RATIOS = [("D", "B"), ("D", "A"), ("C", "B"), ("E", "B")]
+ROWS = [
+    ("random32", 1), ("info", 1), ("getattr", 1), ("find", 1),
+    ("sign-ec", 1), ("sign-ec", 2),
+    ("sign-rsa", 1), ("sign-rsa", 2), ("sign-rsa", 4), ("sign-rsa", 8),
+    ("digest-1m", 1), ("digest-1m", 2),
+    ("mix", 2),
+]
+
+
+def parse_fields(line):
+    fields = {}
+    for token in line.split()[1:]:
+        if "=" in token:
+            key, value = token.split("=", 1)
+            fields[key] = value
+    return fields
+
+
+def number(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt_ops(value):
+    if value is None:
+        return "—"
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+
+
+def fmt_us(value):
+    if value is None:
+        return "—"
+    if value >= 1000:
+        return f"{value / 1000:.2f} ms"
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def fmt_ratio(value):
+    return "—" if value is None else f"{value:.2f}"
+
+
+# --- strace ------------------------------------------------------------------------------------
+
+def strace_counts(path):
+    """{syscall: calls} from an `strace -c` summary (columns located by the dashes line)."""
+    counts = {}
+    spans = None
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        lines = handle.read().splitlines()
+    for line in lines:
+        if line.startswith("------"):
+            if spans is None:
+                spans, position = [], 0
+                for part in line.split(" "):
+                    spans.append((position, position + len(part)))
+                    position += len(part) + 1
+            continue
+        if spans is None or not line.strip() or line.startswith("% time"):
+            continue
+        name = line[spans[-1][0]:].strip() if len(spans) >= 6 else line.split()[-1]
+        if name == "total" or not name:
+            continue
+        calls_text = line[spans[3][0]:spans[3][1]].strip()
+        if not calls_text.isdigit():
+            continue
+        counts[name] = counts.get(name, 0) + int(calls_text)
+    return counts
+
+
+def strace_diff(short_path, long_path, ops, tags):
+    short, long_ = strace_counts(short_path), strace_counts(long_path)
+    names = set(short) | set(long_)
+    per_call = {n: (long_.get(n, 0) - short.get(n, 0)) / ops for n in names}
+    total = sum(per_call.values())
+    top = sorted(((v, n) for n, v in per_call.items() if v >= 0.05), reverse=True)
+    breakdown = ",".join(f"{n}:{v:.2f}" for v, n in top[:6]) or "none"
+    print(f"PROFILE {tags} per_call={total:.3f} breakdown={breakdown}")
+
+
+# --- report ------------------------------------------------------------------------------------
+
+def report(raw_path, meta_path):
+    meta = {}
+    with open(meta_path, encoding="utf-8") as handle:
+        for line in handle:
+            if "=" in line:
+                key, value = line.rstrip("\n").split("=", 1)
+                meta[key] = value
+
+    results = {}   # (workload, threads, config) -> {round: fields}
+    failures, profiles = [], []
+    with open(raw_path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith("RESULT "):
+                f = parse_fields(line)
+                key = (f.get("workload"), int(f.get("threads", "1")), f.get("config"))
+                results.setdefault(key, {})[int(f.get("round", "0"))] = f
+            elif line.startswith("FAIL "):
+                failures.append(line.strip())
+            elif line.startswith("PROFILE "):
+                profiles.append(parse_fields(line))
+
+    def series(workload, threads, config, field):
+        return {r: number(f.get(field)) for r, f in results.get((workload, threads, config), {}).items()}
+
+    def med(workload, threads, config, field):
+        return median(series(workload, threads, config, field).values())
+
+    def paired(workload, threads, first, second, field):
+        a, b = series(workload, threads, first, field), series(workload, threads, second, field)
+        ratios = [a[r] / b[r] for r in a if r in b and a[r] is not None and b[r]]
+        return median(ratios)
+
+    out = []
+    w = out.append
+    w("# p11proxy benchmark")
+    w("")
+    w(f"{meta.get('date', '?')}, `./build.sh bench` (bench/run.sh). Machine: {meta.get('nproc', '?')} vCPUs, "
+      f"{meta.get('cpu', '?')}, {meta.get('kernel', '?')}, {meta.get('os', '?')}; p11-kit {meta.get('p11kit', '?')}, "
+      f"SoftHSM {meta.get('softhsm', '?')}; project commit {meta.get('commit', '?')}.")
+    w(f"{meta.get('rounds', '?')} interleaved rounds (each round runs every workload on A B C D E in turn), "
+      f"{meta.get('seconds', '?')} s per measurement, each in a fresh `bench/p11bench` process; cold: "
+      f"{meta.get('cold_runs', '?')} fresh processes per round. Load average before / after the timed rounds: "
+      f"{meta.get('load_before', '?')} / {meta.get('load_after_timing', '?')} (1-minute load at the end of each round: "
+      f"{meta.get('round_loads', '?')}; on {meta.get('nproc', '?')} vCPUs anything well above the bench's own ~1-2 means "
+      f"other work shared the machine, which blurs absolute numbers more than the paired ratios). "
+      f"Whole run: {meta.get('elapsed', '?')} s.")
+    w("")
+    w("| config | module in the host | server |")
+    w("|---|---|---|")
+    w("| A | /usr/lib/softhsm/libsofthsm2.so | — (in process) |")
+    w("| B | p11-kit-client.so | `p11-kit server` (unix socket) |")
+    w("| C | out/p11proxy.so | `p11-kit server` (unix socket) |")
+    w("| D | out/p11proxy.so | `out/p11proxy-broker serve` (unix socket) |")
+    w("| E | p11-kit-client.so | `out/p11proxy-broker serve` (unix socket) |")
+    w("")
+    w("Both servers serve the same SoftHSM token directory (RSA-2048 key, EC P-256 key, certificate), each "
+      "restricted to that token by the same URI (`p11-kit server ... pkcs11:token=LABEL`, "
+      "`p11proxy-broker serve --token pkcs11:token=LABEL`). One *op* is "
+      "the whole sequence a workload names: `getattr` = size query + fetch of CKA_LABEL/CKA_ID/CKA_VALUE; `find` = "
+      "FindObjectsInit/FindObjects/Final over private keys; `sign-*` = SignInit + Sign of 32 bytes; `digest-1m` = "
+      "DigestInit + Digest of 1 MiB; `mix` = random32 measured while a second thread signs RSA-2048 in a loop. "
+      "With more than one thread each thread has its own session and ops/s is the total.")
+    w("")
+
+    # Table 1: medians
+    w("## Throughput and latency (medians over the rounds)")
+    w("")
+    w("Cell: ops/s · p50 / p99 latency in µs (per op, all threads' samples together).")
+    w("")
+    w("| workload | threads | " + " | ".join(f"{c}: {CONFIG_NAMES[c]}" for c in CONFIGS) + " |")
+    w("|---|---:|" + "---:|" * len(CONFIGS))
+    for workload, threads in ROWS:
+        cells = []
+        for c in CONFIGS:
+            ops = med(workload, threads, c, "ops_per_s")
+            if ops is None:
+                cells.append("fail" if any(f" config={c} " in x and workload in x for x in failures) else "—")
+                continue
+            cells.append(f"{fmt_ops(ops)} · {fmt_us(med(workload, threads, c, 'p50_us'))} / "
+                         f"{fmt_us(med(workload, threads, c, 'p99_us'))}")
+        w(f"| {workload} | {threads} | " + " | ".join(cells) + " |")
+    cells = [fmt_ops(med("mix", 2, c, "rsa_ops_per_s")) for c in CONFIGS]
+    w("| mix: RSA signs/s beside it | 2 | " + " | ".join(cells) + " |")
+    w("")
+    w("Cold life cycle, median wall time of a whole fresh process (posix_spawn → exec → dlopen → C_Initialize → "
+      "C_GetSlotList → C_OpenSession → C_CloseSession → C_Finalize → dlclose → exit → waitpid) / of the part inside "
+      "the process (dlopen … dlclose) / of C_Initialize alone, in ms:")
+    w("")
+    w("| cold | " + " | ".join(CONFIGS) + " |")
+    w("|---|" + "---:|" * len(CONFIGS))
+
+    def cold_cell(config):
+        wall = med("cold", 1, config, "wall_us")
+        if wall is None:
+            return "fail" if any(f" config={config} " in x and "cold" in x for x in failures) else "—"
+        inproc, init = med("cold", 1, config, "inproc_us"), med("cold", 1, config, "init_us")
+        return f"{wall / 1000:.1f} / {inproc / 1000:.1f} / {init / 1000:.1f}"
+
+    w("| socket (server already running) | " + " | ".join(cold_cell(c) for c in CONFIGS) + " |")
+    w("| spawned (`\\|command` address) | — | " + " | ".join(cold_cell(SPAWNED[c]) for c in CONFIGS[1:]) + " |")
+    w("")
+    w("Spawned forms: " + "; ".join(f"{c} column = {SPAWNED_NAMES[s]}" for c, s in SPAWNED.items()) + ".")
+    w("")
+
+    # Table 2: paired ratios
+    w("## Paired ratios (median of the per-round ratios)")
+    w("")
+    w("Cell: ops/s ratio · p50 ratio · p99 ratio. X/Y > 1 for ops/s means X is faster; < 1 for p50/p99 means "
+      "X answers sooner. Cold rows: ratio of the whole-process wall times (< 1: X starts and stops faster); "
+      "in the spawned row B, C, D and E stand for their spawned forms and A stays SoftHSM direct.")
+    w("")
+    w("| workload | threads | " + " | ".join(f"{x}/{y}" for x, y in RATIOS) + " |")
+    w("|---|---:|" + "---:|" * len(RATIOS))
+    for workload, threads in ROWS:
+        cells = []
+        for x, y in RATIOS:
+            cells.append(f"{fmt_ratio(paired(workload, threads, x, y, 'ops_per_s'))} · "
+                         f"{fmt_ratio(paired(workload, threads, x, y, 'p50_us'))} · "
+                         f"{fmt_ratio(paired(workload, threads, x, y, 'p99_us'))}")
+        w(f"| {workload} | {threads} | " + " | ".join(cells) + " |")
+    w("| cold (socket) | 1 | " + " | ".join(fmt_ratio(paired("cold", 1, x, y, "wall_us")) for x, y in RATIOS) + " |")
+    spawned_cells = []
+    for x, y in RATIOS:
+        xs, ys = SPAWNED.get(x, x), SPAWNED.get(y, y)
+        spawned_cells.append(fmt_ratio(paired("cold", 1, xs, ys, "wall_us")))
+    w("| cold (spawned) | 1 | " + " | ".join(spawned_cells) + " |")
+    w("")
+
+    # RSS
+    w("## Peak RSS of the host process (ru_maxrss, MiB, median)")
+    w("")
+    w("Measured runs include the host's own latency reservoir (1 MiB per measured thread, touched before "
+      "measuring, the same for every configuration); the cold runs hold nothing but the module.")
+    w("")
+    w("| workload | threads | " + " | ".join(CONFIGS) + " |")
+    w("|---|---:|" + "---:|" * len(CONFIGS))
+    for workload, threads in ROWS + [("cold", 1)]:
+        cells = []
+        for c in CONFIGS:
+            rss = med(workload, threads, c, "rss_kb")
+            cells.append("—" if rss is None else f"{rss / 1024:.1f}")
+        w(f"| {workload} | {threads} | " + " | ".join(cells) + " |")
+    cells = ["—"] + [("—" if med("cold", 1, SPAWNED[c], "rss_kb") is None else
+                      f"{med('cold', 1, SPAWNED[c], 'rss_kb') / 1024:.1f}") for c in CONFIGS[1:]]
+    w("| cold, spawned | 1 | " + " | ".join(cells) + " |")
+    w("")
+
+    # Profiles
+    if profiles:
+        ops = meta.get("profile_ops", "?")
+        w("## Cost per call: instructions and system calls (random32)")
+        w("")
+        w(f"C_GenerateRandom(32 bytes), counted over {ops} calls: a run of (warm-up + N + {ops}) calls minus a run of "
+          "(warm-up + N), so start-up, connection and shut-down cancel out. *Client*: the whole host process (every "
+          "thread; includes the host's loop and clock_gettime, which are the same for every configuration; for A it "
+          "also includes SoftHSM itself). *Server*: the whole server (every thread and process: p11-kit server forks "
+          "and execs a `p11-kit-remote` per connection), including SoftHSM's own work for the call. Instructions: "
+          "`valgrind --tool=callgrind` (Ir); system calls: `strace -f -c`.")
+        w("")
+        w("| config | client instr/call | server instr/call | total instr/call | client syscalls/call | "
+          "server syscalls/call |")
+        w("|---|---:|---:|---:|---|---|")
+
+        def find_profile(tool, side, config):
+            for p in profiles:
+                if p.get("tool") == tool and p.get("side") == side and p.get("config") == config:
+                    return p
+            return None
+
+        def instructions(side, config):
+            p = find_profile("callgrind", side, config)
+            if p is None:
+                return None, "—"
+            if p.get("failed"):
+                return None, "fail"
+            value = (int(p["long"]) - int(p["short"])) / int(p["ops"])
+            return value, f"{value:,.0f}"
+
+        def syscalls(side, config):
+            p = find_profile("strace", side, config)
+            if p is None:
+                return "—"
+            if p.get("failed"):
+                return "fail"
+            breakdown = p.get("breakdown", "")
+            detail = ", ".join(f"{item.split(':')[0]} {item.split(':')[1]}" for item in breakdown.split(",")
+                               if ":" in item)
+            return f"**{float(p['per_call']):.2f}**" + (f" ({detail})" if detail else "")
+
+        for c in CONFIGS:
+            client_value, client_text = instructions("client", c)
+            server_value, server_text = instructions("server", c)
+            if c == "A":
+                server_text = "— (in process)"
+            total = (f"{client_value + server_value:,.0f}" if client_value is not None and server_value is not None
+                     else (client_text if c == "A" else "—"))
+            server_calls = "— (in process)" if c == "A" else syscalls("server", c)
+            w(f"| {c}: {CONFIG_NAMES[c]} | {client_text} | {server_text} | {total} | {syscalls('client', c)} | "
+              f"{server_calls} |")
+        w("")
+
+    if failures:
+        w("## Failures")
+        w("")
+        for line in failures:
+            w(f"- `{line}`")
+        w("")
+    print("\n".join(out))
+
+
+def main(argv):
+    if len(argv) >= 2 and argv[1] == "report" and len(argv) == 4:
+        report(argv[2], argv[3])
+    elif len(argv) >= 2 and argv[1] == "strace-diff" and len(argv) == 6:
+        strace_diff(argv[2], argv[3], int(argv[4]), argv[5])
+    else:
+        sys.stderr.write(__doc__)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
