@@ -476,7 +476,8 @@ internal sealed unsafe partial class Dispatcher
         if (!Done) return Malformed;
         // The length is what the client asked for, not a guess: it is allocated as asked.
         nuint length = capacity == RpcMessageWriter.ZeroLengthBuffer ? 0 : capacity;
-        var buffer = (byte*)_arena.Alloc(length);
+        var buffer = (byte*)_arena.TryAllocLarge(length);
+        if (buffer == null) return CKR_DEVICE_MEMORY;
         rv = F->C_GenerateRandom(session, buffer, length);
         return ReplyOutput(rv, buffer, length);
     }

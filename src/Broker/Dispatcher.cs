@@ -197,7 +197,12 @@ internal sealed unsafe partial class Dispatcher : IDisposable
             }
             if (needed < size) size = needed;
         }
-        buffer = (byte*)_arena.Alloc(size);
+        buffer = (byte*)_arena.TryAllocLarge(size);
+        if (buffer == null)
+        {
+            length = 0;
+            return CKR_DEVICE_MEMORY;
+        }
         rv = call(buffer, &size);
         length = size;
         return rv;

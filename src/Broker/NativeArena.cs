@@ -8,7 +8,34 @@ namespace P11Proxy.Broker;
 /// </summary>
 internal sealed unsafe class NativeArena : IDisposable
 {
+    /// <summary>
+    /// Bytes all arenas together may hold in large output buffers at once. Whatever clients ask
+    /// for (up to the frame limit each), the broker's memory stays bounded; a request beyond the
+    /// budget gets CKR_DEVICE_MEMORY instead of a bigger broker.
+    /// </summary>
+    public const long LargeBudget = 32L << 20;
+
+    /// <summary>Allocations from this size on count against <see cref="LargeBudget"/>.</summary>
+    public const nuint LargeThreshold = 64 * 1024;
+
+    private static long _largeInUse;
+
     private readonly List<(nint Pointer, nuint Size)> _blocks = new();
+    private long _largeReserved;
+
+    /// <summary>A zeroed block, or null when a large one would exceed the broker-wide budget.</summary>
+    public void* TryAllocLarge(nuint size)
+    {
+        if (size < LargeThreshold)
+            return Alloc(size);
+        if (Interlocked.Add(ref _largeInUse, (long)size) > LargeBudget)
+        {
+            Interlocked.Add(ref _largeInUse, -(long)size);
+            return null;
+        }
+        _largeReserved += (long)size;
+        return Alloc(size);
+    }
 
     public void* Alloc(nuint size)
     {
@@ -35,6 +62,11 @@ internal sealed unsafe class NativeArena : IDisposable
             NativeMemory.Free((void*)pointer);
         }
         _blocks.Clear();
+        if (_largeReserved != 0)
+        {
+            Interlocked.Add(ref _largeInUse, -_largeReserved);
+            _largeReserved = 0;
+        }
     }
 
     public void Dispose() => Reset();
