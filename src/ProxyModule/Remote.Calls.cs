@@ -29,6 +29,23 @@ internal static unsafe partial class Remote
         return Finish(connection, context);
     }
 
+    /// <summary>
+    /// Starts a call whose request begins with a session and a mechanism (the *Init calls, key
+    /// generation, wrapping): both written, or the CK_RV that stops the call.
+    /// </summary>
+    private static ulong BeginWithMechanism(RpcCallId id, nuint session, CK_MECHANISM* mechanism,
+        out Connection connection, out CallContext context, out WireMechanism wire)
+    {
+        wire = default;
+        ulong rv = Begin(id, out connection, out context);
+        if (rv != CKR_OK) return rv;
+        rv = MechanismMarshal.FromNative(connection.Profile, mechanism, out wire);
+        if (rv != CKR_OK) return rv;
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
+        return context.Request.WriteMechanism(wire);
+    }
+
     /// <summary>Exchange and check that an empty reply is indeed empty.</summary>
     private static ulong Finish(Connection connection, CallContext context)
     {
@@ -40,13 +57,7 @@ internal static unsafe partial class Remote
     /// <summary>Operation set-up: session, mechanism, and a key for all but C_DigestInit ("uMu", "uM").</summary>
     public static ulong Init(RpcCallId id, nuint session, CK_MECHANISM* mechanism, nuint key, bool hasKey = true)
     {
-        ulong rv = Begin(id, out var connection, out var context);
-        if (rv != CKR_OK) return rv;
-        rv = MechanismMarshal.FromNative(connection.Profile, mechanism, out var wire);
-        if (rv != CKR_OK) return rv;
-        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
-        context.Request.WriteULong(brokerSession);
-        rv = context.Request.WriteMechanism(wire);
+        ulong rv = BeginWithMechanism(id, session, mechanism, out var connection, out var context, out var wire);
         if (rv != CKR_OK) return rv;
         if (hasKey) context.Request.WriteULong(key);
         return Finish(connection, context);
@@ -432,13 +443,7 @@ internal static unsafe partial class Remote
     public static ulong WrapKey(nuint session, CK_MECHANISM* mechanism, nuint wrappingKey, nuint key, byte* wrapped, nuint* wrappedLength)
     {
         if (wrappedLength == null) return CKR_ARGUMENTS_BAD;
-        ulong rv = Begin(RpcCallId.C_WrapKey, out var connection, out var context);
-        if (rv != CKR_OK) return rv;
-        rv = MechanismMarshal.FromNative(connection.Profile, mechanism, out var wire);
-        if (rv != CKR_OK) return rv;
-        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
-        context.Request.WriteULong(brokerSession);
-        rv = context.Request.WriteMechanism(wire);
+        ulong rv = BeginWithMechanism(RpcCallId.C_WrapKey, session, mechanism, out var connection, out var context, out var wire);
         if (rv != CKR_OK) return rv;
         context.Request.WriteULong(wrappingKey);
         context.Request.WriteULong(key);
@@ -451,13 +456,7 @@ internal static unsafe partial class Remote
         CK_ATTRIBUTE* template, nuint count, nuint* key)
     {
         if (key == null) return CKR_ARGUMENTS_BAD;
-        ulong rv = Begin(RpcCallId.C_UnwrapKey, out var connection, out var context);
-        if (rv != CKR_OK) return rv;
-        rv = MechanismMarshal.FromNative(connection.Profile, mechanism, out var wire);
-        if (rv != CKR_OK) return rv;
-        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
-        context.Request.WriteULong(brokerSession);
-        rv = context.Request.WriteMechanism(wire);
+        ulong rv = BeginWithMechanism(RpcCallId.C_UnwrapKey, session, mechanism, out var connection, out var context, out var wire);
         if (rv != CKR_OK) return rv;
         context.Request.WriteULong(unwrappingKey);
         rv = Marshalling.WriteInput(context.Request, wrapped, wrappedLength);
