@@ -128,6 +128,9 @@ internal sealed unsafe partial class Dispatcher : IDisposable
         return true;
     }
 
+    /// <summary>Inputs from this size on are passed to the backend where they lie in the request, not copied.</summary>
+    private const int PinnedInputThreshold = 4096;
+
     /// <summary>'ay' argument into native memory (NULL stays NULL; an absent array keeps its length, as p11-kit does).</summary>
     private bool ReadInput(out byte* data, out nuint length)
     {
@@ -141,7 +144,7 @@ internal sealed unsafe partial class Dispatcher : IDisposable
             return true;
         }
         if (!bytes.IsNull)
-            data = _arena.Copy(bytes.Data.Span);
+            data = bytes.Length >= PinnedInputThreshold ? _arena.Pin(bytes.Data) : _arena.Copy(bytes.Data.Span);
         length = (nuint)bytes.Length;
         return true;
     }

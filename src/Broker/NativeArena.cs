@@ -5,6 +5,9 @@ namespace P11Proxy.Broker;
 /// <summary>
 /// Native memory for one call's arguments: zeroed on allocation (modules must not see stale
 /// bytes, and a partly filled output struct must not leak them), wiped and freed after the call.
+/// Small allocations come from one block kept across calls (a bump pointer, wiped after each
+/// call, so it is zero again for the next), larger ones from the C heap; large inputs are not
+/// copied at all but pinned where the request lies.
 /// </summary>
 internal sealed unsafe class NativeArena : IDisposable
 {
@@ -20,7 +23,12 @@ internal sealed unsafe class NativeArena : IDisposable
 
     private static long _largeInUse;
 
+    private const int BlockSize = 16 * 1024;
+
     private readonly List<(nint Pointer, nuint Size)> _blocks = new();
+    private readonly List<System.Buffers.MemoryHandle> _pins = new();
+    private byte* _block;
+    private int _blockUsed;
     private long _largeReserved;
 
     /// <summary>A zeroed block, or null when a large one would exceed the broker-wide budget.</summary>
@@ -39,6 +47,20 @@ internal sealed unsafe class NativeArena : IDisposable
 
     public void* Alloc(nuint size)
     {
+        // 16-byte alignment, as malloc gives: arguments may be structures of any kind.
+        nuint rounded = (size + 15) & ~(nuint)15;
+        if (rounded == 0) rounded = 16;
+        if (rounded <= (nuint)(BlockSize - _blockUsed))
+        {
+            if (_block == null)
+            {
+                _block = (byte*)NativeMemory.AlignedAlloc(BlockSize, 16);
+                NativeMemory.Clear(_block, BlockSize); // from here on the wipe after each call keeps it zero
+            }
+            var slice = _block + _blockUsed;
+            _blockUsed += (int)rounded;
+            return slice;
+        }
         var pointer = NativeMemory.AllocZeroed(size == 0 ? 1 : size);
         _blocks.Add(((nint)pointer, size == 0 ? 1 : size));
         return pointer;
@@ -53,9 +75,28 @@ internal sealed unsafe class NativeArena : IDisposable
         return pointer;
     }
 
+    /// <summary>
+    /// A pointer to <paramref name="data"/> where it lies (pinned until <see cref="Reset"/>), for
+    /// large inputs the backend only reads: a 1 MiB digest is not copied once more.
+    /// </summary>
+    public byte* Pin(ReadOnlyMemory<byte> data)
+    {
+        var handle = data.Pin();
+        _pins.Add(handle);
+        return (byte*)handle.Pointer;
+    }
+
     /// <summary>Wipes and frees everything (buffers may have held PINs, plaintext or key values).</summary>
     public void Reset()
     {
+        if (_blockUsed != 0)
+        {
+            NativeMemory.Clear(_block, (nuint)_blockUsed);
+            _blockUsed = 0;
+        }
+        foreach (var pin in _pins)
+            pin.Dispose();
+        _pins.Clear();
         foreach (var (pointer, size) in _blocks)
         {
             NativeMemory.Clear((void*)pointer, size);
@@ -69,5 +110,13 @@ internal sealed unsafe class NativeArena : IDisposable
         }
     }
 
-    public void Dispose() => Reset();
+    public void Dispose()
+    {
+        Reset();
+        if (_block != null)
+        {
+            NativeMemory.AlignedFree(_block);
+            _block = null;
+        }
+    }
 }

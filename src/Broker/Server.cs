@@ -81,11 +81,15 @@ internal sealed partial class Server
 /// <summary>
 /// One client's connection. Requests are answered concurrently and as they finish, tagged with
 /// the caller's call code, so a slow signature does not hold up another thread's small call.
-/// One worker at a time is the reader. After reading a request that may take a while (crypto,
-/// key generation, login, slot events) it hands the reader role to a parked worker (or starts
-/// one, up to <see cref="MaxWorkers"/>) before handling it; a quick request is handled by the
-/// reader itself, which then reads on, so the common one-call-at-a-time case costs one read and
-/// one write and no thread hand-off.
+/// One worker at a time is the reader. A request that is expected to be quick is handled by the
+/// reader itself, straight from the receive buffer, and the reader then reads on: the common
+/// one-call-at-a-time case costs one read, one write and no thread hand-off. Before handling a
+/// request expected to take longer it hands the reader role to a parked worker (or starts one, up
+/// to <see cref="MaxWorkers"/>), so requests arriving meanwhile are read and answered.
+/// "Expected" is measured, not guessed: each call's duration on this connection feeds a moving
+/// average (<see cref="CallDurations"/>), because waking a worker costs more than most token
+/// calls do (an ECDSA signature, a digest of a few KiB), while an RSA signature or a 1 MiB digest
+/// is worth running beside the next request.
 /// </summary>
 internal sealed class ClientConnection
 {
@@ -98,8 +102,9 @@ internal sealed class ClientConnection
     private readonly TokenFilter _filter;
     private readonly BrokerLog _log;
     private readonly ClientState _client;
+    private readonly CallDurations _durations = new();
     private readonly object _park = new();
-    private readonly object _writeLock = new();
+    private readonly Lock _writeLock = new();
     private int _workers;
     private int _parked;
     private bool _readerActive;
@@ -123,34 +128,29 @@ internal sealed class ClientConnection
         Work();
     }
 
-    /// <summary>Calls that return quickly whatever the token: the reader handles them itself.</summary>
-    private static bool IsQuick(uint callId) => (RpcCallId)callId is
-        RpcCallId.C_Initialize or RpcCallId.C_Finalize or RpcCallId.C_GetInfo or RpcCallId.C_GetSlotList or
-        RpcCallId.C_GetSlotInfo or RpcCallId.C_GetTokenInfo or RpcCallId.C_GetMechanismList or
-        RpcCallId.C_GetMechanismInfo or RpcCallId.C_OpenSession or RpcCallId.C_CloseSession or
-        RpcCallId.C_GetSessionInfo or RpcCallId.C_Logout or RpcCallId.C_GetObjectSize or
-        RpcCallId.C_GetAttributeValue or RpcCallId.C_SetAttributeValue or RpcCallId.C_FindObjectsInit or
-        RpcCallId.C_FindObjects or RpcCallId.C_FindObjectsFinal or RpcCallId.C_GenerateRandom or
-        RpcCallId.C_SeedRandom or RpcCallId.C_DestroyObject;
-
     private void Work()
     {
         var dispatcher = new Dispatcher(_backend, _filter, _client, _log, _profile);
         byte[] body = new byte[4096];
+        bool isReader = false;
         try
         {
             while (true)
             {
-                lock (_park)
+                if (!isReader)
                 {
-                    while (_readerActive && !_closing)
+                    lock (_park)
                     {
-                        _parked++;
-                        Monitor.Wait(_park);
-                        _parked--;
+                        while (_readerActive && !_closing)
+                        {
+                            _parked++;
+                            Monitor.Wait(_park);
+                            _parked--;
+                        }
+                        if (_closing) break;
+                        _readerActive = true;
                     }
-                    if (_closing) break;
-                    _readerActive = true;
+                    isReader = true;
                 }
 
                 if (!_channel.TryReceiveFrame(out uint code, out var frame))
@@ -159,35 +159,62 @@ internal sealed class ClientConnection
                     Close();
                     break;
                 }
-                if (body.Length < frame.Length)
-                    body = new byte[Math.Max(frame.Length, body.Length * 2)];
-                frame.Span.CopyTo(body);
-                int length = frame.Length;
-                uint callId = length >= 4 ? System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(body) : 0;
+                uint callId = frame.Length >= 4 ? System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(frame.Span) : 0;
 
-                bool handOver = !IsQuick(callId) || _channel.HasBufferedData;
+                long now = System.Diagnostics.Stopwatch.GetTimestamp();
+                if (Volatile.Read(ref _running) > 0)
+                    Volatile.Write(ref _lastOverlap, now); // read while another request runs: the client has several in flight
+                if (!_channel.HasBufferedData && !(_durations.WorthHandingOver(callId) && ClientOverlapsCalls(now)))
+                {
+                    // Still the reader: nobody touches the receive buffer, so the request is
+                    // handled where it lies, then wiped there (requests may carry PINs).
+                    try
+                    {
+                        if (!HandleAndReply(dispatcher, callId, code, frame))
+                            break;
+                    }
+                    finally
+                    {
+                        RpcChannel.Wipe(frame);
+                    }
+                    continue;
+                }
+
+                // The next reader reuses the receive buffer: a small request is copied out, a
+                // large one keeps the buffer it lies in and the channel continues with a spare.
+                ReadOnlyMemory<byte> request;
+                byte[]? owned = null;
+                if (frame.Length >= SwapThreshold)
+                {
+                    owned = _channel.SwapReceiveBuffer(TakeSpareBuffer());
+                    request = frame;
+                }
+                else
+                {
+                    if (body.Length < frame.Length)
+                        body = new byte[Math.Max(frame.Length, body.Length * 2)];
+                    frame.Span.CopyTo(body);
+                    RpcChannel.Wipe(frame);
+                    request = new ReadOnlyMemory<byte>(body, 0, frame.Length);
+                }
                 lock (_park)
                 {
                     _readerActive = false;
-                    if (handOver)
-                    {
-                        if (_parked > 0) Monitor.Pulse(_park);
-                        else if (_workers < MaxWorkers) StartWorker();
-                    }
+                    if (_parked > 0) Monitor.Pulse(_park);
+                    else if (_workers < MaxWorkers) StartWorker();
                 }
+                isReader = false;
+                Interlocked.Increment(ref _running);
                 try
                 {
-                    if (!dispatcher.Handle(new ReadOnlyMemory<byte>(body, 0, length), out var reply))
-                    {
-                        Close();
+                    if (!HandleAndReply(dispatcher, callId, code, request))
                         break;
-                    }
-                    lock (_writeLock)
-                        _channel.SendFrame(code, reply);
                 }
                 finally
                 {
-                    Array.Clear(body, 0, length); // requests may carry PINs
+                    Interlocked.Decrement(ref _running);
+                    RpcChannel.Wipe(request); // requests may carry PINs
+                    if (owned is not null) KeepSpareBuffer(owned);
                 }
             }
         }
@@ -203,6 +230,14 @@ internal sealed class ClientConnection
         }
         finally
         {
+            if (isReader)
+            {
+                lock (_park)
+                {
+                    _readerActive = false;
+                    Monitor.Pulse(_park);
+                }
+            }
             dispatcher.Dispose();
             if (Interlocked.Decrement(ref _workers) == 0)
             {
@@ -213,6 +248,68 @@ internal sealed class ClientConnection
                 _channel.Dispose();
             }
         }
+    }
+
+    /// <summary>Requests from this size on are not copied out of the receive buffer (see <see cref="RpcChannel.SwapReceiveBuffer"/>).</summary>
+    private const int SwapThreshold = 64 * 1024;
+
+    /// <summary>Larger receive buffers are left to the GC after use rather than kept for the connection.</summary>
+    private const int SpareBufferLimit = 4 << 20;
+
+    private readonly Stack<byte[]> _spareBuffers = new();
+
+    private byte[]? TakeSpareBuffer()
+    {
+        lock (_spareBuffers)
+            return _spareBuffers.TryPop(out var buffer) ? buffer : null;
+    }
+
+    private void KeepSpareBuffer(byte[] buffer)
+    {
+        if (buffer.Length > SpareBufferLimit) return;
+        lock (_spareBuffers)
+            if (_spareBuffers.Count < MaxWorkers) _spareBuffers.Push(buffer);
+    }
+
+    /// <summary>Requests handed to a worker and not yet answered.</summary>
+    private int _running;
+
+    /// <summary>When the client last had two requests in flight at once (Stopwatch ticks; 0: never).</summary>
+    private long _lastOverlap;
+
+    /// <summary>How long one sighting of overlapping requests keeps slow calls handed over.</summary>
+    private static readonly long OverlapMemoryTicks = System.Diagnostics.Stopwatch.Frequency; // 1 s
+
+    /// <summary>
+    /// A hand-off only pays when another request may arrive while this one runs: a client that
+    /// sends one call at a time (most do) never gains from it and would pay two thread switches
+    /// per slow call.
+    /// </summary>
+    private bool ClientOverlapsCalls(long now)
+    {
+        long last = Volatile.Read(ref _lastOverlap);
+        return last != 0 && now - last < OverlapMemoryTicks;
+    }
+
+    /// <summary>Handles one request, times it and sends the reply; false when the connection must close.</summary>
+    private bool HandleAndReply(Dispatcher dispatcher, uint callId, uint code, ReadOnlyMemory<byte> request)
+    {
+        long started = System.Diagnostics.Stopwatch.GetTimestamp();
+        if (!dispatcher.Handle(request, out var reply))
+        {
+            Close();
+            return false;
+        }
+        long elapsed = System.Diagnostics.Stopwatch.GetTimestamp() - started;
+        _durations.Record(callId, elapsed);
+        // After a slow call the reader ran itself, look (before answering, so the answer cannot
+        // have prompted it) whether the client sent more meanwhile: if so it overlaps its calls,
+        // and the next slow one goes to another worker.
+        if (elapsed > CallDurations.HandOverTicks && Volatile.Read(ref _running) == 0 && _channel.InputWaiting())
+            Volatile.Write(ref _lastOverlap, started + elapsed);
+        lock (_writeLock)
+            _channel.SendFrame(code, reply);
+        return true;
     }
 
     /// <summary>Called with <see cref="_park"/> held.</summary>
@@ -231,5 +328,51 @@ internal sealed class ClientConnection
             Monitor.PulseAll(_park);
         }
         _channel.Shutdown();
+    }
+}
+
+/// <summary>
+/// How long each call took on one connection lately (a moving average per call id), to decide
+/// whether the next one is worth a thread hand-off. Updated by whichever worker ran the call;
+/// a lost update between two workers only blurs the average.
+/// </summary>
+internal sealed class CallDurations
+{
+    /// <summary>
+    /// Calls expected to take longer than this run beside the next request. It also bounds how
+    /// long a quick request can wait behind one handled by the reader (the mix benchmark's p99).
+    /// </summary>
+    public static readonly long HandOverTicks = System.Diagnostics.Stopwatch.Frequency / 10_000; // 100 µs
+
+    private readonly long[] _average = new long[256];
+
+    /// <summary>Calls that may block for as long as they like: always run beside the reader.</summary>
+    private static bool MayBlock(uint callId) => (RpcCallId)callId is RpcCallId.C_WaitForSlotEvent;
+
+    /// <summary>Until a call has been timed: the ones that usually need the token's work or a person.</summary>
+    private static bool UsuallySlow(uint callId) => !((RpcCallId)callId is
+        RpcCallId.C_Initialize or RpcCallId.C_Finalize or RpcCallId.C_GetInfo or RpcCallId.C_GetSlotList or
+        RpcCallId.C_GetSlotInfo or RpcCallId.C_GetTokenInfo or RpcCallId.C_GetMechanismList or
+        RpcCallId.C_GetMechanismInfo or RpcCallId.C_OpenSession or RpcCallId.C_CloseSession or
+        RpcCallId.C_GetSessionInfo or RpcCallId.C_Logout or RpcCallId.C_GetObjectSize or
+        RpcCallId.C_GetAttributeValue or RpcCallId.C_SetAttributeValue or RpcCallId.C_FindObjectsInit or
+        RpcCallId.C_FindObjects or RpcCallId.C_FindObjectsFinal or RpcCallId.C_GenerateRandom or
+        RpcCallId.C_SeedRandom or RpcCallId.C_DestroyObject);
+
+    public bool WorthHandingOver(uint callId)
+    {
+        if (MayBlock(callId)) return true;
+        if (callId >= (uint)_average.Length) return false; // unknown id: refused by the dispatcher at once
+        long average = Volatile.Read(ref _average[callId]);
+        return average == 0 ? UsuallySlow(callId) : average > HandOverTicks;
+    }
+
+    public void Record(uint callId, long ticks)
+    {
+        if (callId >= (uint)_average.Length) return;
+        ticks = Math.Max(ticks, 1);
+        long average = Volatile.Read(ref _average[callId]);
+        // Weight 1/4 for the newest: a token that turns slow is noticed within a few calls.
+        Volatile.Write(ref _average[callId], average == 0 ? ticks : average + (ticks - average) / 4);
     }
 }

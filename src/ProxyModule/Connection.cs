@@ -11,12 +11,13 @@ namespace P11Proxy.Module;
 /// requests in flight at once: each request carries a fresh call code, the broker answers in any
 /// order, and a reply is handed only to the thread waiting for its code, so replies never cross
 /// and a quick call is not held up behind another thread's slow signature. Frames are sent under
-/// a write lock in one system call; one waiting thread at a time reads (leader/follower).
+/// a write lock in one system call; one waiting thread at a time reads (leader/follower), and a
+/// reply wakes only the thread it is for.
 /// </summary>
 internal sealed class Connection : IDisposable
 {
-    private readonly object _writeGate = new();
-    private readonly object _readGate = new();
+    private readonly Lock _writeGate = new();
+    private readonly Lock _gate = new();
     private readonly Dictionary<uint, Waiter> _waiters = new();
     private int _timedWaiters;
     private bool _reading;
@@ -161,8 +162,9 @@ internal sealed class Connection : IDisposable
 
         bool timed = call.Id != RpcCallId.C_WaitForSlotEvent;
         uint code = NextCode();
-        var waiter = new Waiter(context);
-        lock (_readGate)
+        var waiter = context.Waiter;
+        waiter.Done = false;
+        lock (_gate)
         {
             _waiters[code] = waiter;
             if (timed) _timedWaiters++;
@@ -212,8 +214,16 @@ internal sealed class Connection : IDisposable
         if (!Volatile.Read(ref _broken))
             Log.Error($"{call.Name}: lost the broker at {Address}: {why}");
         Volatile.Write(ref _broken, true);
-        lock (_readGate) Monitor.PulseAll(_readGate);
+        WakeAll();
         return CKR_DEVICE_ERROR;
+    }
+
+    /// <summary>Wakes every waiting thread (the connection failed or is closing: each finds out and leaves).</summary>
+    private void WakeAll()
+    {
+        lock (_gate)
+            foreach (var waiter in _waiters.Values)
+                waiter.Wake.Set();
     }
 
     private uint NextCode()
@@ -227,93 +237,122 @@ internal sealed class Connection : IDisposable
 
     private void Forget(uint code, bool timed)
     {
-        lock (_readGate)
+        lock (_gate)
         {
             _waiters.Remove(code);
             if (timed) _timedWaiters--;
+            // A thread handed the reader role may leave without reading (its deadline passed):
+            // then another waiting thread must take the role, or it would wait for ever.
+            if (!_reading) HandReaderRole();
         }
     }
 
-    /// <summary>A thread waiting for the reply tagged with its call code.</summary>
-    private sealed class Waiter(CallContext context)
+    /// <summary>
+    /// A thread waiting for the reply tagged with its call code; one per thread, reused across its
+    /// calls. Its event is set when its reply was delivered, when the reader role is handed to it,
+    /// or when the connection fails. It never spins: on two cores a spinning waiter takes the CPU
+    /// the reader or the broker needs.
+    /// </summary>
+    internal sealed class Waiter(CallContext context)
     {
         public readonly CallContext Context = context;
+        public readonly ManualResetEventSlim Wake = new(false, spinCount: 0);
         public bool Done;
     }
 
     /// <summary>
     /// Several host threads may be waiting on one connection. Whoever finds no reader becomes the
     /// reader (leader/follower): it receives frames and hands each to the thread whose call code it
-    /// carries, until its own arrives; the others sleep. A reply with an unknown code is a broken
-    /// broker. The reader waits at most the configured timeout while any timed call is pending.
+    /// carries, waking that thread only, until its own arrives; then it hands the reader role to one
+    /// thread still waiting. A reply with an unknown code is a broken broker. The reader waits at
+    /// most the configured timeout while any timed call is pending.
     /// </summary>
     private ulong AwaitReply(uint code, Waiter waiter, RpcCall call, bool timed, int maxWaitMilliseconds)
     {
         long deadline = maxWaitMilliseconds < 0 ? long.MaxValue : Environment.TickCount64 + maxWaitMilliseconds;
-        lock (_readGate)
+        try
         {
-            try
+            while (true)
             {
-                while (!waiter.Done)
+                int readTimeout = 0;
+                long remaining;
+                lock (_gate)
                 {
+                    if (waiter.Done)
+                        return CKR_OK;
                     if (Volatile.Read(ref _broken))
                         return CKR_DEVICE_ERROR;
-                    long remaining = deadline - Environment.TickCount64;
+                    remaining = deadline - Environment.TickCount64;
                     if (remaining <= 0)
                         return CKR_DEVICE_ERROR;
                     if (_reading)
                     {
-                        Monitor.Wait(_readGate, (int)Math.Min(remaining, int.MaxValue));
-                        continue;
+                        // Reset under the gate: a wake-up given after this point is not lost.
+                        waiter.Wake.Reset();
                     }
-                    _reading = true;
-                    int timeout = _timedWaiters > 0 ? _timeoutMilliseconds : -1;
-                    if (deadline != long.MaxValue) timeout = timeout < 0 ? (int)remaining : (int)Math.Min(timeout, remaining);
-                    Monitor.Exit(_readGate);
-                    string? failure = null;
-                    try
+                    else
                     {
-                        failure = ReceiveOne(timeout);
-                    }
-                    finally
-                    {
-                        Monitor.Enter(_readGate);
-                        _reading = false;
-                        Monitor.PulseAll(_readGate);
-                    }
-                    if (failure is not null)
-                    {
-                        Monitor.Exit(_readGate);
-                        try { return Fail(call, failure); }
-                        finally { Monitor.Enter(_readGate); }
+                        _reading = true;
+                        readTimeout = _timedWaiters > 0 ? _timeoutMilliseconds : -1;
+                        if (deadline != long.MaxValue)
+                            readTimeout = readTimeout < 0 ? (int)remaining : (int)Math.Min(readTimeout, remaining);
                     }
                 }
-                return CKR_OK;
+                if (readTimeout == 0)
+                {
+                    waiter.Wake.Wait((int)Math.Min(remaining, int.MaxValue));
+                    continue;
+                }
+
+                string? failure = ReceiveOne(readTimeout, waiter);
+                lock (_gate)
+                {
+                    _reading = false;
+                    if (waiter.Done || failure is not null)
+                        HandReaderRole();
+                }
+                if (failure is not null)
+                    return Fail(call, failure);
             }
-            finally
+        }
+        finally
+        {
+            Forget(code, timed);
+        }
+    }
+
+    /// <summary>The reader leaves: one thread still waiting for its reply becomes the reader. Called under the gate.</summary>
+    private void HandReaderRole()
+    {
+        foreach (var other in _waiters.Values)
+        {
+            if (!other.Done)
             {
-                _waiters.Remove(code);
-                if (timed) _timedWaiters--;
+                other.Wake.Set();
+                return;
             }
         }
     }
 
     /// <summary>Receives one frame and gives it to its waiter; returns why the connection failed, if it did.</summary>
-    private string? ReceiveOne(int timeoutMilliseconds)
+    private string? ReceiveOne(int timeoutMilliseconds, Waiter reader)
     {
         try
         {
             _channel.ReceiveTimeoutMilliseconds = timeoutMilliseconds;
             if (!_channel.TryReceiveFrame(out uint replyCode, out var body))
                 return "the broker closed the connection";
-            lock (_readGate)
+            lock (_gate)
             {
-                // Copied under the lock: a waiter that gave up must not find its buffers rewritten.
+                // Copied under the gate: a waiter that gave up must not find its buffers rewritten.
                 if (!_waiters.TryGetValue(replyCode, out var target))
                     return $"reply tagged {replyCode}, which no call is waiting for";
                 target.Context.KeepReply(body.Span);
                 target.Done = true;
+                if (target != reader)
+                    target.Wake.Set();
             }
+            RpcChannel.Wipe(body); // replies may carry key values or plaintext
             return null;
         }
         catch (TransportException e)
@@ -340,12 +379,14 @@ internal sealed class Connection : IDisposable
         Volatile.Write(ref _broken, true);
         if (_child is not null) _child.Shutdown();
         else _channel.Shutdown();
-        // Wait until no thread is reading or writing before the descriptors are closed.
-        lock (_readGate)
+        // Wait until no thread is reading or writing before the descriptors are closed (the
+        // shutdown above makes a blocked reader return at once).
+        WakeAll();
+        while (true)
         {
-            Monitor.PulseAll(_readGate);
-            while (_reading)
-                Monitor.Wait(_readGate, 100);
+            lock (_gate)
+                if (!_reading) break;
+            Thread.Sleep(1);
         }
         lock (_writeGate)
             Close(_channel, _child);
@@ -359,6 +400,11 @@ internal sealed class CallContext
 
     private byte[] _reply = new byte[4096];
     private int _replyLength;
+
+    public CallContext() => Waiter = new Connection.Waiter(this);
+
+    /// <summary>This thread's place in a connection's table of waiting calls.</summary>
+    public Connection.Waiter Waiter { get; }
 
     public RpcMessageWriter Request { get; } = new(WireProfile.V0);
     public RpcMessageReader Response { get; } = new(WireProfile.V0);

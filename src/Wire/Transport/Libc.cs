@@ -23,6 +23,7 @@ internal static partial class Libc
     public const int SOL_SOCKET = 1;
     public const int SO_PEERCRED = 17;
     public const int SO_RCVTIMEO = 20;
+    public const int SO_SNDBUF = 7;
 
     [StructLayout(LayoutKind.Sequential)]
     public struct TimeVal
@@ -33,6 +34,9 @@ internal static partial class Libc
 
     [LibraryImport("libc", SetLastError = true)]
     public static partial int setsockopt(int fd, int level, int name, in TimeVal value, uint length);
+
+    [LibraryImport("libc", EntryPoint = "setsockopt", SetLastError = true)]
+    public static partial int setsockopt(int fd, int level, int name, in int value, uint length);
 
     [LibraryImport("libc", SetLastError = true)]
     public static partial int socket(int domain, int type, int protocol);

@@ -30,6 +30,14 @@ public sealed class RpcChannel : IDisposable
         _isSocket = isSocket;
         _limits = limits ?? FrameLimits.Default;
         _receive = ArrayPool<byte>.Shared.Rent(16 * 1024);
+        if (isSocket)
+        {
+            // Room for a whole large message (a 1 MiB digest, a big certificate list) in the socket,
+            // so the sender is not put to sleep and woken several times per message. The kernel
+            // caps it at net.core.wmem_max; it is a limit on queued bytes, not an allocation.
+            int sendBuffer = 2 << 20;
+            Libc.setsockopt(writeFd, Libc.SOL_SOCKET, Libc.SO_SNDBUF, sendBuffer, sizeof(int));
+        }
     }
 
     private int _receiveTimeout = -1;
@@ -60,6 +68,14 @@ public sealed class RpcChannel : IDisposable
 
     /// <summary>Whether bytes of a further frame already sit in the receive buffer.</summary>
     public bool HasBufferedData => _receiveEnd > _receiveStart;
+
+    /// <summary>Whether more input is waiting, buffered or still in the kernel (costs a poll system call).</summary>
+    public bool InputWaiting()
+    {
+        if (HasBufferedData) return true;
+        Span<Libc.PollFd> fds = [new Libc.PollFd { Fd = _readFd, Events = Libc.POLLIN }];
+        return Libc.poll(fds, 1, 0) > 0;
+    }
 
     /// <summary>Connects to a unix socket, close-on-exec so a forking host does not leak it into children.</summary>
     public static RpcChannel ConnectUnix(string path, FrameLimits? limits = null)
@@ -170,6 +186,30 @@ public sealed class RpcChannel : IDisposable
         return true;
     }
 
+    /// <summary>
+    /// Gives the caller the buffer holding the frame just received (its body stays valid there
+    /// for as long as the caller keeps the buffer) and continues with <paramref name="replacement"/>,
+    /// or a new buffer when that is too small for bytes already read past the frame. For a worker
+    /// that hands a large request on: cheaper than copying it out.
+    /// </summary>
+    public byte[] SwapReceiveBuffer(byte[]? replacement)
+    {
+        int unread = _receiveEnd - _receiveStart;
+        var next = replacement is not null && replacement.Length >= Math.Max(unread, 16 * 1024)
+            ? replacement
+            : ArrayPool<byte>.Shared.Rent(Math.Max(unread, 16 * 1024));
+        _receive.AsSpan(_receiveStart, unread).CopyTo(next);
+        var taken = _receive;
+        taken.AsSpan(_receiveStart, unread).Clear();
+        _receive = next;
+        _receiveStart = 0;
+        _receiveEnd = unread;
+        return taken;
+    }
+
+    /// <summary>Wipes a received frame where it lies (it may hold a PIN or key material) once it has been used.</summary>
+    public static void Wipe(ReadOnlyMemory<byte> frame) => System.Runtime.InteropServices.MemoryMarshal.AsMemory(frame).Span.Clear();
+
     /// <summary>Buffers up to this size come from and go back to the shared pool; larger ones are the GC's.</summary>
     private const int PooledLimit = 1 << 20;
 
@@ -180,6 +220,13 @@ public sealed class RpcChannel : IDisposable
     /// </summary>
     private bool Fill(int count, bool allowCleanEof)
     {
+        if (_receiveStart == _receiveEnd)
+        {
+            // Nothing unread: start at the front, so a large frame lands in one piece instead of
+            // straddling the end of the buffer and being moved.
+            _receiveStart = 0;
+            _receiveEnd = 0;
+        }
         while (_receiveEnd - _receiveStart < count)
         {
             if (_receiveEnd == _receive.Length)
