@@ -161,13 +161,18 @@ internal sealed class Connection : IDisposable
             return CKR_DEVICE_REMOVED;
 
         bool timed = call.Id != RpcCallId.C_WaitForSlotEvent;
+        long deadline = maxWaitMilliseconds < 0 ? long.MaxValue : Environment.TickCount64 + maxWaitMilliseconds;
         uint code = NextCode();
         var waiter = context.Waiter;
         waiter.Done = false;
+        int readTimeout;
         lock (_gate)
         {
+            // Registered before the request leaves: another thread's read may bring the reply.
             _waiters[code] = waiter;
             if (timed) _timedWaiters++;
+            // With no reader, this thread will be it: claimed now, one pass through the gate less.
+            readTimeout = TryClaimReader(deadline);
         }
         try
         {
@@ -176,11 +181,12 @@ internal sealed class Connection : IDisposable
         }
         catch (TransportException e)
         {
+            if (readTimeout != 0) ReleaseReader();
             Forget(code, timed);
             return Fail(call, e.Message);
         }
 
-        ulong rv = AwaitReply(code, waiter, call, timed, maxWaitMilliseconds);
+        ulong rv = AwaitReply(code, waiter, call, timed, deadline, readTimeout);
         if (rv != CKR_OK)
             return rv;
 
@@ -238,13 +244,7 @@ internal sealed class Connection : IDisposable
     private void Forget(uint code, bool timed)
     {
         lock (_gate)
-        {
-            _waiters.Remove(code);
-            if (timed) _timedWaiters--;
-            // A thread handed the reader role may leave without reading (its deadline passed):
-            // then another waiting thread must take the role, or it would wait for ever.
-            if (!_reading) HandReaderRole();
-        }
+            RemoveWaiter(code, timed);
     }
 
     /// <summary>
@@ -265,65 +265,97 @@ internal sealed class Connection : IDisposable
     /// reader (leader/follower): it receives frames and hands each to the thread whose call code it
     /// carries, waking that thread only, until its own arrives; then it hands the reader role to one
     /// thread still waiting. A reply with an unknown code is a broken broker. The reader waits at
-    /// most the configured timeout while any timed call is pending.
+    /// most the configured timeout while any timed call is pending. <paramref name="readTimeout"/>
+    /// is non-zero when the caller already holds the reader role.
     /// </summary>
-    private ulong AwaitReply(uint code, Waiter waiter, RpcCall call, bool timed, int maxWaitMilliseconds)
+    private ulong AwaitReply(uint code, Waiter waiter, RpcCall call, bool timed, long deadline, int readTimeout)
     {
-        long deadline = maxWaitMilliseconds < 0 ? long.MaxValue : Environment.TickCount64 + maxWaitMilliseconds;
-        try
+        while (true)
         {
-            while (true)
+            if (readTimeout == 0)
             {
-                int readTimeout = 0;
                 long remaining;
                 lock (_gate)
                 {
                     if (waiter.Done)
+                    {
+                        // Delivered by another thread's read.
+                        RemoveWaiter(code, timed);
                         return CKR_OK;
-                    if (Volatile.Read(ref _broken))
-                        return CKR_DEVICE_ERROR;
+                    }
                     remaining = deadline - Environment.TickCount64;
-                    if (remaining <= 0)
+                    if (Volatile.Read(ref _broken) || remaining <= 0)
+                    {
+                        RemoveWaiter(code, timed);
                         return CKR_DEVICE_ERROR;
-                    if (_reading)
-                    {
-                        // Reset under the gate: a wake-up given after this point is not lost.
-                        waiter.Wake.Reset();
                     }
-                    else
-                    {
-                        _reading = true;
-                        readTimeout = _timedWaiters > 0 ? _timeoutMilliseconds : -1;
-                        if (deadline != long.MaxValue)
-                            readTimeout = readTimeout < 0 ? (int)remaining : (int)Math.Min(readTimeout, remaining);
-                    }
+                    readTimeout = TryClaimReader(deadline);
+                    if (readTimeout == 0)
+                        waiter.Wake.Reset(); // under the gate: a wake-up given after this point is not lost
                 }
                 if (readTimeout == 0)
                 {
                     waiter.Wake.Wait((int)Math.Min(remaining, int.MaxValue));
                     continue;
                 }
-
-                string? failure = ReceiveOne(readTimeout, waiter);
-                lock (_gate)
-                {
-                    _reading = false;
-                    if (waiter.Done || failure is not null)
-                        HandReaderRole();
-                }
-                if (failure is not null)
-                    return Fail(call, failure);
             }
-        }
-        finally
-        {
-            Forget(code, timed);
+
+            string? failure = ReceiveOne(readTimeout, waiter, code, timed, out bool ownReply);
+            if (ownReply)
+                return CKR_OK;
+            if (failure is not null)
+            {
+                ReleaseReader();
+                Forget(code, timed);
+                return Fail(call, failure);
+            }
+            // Another thread's reply: give up the role for a moment, so the gate sees a fresh state.
+            ReleaseReader();
+            readTimeout = 0;
         }
     }
 
-    /// <summary>The reader leaves: one thread still waiting for its reply becomes the reader. Called under the gate.</summary>
+    /// <summary>
+    /// Takes the reader role if nobody holds it; returns the receive timeout to use (-1: none),
+    /// or 0 when another thread is reading. Called under the gate.
+    /// </summary>
+    private int TryClaimReader(long deadline)
+    {
+        if (_reading || Volatile.Read(ref _broken))
+            return 0;
+        _reading = true;
+        int timeout = _timedWaiters > 0 ? _timeoutMilliseconds : -1;
+        if (deadline != long.MaxValue)
+        {
+            long remaining = Math.Max(deadline - Environment.TickCount64, 1);
+            timeout = timeout < 0 ? (int)Math.Min(remaining, int.MaxValue) : (int)Math.Min(timeout, remaining);
+        }
+        return timeout == 0 ? 1 : timeout;
+    }
+
+    private void ReleaseReader()
+    {
+        lock (_gate)
+        {
+            _reading = false;
+            HandReaderRole();
+        }
+    }
+
+    /// <summary>Called under the gate.</summary>
+    private void RemoveWaiter(uint code, bool timed)
+    {
+        _waiters.Remove(code);
+        if (timed) _timedWaiters--;
+        // A thread handed the reader role may leave without reading (its deadline passed):
+        // then another waiting thread must take the role, or it would wait for ever.
+        if (!_reading) HandReaderRole();
+    }
+
+    /// <summary>The reader role is free: one thread still waiting for its reply becomes the reader. Called under the gate.</summary>
     private void HandReaderRole()
     {
+        if (_waiters.Count == 0) return;
         foreach (var other in _waiters.Values)
         {
             if (!other.Done)
@@ -334,12 +366,17 @@ internal sealed class Connection : IDisposable
         }
     }
 
-    /// <summary>Receives one frame and gives it to its waiter; returns why the connection failed, if it did.</summary>
-    private string? ReceiveOne(int timeoutMilliseconds, Waiter reader)
+    /// <summary>
+    /// Receives one frame and gives it to its waiter; returns why the connection failed, if it did.
+    /// When the frame is the reader's own reply, the reader leaves in the same pass through the
+    /// gate: role released, its entry removed (<paramref name="ownReply"/>).
+    /// </summary>
+    private string? ReceiveOne(int timeoutMilliseconds, Waiter reader, uint readerCode, bool readerTimed, out bool ownReply)
     {
+        ownReply = false;
         try
         {
-            _channel.ReceiveTimeoutMilliseconds = timeoutMilliseconds;
+            _channel.ReceiveTimeoutMilliseconds = timeoutMilliseconds < 0 ? -1 : timeoutMilliseconds;
             if (!_channel.TryReceiveFrame(out uint replyCode, out var body))
                 return "the broker closed the connection";
             lock (_gate)
@@ -350,7 +387,17 @@ internal sealed class Connection : IDisposable
                 target.Context.KeepReply(body.Span);
                 target.Done = true;
                 if (target != reader)
+                {
                     target.Wake.Set();
+                }
+                else
+                {
+                    ownReply = true;
+                    _reading = false;
+                    _waiters.Remove(readerCode);
+                    if (readerTimed) _timedWaiters--;
+                    HandReaderRole();
+                }
             }
             RpcChannel.Wipe(body); // replies may carry key values or plaintext
             return null;

@@ -9,6 +9,9 @@ namespace P11Proxy.Wire;
 public sealed class WireReader
 {
     private ReadOnlyMemory<byte> _data;
+    // The array behind _data: reading it directly spares the per-read cost of Memory.Span.
+    private byte[] _array = [];
+    private int _offset;
     private int _position;
 
     public WireReader() { }
@@ -17,7 +20,16 @@ public sealed class WireReader
 
     public void Reset(ReadOnlyMemory<byte> data)
     {
+        if (!System.Runtime.InteropServices.MemoryMarshal.TryGetArray(data, out var segment) || segment.Array is null)
+        {
+            // Not array-backed (never the case for received frames): read from a copy.
+            var copy = data.ToArray();
+            data = copy;
+            segment = new ArraySegment<byte>(copy);
+        }
         _data = data;
+        _array = segment.Array!;
+        _offset = segment.Offset;
         _position = 0;
     }
 
@@ -28,14 +40,14 @@ public sealed class WireReader
     public bool TryReadByte(out byte value)
     {
         if (Remaining < 1) { value = 0; return false; }
-        value = _data.Span[_position++];
+        value = _array[_offset + _position++];
         return true;
     }
 
     public bool TryReadUInt32(out uint value)
     {
         if (Remaining < 4) { value = 0; return false; }
-        value = BinaryPrimitives.ReadUInt32BigEndian(_data.Span.Slice(_position, 4));
+        value = BinaryPrimitives.ReadUInt32BigEndian(_array.AsSpan(_offset + _position, 4));
         _position += 4;
         return true;
     }
@@ -43,7 +55,7 @@ public sealed class WireReader
     public bool TryReadUInt64(out ulong value)
     {
         if (Remaining < 8) { value = 0; return false; }
-        value = BinaryPrimitives.ReadUInt64BigEndian(_data.Span.Slice(_position, 8));
+        value = BinaryPrimitives.ReadUInt64BigEndian(_array.AsSpan(_offset + _position, 8));
         _position += 8;
         return true;
     }

@@ -45,9 +45,20 @@ public sealed class WireWriter : IDisposable
 
     public void Fail() => Failed = true;
 
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
     private Span<byte> Grow(int count)
     {
-        if (_buffer.Length - _position < count)
+        if (_buffer.Length - _position >= count)
+        {
+            var room = _buffer.AsSpan(_position, count);
+            _position += count;
+            return room;
+        }
+        return GrowSlow(count);
+    }
+
+    private Span<byte> GrowSlow(int count)
+    {
         {
             long wanted = Math.Max((long)_buffer.Length * 2, (long)_position + count);
             if (wanted > Array.MaxLength)
