@@ -7,7 +7,7 @@ namespace P11Proxy.Broker;
 /// </summary>
 internal sealed class ClientState
 {
-    private readonly object _gate = new();
+    private readonly Lock _gate = new();
     private readonly Dictionary<nuint, nuint> _sessionSlots = new();
 
     public ClientState(string peer) => Peer = peer;

@@ -260,7 +260,7 @@ internal sealed unsafe partial class Dispatcher
     {
         rv = CKR_OK;
         if (!ReadULong(out slot)) { rv = Malformed; return false; }
-        Note($" slot={slot}");
+        if (_log.Verbose) Note($" slot={slot}");
         if (!_filter.IsVisible(F, slot)) { rv = CKR_SLOT_ID_INVALID; return false; }
         return true;
     }
@@ -284,7 +284,7 @@ internal sealed unsafe partial class Dispatcher
     private ulong GetTokenInfo()
     {
         if (!ReadULong(out var slot)) return Malformed;
-        Note($" slot={slot}");
+        if (_log.Verbose) Note($" slot={slot}");
         if (!Done) return Malformed;
         CK_TOKEN_INFO info = default;
         ulong rv = F->C_GetTokenInfo(slot, &info);

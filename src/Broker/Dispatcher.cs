@@ -123,8 +123,8 @@ internal sealed unsafe partial class Dispatcher : IDisposable
     {
         rv = CKR_OK;
         if (!ReadULong(out session)) { rv = Malformed; return false; }
-        if (!_client.Owns(session)) { rv = CKR_SESSION_HANDLE_INVALID; Note($" session={session}"); return false; }
-        Note($" session={session}");
+        if (_log.Verbose) Note($" session={session}"); // formatted only for the trace: no string per call otherwise
+        if (!_client.Owns(session)) { rv = CKR_SESSION_HANDLE_INVALID; return false; }
         return true;
     }
 

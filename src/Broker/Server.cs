@@ -305,7 +305,8 @@ internal sealed class ClientConnection
         // After a slow call the reader ran itself, look (before answering, so the answer cannot
         // have prompted it) whether the client sent more meanwhile: if so it overlaps its calls,
         // and the next slow one goes to another worker.
-        if (elapsed > CallDurations.HandOverTicks && Volatile.Read(ref _running) == 0 && _channel.InputWaiting())
+        if (elapsed > CallDurations.HandOverTicks && CallDurations.UsuallySlow(callId) &&
+            Volatile.Read(ref _running) == 0 && _channel.InputWaiting())
             Volatile.Write(ref _lastOverlap, started + elapsed);
         lock (_writeLock)
             _channel.SendFrame(code, reply);
@@ -349,8 +350,12 @@ internal sealed class CallDurations
     /// <summary>Calls that may block for as long as they like: always run beside the reader.</summary>
     private static bool MayBlock(uint callId) => (RpcCallId)callId is RpcCallId.C_WaitForSlotEvent;
 
-    /// <summary>Until a call has been timed: the ones that usually need the token's work or a person.</summary>
-    private static bool UsuallySlow(uint callId) => !((RpcCallId)callId is
+    /// <summary>
+    /// The calls that usually need the token's work or a person: assumed slow until timed, and
+    /// the only ones after which the reader looks for overlapping requests (a poll per call would
+    /// otherwise be paid by quick calls whenever the machine is slow, e.g. under a profiler).
+    /// </summary>
+    public static bool UsuallySlow(uint callId) => !((RpcCallId)callId is
         RpcCallId.C_Initialize or RpcCallId.C_Finalize or RpcCallId.C_GetInfo or RpcCallId.C_GetSlotList or
         RpcCallId.C_GetSlotInfo or RpcCallId.C_GetTokenInfo or RpcCallId.C_GetMechanismList or
         RpcCallId.C_GetMechanismInfo or RpcCallId.C_OpenSession or RpcCallId.C_CloseSession or

@@ -18,7 +18,7 @@ internal sealed class Connection : IDisposable
 {
     private readonly Lock _writeGate = new();
     private readonly Lock _gate = new();
-    private readonly Dictionary<uint, Waiter> _waiters = new();
+    private readonly WaiterTable _waiters = new();
     private int _timedWaiters;
     private bool _reading;
     private readonly RpcChannel _channel;
@@ -169,7 +169,7 @@ internal sealed class Connection : IDisposable
         lock (_gate)
         {
             // Registered before the request leaves: another thread's read may bring the reply.
-            _waiters[code] = waiter;
+            _waiters.Add(code, waiter);
             if (timed) _timedWaiters++;
             // With no reader, this thread will be it: claimed now, one pass through the gate less.
             readTimeout = TryClaimReader(deadline);
@@ -228,8 +228,8 @@ internal sealed class Connection : IDisposable
     private void WakeAll()
     {
         lock (_gate)
-            foreach (var waiter in _waiters.Values)
-                waiter.Wake.Set();
+            for (int i = 0; i < _waiters.Count; i++)
+                _waiters.At(i).Wake.Set();
     }
 
     private uint NextCode()
@@ -355,9 +355,9 @@ internal sealed class Connection : IDisposable
     /// <summary>The reader role is free: one thread still waiting for its reply becomes the reader. Called under the gate.</summary>
     private void HandReaderRole()
     {
-        if (_waiters.Count == 0) return;
-        foreach (var other in _waiters.Values)
+        for (int i = 0; i < _waiters.Count; i++)
         {
+            var other = _waiters.At(i);
             if (!other.Done)
             {
                 other.Wake.Set();
@@ -382,7 +382,7 @@ internal sealed class Connection : IDisposable
             lock (_gate)
             {
                 // Copied under the gate: a waiter that gave up must not find its buffers rewritten.
-                if (!_waiters.TryGetValue(replyCode, out var target))
+                if (!_waiters.TryGet(replyCode, out var target))
                     return $"reply tagged {replyCode}, which no call is waiting for";
                 target.Context.KeepReply(body.Span);
                 target.Done = true;
@@ -440,6 +440,59 @@ internal sealed class Connection : IDisposable
     }
 }
 
+/// <summary>
+/// The calls waiting on one connection, by call code. A handful at most (one per host thread in
+/// a call), so a short array searched in order beats a hash table. Used under the connection's gate.
+/// </summary>
+internal sealed class WaiterTable
+{
+    private uint[] _codes = new uint[8];
+    private Connection.Waiter[] _waiters = new Connection.Waiter[8];
+
+    public int Count { get; private set; }
+
+    public Connection.Waiter At(int index) => _waiters[index];
+
+    public void Add(uint code, Connection.Waiter waiter)
+    {
+        if (Count == _codes.Length)
+        {
+            Array.Resize(ref _codes, Count * 2);
+            Array.Resize(ref _waiters, Count * 2);
+        }
+        _codes[Count] = code;
+        _waiters[Count] = waiter;
+        Count++;
+    }
+
+    public bool TryGet(uint code, out Connection.Waiter waiter)
+    {
+        for (int i = 0; i < Count; i++)
+        {
+            if (_codes[i] == code)
+            {
+                waiter = _waiters[i];
+                return true;
+            }
+        }
+        waiter = null!;
+        return false;
+    }
+
+    public void Remove(uint code)
+    {
+        for (int i = 0; i < Count; i++)
+        {
+            if (_codes[i] != code) continue;
+            Count--;
+            _codes[i] = _codes[Count];
+            _waiters[i] = _waiters[Count];
+            _waiters[Count] = null!;
+            return;
+        }
+    }
+}
+
 /// <summary>Per-thread message buffers, reused across calls so the hot path does not allocate.</summary>
 internal sealed class CallContext
 {
@@ -461,8 +514,12 @@ internal sealed class CallContext
     public static CallContext For(Connection connection, RpcCallId id)
     {
         var context = _current ??= new CallContext();
-        context.Request.Profile = connection.Profile;
-        context.Response.Profile = connection.Profile;
+        var profile = connection.Profile;
+        if (!ReferenceEquals(context.Request.Profile, profile))
+        {
+            context.Request.Profile = profile;
+            context.Response.Profile = profile;
+        }
         context.Request.Begin(CallTable.Get(id), MessageKind.Request);
         return context;
     }

@@ -78,12 +78,14 @@ public sealed class WireWriter : IDisposable
         return span;
     }
 
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
     public void WriteByte(byte value)
     {
         var span = Grow(1);
         if (!span.IsEmpty) span[0] = value;
     }
 
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
     public void WriteUInt32(uint value)
     {
         var span = Grow(4);
@@ -91,6 +93,7 @@ public sealed class WireWriter : IDisposable
     }
 
     /// <summary>A CK_ULONG travels as 64 bits, high word first, whatever the host's long size.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
     public void WriteUInt64(ulong value)
     {
         var span = Grow(8);
