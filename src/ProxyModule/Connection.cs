@@ -385,6 +385,9 @@ internal sealed class Connection : IDisposable
                 if (!_waiters.TryGet(replyCode, out var target))
                     return $"reply tagged {replyCode}, which no call is waiting for";
                 target.Context.KeepReply(body.Span);
+                // Wiped while this thread still holds the reader role: once it is handed on, the
+                // next reader may receive into the same bytes.
+                RpcChannel.Wipe(body); // replies may carry key values or plaintext
                 target.Done = true;
                 if (target != reader)
                 {
@@ -399,7 +402,6 @@ internal sealed class Connection : IDisposable
                     HandReaderRole();
                 }
             }
-            RpcChannel.Wipe(body); // replies may carry key values or plaintext
             return null;
         }
         catch (TransportException e)
@@ -503,6 +505,12 @@ internal sealed class CallContext
 
     public CallContext() => Waiter = new Connection.Waiter(this);
 
+    /// <summary>This thread's context, if it made a call before.</summary>
+    public static CallContext? Current => _current;
+
+    /// <summary>Attribute values fetched ahead by this thread's last size query.</summary>
+    public AttributePrefetch Prefetch { get; } = new();
+
     /// <summary>This thread's place in a connection's table of waiting calls.</summary>
     public Connection.Waiter Waiter { get; }
 
@@ -514,6 +522,8 @@ internal sealed class CallContext
     public static CallContext For(Connection connection, RpcCallId id)
     {
         var context = _current ??= new CallContext();
+        // Values prefetched by a size query serve only the very next call of this thread.
+        if (context.Prefetch.Holding) context.Prefetch.Drop();
         var profile = connection.Profile;
         if (!ReferenceEquals(context.Request.Profile, profile))
         {

@@ -351,9 +351,20 @@ internal static unsafe partial class Remote
     public static ulong GetAttributeValue(nuint session, nuint handle, CK_ATTRIBUTE* template, nuint count)
     {
         if (template == null && count != 0) return CKR_ARGUMENTS_BAD;
+        // The second pass of a two-pass read, answered from what the first one fetched.
+        if (CallContext.Current?.Prefetch is { Holding: true } kept && ModuleState.TryGet(out var current) == CKR_OK &&
+            kept.TryServe(current, session, handle, template, count))
+            return CKR_OK;
         ulong rv = Begin(RpcCallId.C_GetAttributeValue, out var connection, out var context);
         if (rv != CKR_OK) return rv;
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        if (AttributePrefetch.Applies(connection.Profile, template, count))
+        {
+            rv = SizesWithValues(connection, context, brokerSession, session, handle, template, count);
+            if (rv != NotPrefetched) return rv;
+            rv = Begin(RpcCallId.C_GetAttributeValue, out connection, out context);
+            if (rv != CKR_OK) return rv;
+        }
         context.Request.WriteULong(brokerSession);
         context.Request.WriteULong(handle);
         rv = Marshalling.WriteAttributeBuffers(context.Request, template, count);
@@ -364,6 +375,48 @@ internal static unsafe partial class Remote
         if (rv == CKR_DEVICE_ERROR || !context.Response.Complete) rv = Malformed(context);
         context.Scrub();
         return rv;
+    }
+
+    /// <summary>Not a CK_RV: the size query must be sent the ordinary way.</summary>
+    private const ulong NotPrefetched = ulong.MaxValue;
+
+    /// <summary>
+    /// A size query sent as a fetch with room for small values (see <see cref="AttributePrefetch"/>):
+    /// the sizes when every value came back, kept for the next call; NotPrefetched otherwise.
+    /// </summary>
+    private static ulong SizesWithValues(Connection connection, CallContext context, nuint brokerSession, nuint session, nuint handle,
+        CK_ATTRIBUTE* template, nuint count)
+    {
+        var request = context.Request;
+        request.WriteULong(brokerSession);
+        request.WriteULong(handle);
+        request.BeginAttributeBuffer((uint)count);
+        for (nuint i = 0; i < count; i++)
+            AttributeCodec.WriteBufferEntry(request.Writer, template[i].type, AttributePrefetch.CapacityPerAttribute);
+        ulong rv = connection.Exchange(context);
+        if (rv is CKR_DEVICE_ERROR or CKR_DEVICE_REMOVED) return rv;
+        if (rv != CKR_OK) return NotPrefetched; // the size query gives the error in its own terms
+        var reply = context.Response;
+        if (!reply.TryReadAttributeArray(out var attributes) || (nuint)attributes.Length != count ||
+            !reply.TryReadULong(out ulong callRv) || !reply.Complete)
+        {
+            context.Scrub();
+            return Malformed(context);
+        }
+        for (int i = 0; i < attributes.Length; i++)
+        {
+            if (attributes[i].Type != template[i].type)
+            {
+                context.Scrub();
+                return Malformed(context);
+            }
+        }
+        bool kept = callRv == CKR_OK && context.Prefetch.TryKeep(connection, session, handle, attributes);
+        if (kept)
+            for (int i = 0; i < attributes.Length; i++)
+                template[i].ulValueLen = (nuint)attributes[i].NativeLength;
+        context.Scrub();
+        return kept ? CKR_OK : NotPrefetched;
     }
 
     /// <summary>C_SetAttributeValue ("uuaA") and C_FindObjectsInit ("uaA").</summary>

@@ -698,6 +698,55 @@ public sealed class Conformance(string name)
         Assert.That(target.Select(o => $"{o.Rv} [{string.Join(",", o.Lens)}]"), Is.EqualTo(direct.Select(o => $"{o.Rv} [{string.Join(",", o.Lens)}]")), "as direct");
     }
 
+    /// <summary>
+    /// Two-pass reads through the proxy may be answered from values fetched with the size query;
+    /// these sequences show that every result is still the token's: a change between the passes
+    /// is seen, a too-small buffer or another object or template takes the ordinary path.
+    /// </summary>
+    [Test]
+    public void TwoPassReadsSeeWhatTheTokenHolds()
+    {
+        var tag = Tag;
+        const int Big = 256;
+        List<string> Run(ISlot slot) => H.InSession(slot, s =>
+        {
+            var (pub, prv) = H.RsaKeyPair(s, tag);
+            var ll = LowLevel(LibOf(slot));
+            var seen = new List<string>();
+            string Show(AttrOutcome o, byte[][] values) =>
+                $"{o.Rv} [{string.Join(",", o.Lens)}] {string.Join("|", values.Select(v => Encoding.UTF8.GetString(v)))}";
+            // The plain two-pass read.
+            var sizes = GetAttrs(ll, s.SessionId, pub.ObjectId, [(CKA.CKA_LABEL, -1)], out var values);
+            seen.Add(Show(sizes, values));
+            var fetched = GetAttrs(ll, s.SessionId, pub.ObjectId, [(CKA.CKA_LABEL, (int)sizes.Lens[0])], out values);
+            Assert.That(Encoding.UTF8.GetString(values[0]), Is.EqualTo(tag), "the label");
+            seen.Add(Show(fetched, values));
+            // The label changes between the passes: the new one is read.
+            GetAttrs(ll, s.SessionId, pub.ObjectId, [(CKA.CKA_LABEL, -1)], out _);
+            s.SetAttributeValue(pub, H.Attrs((CKA.CKA_LABEL, tag + "-renamed")));
+            fetched = GetAttrs(ll, s.SessionId, pub.ObjectId, [(CKA.CKA_LABEL, Big)], out values);
+            Assert.That(Encoding.UTF8.GetString(values[0]), Is.EqualTo(tag + "-renamed"), "the label changed between the passes");
+            seen.Add(Show(fetched, values));
+            // A buffer too small for one of them.
+            GetAttrs(ll, s.SessionId, pub.ObjectId, [(CKA.CKA_LABEL, -1), (CKA.CKA_MODULUS_BITS, -1)], out _);
+            fetched = GetAttrs(ll, s.SessionId, pub.ObjectId, [(CKA.CKA_LABEL, 1), (CKA.CKA_MODULUS_BITS, 8)], out values);
+            Assert.That(fetched.Rv, Is.EqualTo(CKR.CKR_BUFFER_TOO_SMALL), "a one-byte buffer for the label");
+            seen.Add($"{fetched.Rv} [{string.Join(",", fetched.Lens)}]");
+            // Sizes of one object, values of another.
+            GetAttrs(ll, s.SessionId, pub.ObjectId, [(CKA.CKA_LABEL, -1)], out _);
+            fetched = GetAttrs(ll, s.SessionId, prv.ObjectId, [(CKA.CKA_LABEL, Big)], out values);
+            Assert.That(Encoding.UTF8.GetString(values[0]), Is.EqualTo(tag), "the private key's label");
+            seen.Add(Show(fetched, values));
+            // Sizes of two attributes, values of one.
+            GetAttrs(ll, s.SessionId, pub.ObjectId, [(CKA.CKA_LABEL, -1), (CKA.CKA_MODULUS, -1)], out _);
+            fetched = GetAttrs(ll, s.SessionId, pub.ObjectId, [(CKA.CKA_MODULUS, Big)], out values);
+            Assert.That(values[0], Is.EqualTo(H.Bytes(s, pub, CKA.CKA_MODULUS)), "the modulus alone");
+            seen.Add($"{fetched.Rv} [{string.Join(",", fetched.Lens)}]");
+            return seen;
+        });
+        Assert.That(Run(T.Slot), Is.EqualTo(Run(D)), "as direct");
+    }
+
     [Test]
     public void SignOutputSizeQuery()
     {
