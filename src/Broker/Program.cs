@@ -61,6 +61,8 @@ namespace P11Proxy.Broker
                 if (module is null)
                     throw new BrokerException("--module PATH is required: the PKCS#11 module to serve, e.g. /usr/lib/softhsm/libsofthsm2.so");
                 var filter = TokenFilter.Parse(tokens);
+                // Before the module is loaded: its allocations from the start follow the same rule.
+                NativeHeap.KeepLargeBlocksOutOfThreadHeaps();
                 using var backend = Backend.Load(module);
                 log.Info($"serving {module}{(backend.Has30 ? " (PKCS#11 3.0 interface)" : "")}" +
                          (filter.FiltersAnything ? $", tokens matching {string.Join(" or ", filter.Descriptions)}" : ""));
