@@ -32,47 +32,37 @@ namespace P11Proxy.Broker
                 return args.Length == 0 ? 2 : 0;
             }
             string mode = args[0];
-            string? module = null, socket = null;
-            bool verbose = false;
-            var tokens = new List<string>();
-            var uids = new List<uint>();
-            var gids = new List<uint>();
-            for (int i = 1; i < args.Length; i++)
+            Options options;
+            try
             {
-                string Next() => i + 1 < args.Length ? args[++i] : throw new BrokerException($"{args[i]} needs a value\n{Usage}");
-                switch (args[i])
-                {
-                    case "--module": module = Next(); break;
-                    case "--socket": socket = Next(); break;
-                    case "--token": tokens.Add(Next()); break;
-                    case "--allow-uid": uids.Add(ParseId(Next(), "--allow-uid")); break;
-                    case "--allow-gid": gids.Add(ParseId(Next(), "--allow-gid")); break;
-                    case "--verbose": case "-v": verbose = true; break;
-                    default:
-                        Console.Error.WriteLine($"p11proxy-broker: unknown option '{args[i]}'\n{Usage}");
-                        return 2;
-                }
+                options = Options.Parse(args);
             }
-            var log = new BrokerLog(verbose, quiet: mode == "stdio");
+            catch (BrokerException e)
+            {
+                // A mistyped option is the user's to fix: a message, not a stack trace.
+                Console.Error.WriteLine($"p11proxy-broker: {e.Message}");
+                return 2;
+            }
+            var log = new BrokerLog(options.Verbose, quiet: mode == "stdio");
             try
             {
                 if (mode is not ("serve" or "stdio"))
                     throw new BrokerException($"unknown mode '{mode}' (use serve or stdio)\n{Usage}");
-                if (module is null)
+                if (options.Module is not { } module)
                     throw new BrokerException("--module PATH is required: the PKCS#11 module to serve, e.g. /usr/lib/softhsm/libsofthsm2.so");
-                var filter = TokenFilter.Parse(tokens);
+                var filter = TokenFilter.Parse(options.Tokens);
                 // Before the module is loaded: its allocations from the start follow the same rule.
                 NativeHeap.KeepLargeBlocksOutOfThreadHeaps();
                 using var backend = Backend.Load(module);
                 log.Info($"serving {module}{(backend.Has30 ? " (PKCS#11 3.0 interface)" : "")}" +
                          (filter.FiltersAnything ? $", tokens matching {string.Join(" or ", filter.Descriptions)}" : ""));
-                var server = new Server(backend, filter, log, uids, gids);
+                var server = new Server(backend, filter, log, options.AllowedUids, options.AllowedGids);
                 if (mode == "stdio")
                 {
                     server.ServeStdio();
                     return 0;
                 }
-                return Serve(server, socket ?? ServerAddress.DefaultSocketPath(getuid()), log);
+                return Serve(server, options.Socket ?? ServerAddress.DefaultSocketPath(getuid()), log);
             }
             catch (BrokerException e)
             {
@@ -86,8 +76,40 @@ namespace P11Proxy.Broker
             }
         }
 
-        private static uint ParseId(string text, string option) =>
-            uint.TryParse(text, out var id) ? id : throw new BrokerException($"{option} takes a numeric id, not '{text}'");
+        /// <summary>The command line after the mode.</summary>
+        private sealed class Options
+        {
+            public string? Module { get; private set; }
+            public string? Socket { get; private set; }
+            public bool Verbose { get; private set; }
+            public List<string> Tokens { get; } = new();
+            public List<uint> AllowedUids { get; } = new();
+            public List<uint> AllowedGids { get; } = new();
+
+            /// <summary>Throws <see cref="BrokerException"/> naming the option that is wrong.</summary>
+            public static Options Parse(string[] args)
+            {
+                var options = new Options();
+                for (int i = 1; i < args.Length; i++)
+                {
+                    string Next() => i + 1 < args.Length ? args[++i] : throw new BrokerException($"{args[i]} needs a value\n{Usage}");
+                    switch (args[i])
+                    {
+                        case "--module": options.Module = Next(); break;
+                        case "--socket": options.Socket = Next(); break;
+                        case "--token": options.Tokens.Add(Next()); break;
+                        case "--allow-uid": options.AllowedUids.Add(ParseId(Next(), "--allow-uid")); break;
+                        case "--allow-gid": options.AllowedGids.Add(ParseId(Next(), "--allow-gid")); break;
+                        case "--verbose": case "-v": options.Verbose = true; break;
+                        default: throw new BrokerException($"unknown option '{args[i]}'\n{Usage}");
+                    }
+                }
+                return options;
+            }
+
+            private static uint ParseId(string text, string option) =>
+                uint.TryParse(text, out var id) ? id : throw new BrokerException($"{option} takes a numeric id, not '{text}'");
+        }
 
         private static int Serve(Server server, string socketPath, BrokerLog log)
         {
