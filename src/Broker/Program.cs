@@ -10,14 +10,20 @@ namespace P11Proxy.Broker
     internal static partial class BrokerMain
     {
         private const string Usage = """
-            usage: p11proxy-broker serve --module PATH [--socket PATH] [--token URI]... [--allow-uid UID]... [--allow-gid GID]... [--verbose]
-                   p11proxy-broker stdio --module PATH [--token URI]... [--verbose]
+            usage: p11proxy-broker serve --module PATH [--socket PATH] [--token URI]... [--allow-uid UID]... [--allow-gid GID]...
+                                         [--output-memory-mib N] [--verbose]
+                   p11proxy-broker stdio --module PATH [--token URI]... [--output-memory-mib N] [--verbose]
 
               serve   listen on a unix socket (default $XDG_RUNTIME_DIR/p11-kit/pkcs11) and print
                       P11_KIT_SERVER_ADDRESS=... for clients
               stdio   serve one client on stdin/stdout, e.g. P11_KIT_SERVER_ADDRESS='|p11proxy-broker stdio --module ...'
               --token URI      only tokens matching a PKCS#11 URI are visible (repeatable)
               --allow-uid/gid  peers besides the broker's own user that may connect (serve)
+              --output-memory-mib N
+                               memory for large call outputs (64 KiB or more: random bytes, ciphertexts,
+                               attribute values) of all clients at once, default 8; each output counts
+                               twice (the module's buffer and the reply), so one output is at most N/2 MiB.
+                               An output that does not fit fails with CKR_DEVICE_MEMORY and a log line
               --verbose        trace every call: name, slot/session, result, duration (never PINs or data)
             """;
 
@@ -43,6 +49,7 @@ namespace P11Proxy.Broker
                 Console.Error.WriteLine($"p11proxy-broker: {e.Message}");
                 return 2;
             }
+            OutputBudget.Bytes = options.OutputMemory;
             var log = new BrokerLog(options.Verbose, quiet: mode == "stdio");
             try
             {
@@ -85,6 +92,7 @@ namespace P11Proxy.Broker
             public List<string> Tokens { get; } = new();
             public List<uint> AllowedUids { get; } = new();
             public List<uint> AllowedGids { get; } = new();
+            public long OutputMemory { get; private set; } = OutputBudget.DefaultBytes;
 
             /// <summary>Throws <see cref="BrokerException"/> naming the option that is wrong.</summary>
             public static Options Parse(string[] args)
@@ -100,12 +108,19 @@ namespace P11Proxy.Broker
                         case "--token": options.Tokens.Add(Next()); break;
                         case "--allow-uid": options.AllowedUids.Add(ParseId(Next(), "--allow-uid")); break;
                         case "--allow-gid": options.AllowedGids.Add(ParseId(Next(), "--allow-gid")); break;
+                        case "--output-memory-mib": options.OutputMemory = ParseMebibytes(Next(), "--output-memory-mib"); break;
                         case "--verbose": case "-v": options.Verbose = true; break;
                         default: throw new BrokerException($"unknown option '{args[i]}'\n{Usage}");
                     }
                 }
                 return options;
             }
+
+            /// <summary>1 MiB to 64 GiB: a budget of 0 would refuse every large output, which no one means.</summary>
+            private static long ParseMebibytes(string text, string option) =>
+                long.TryParse(text, out var mib) && mib is >= 1 and <= 65536
+                    ? mib << 20
+                    : throw new BrokerException($"{option} takes a number of MiB from 1 to 65536, not '{text}'");
 
             private static uint ParseId(string text, string option) =>
                 uint.TryParse(text, out var id) ? id : throw new BrokerException($"{option} takes a numeric id, not '{text}'");
