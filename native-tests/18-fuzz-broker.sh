@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # p11proxy-broker under a seeded mutation fuzzer (tests/fuzz): golden p11-kit requests, a synthetic
-# request for every call in protocol versions 0-2 and hostile specials, mutated and sent over many
-# connections. The broker may answer or close a connection but must never die, must keep answering
-# a separate witness connection, must stay under 64 MiB peak RSS and must log no internal error.
+# request for every call in protocol versions 0-2 and hostile specials, mutated and sent on 3
+# connections at once (each reconnecting when the broker closes it). The broker may answer or
+# close a connection but must never die, must keep answering a separate witness connection, must
+# stay under 64 MiB peak RSS and must log no internal error.
 # FUZZ_SEED / FUZZ_INPUTS / FUZZ_CONNECTIONS / FUZZ_MAX_RSS_MIB override the short default run.
 set -euo pipefail
 OUT=${1:-out}
@@ -10,7 +11,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$(dirname "$0")/lib.sh"
 SEED=${FUZZ_SEED:-18}
 INPUTS=${FUZZ_INPUTS:-20000}
-CONNECTIONS=${FUZZ_CONNECTIONS:-2}
+CONNECTIONS=${FUZZ_CONNECTIONS:-3}
 ARTIFACTS=${FUZZ_ARTIFACTS:-${TMPDIR:-/tmp}/p11proxy-fuzz-artifacts}
 
 command -v dotnet >/dev/null || fail "the .NET SDK is needed to build tests/fuzz"

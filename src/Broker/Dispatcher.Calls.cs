@@ -10,6 +10,15 @@ internal sealed unsafe partial class Dispatcher
 {
     private ulong Dispatch(Id id)
     {
+        ulong rv = DispatchCall(id);
+        if (_arena.RefusedOutput != 0)
+            _log.Warn($"{_client.Peer}: {_request.Call!.Name}: refused a {_arena.RefusedOutput}-byte output, over the " +
+                      $"{OutputBudget.Bytes >> 20} MiB all large outputs may use at once (--output-memory-mib); CKR_DEVICE_MEMORY");
+        return rv;
+    }
+
+    private ulong DispatchCall(Id id)
+    {
         if (id != Id.C_Initialize && !_client.Initialized)
             return CKR_CRYPTOKI_NOT_INITIALIZED;
         if (id >= Id.C_LoginUser && id <= Id.C_MessageVerifyFinal && !_backend.Has30)
@@ -549,6 +558,9 @@ internal sealed unsafe partial class Dispatcher
             needed = new nuint[buffers.Length];
             for (int i = 0; i < buffers.Length; i++) needed[i] = query[i].ulValueLen;
         }
+        // One template can name the same large value many times: the budget is for all of them.
+        if (!_arena.TryReserveLarge(ValueBytes(buffers, needed)))
+            return CKR_DEVICE_MEMORY;
         var template = BufferTemplate(buffers, needed, sizesOnly: false);
         rv = F->C_GetAttributeValue(session, handle, template, (nuint)buffers.Length);
         // These codes still carry per-attribute results, so they travel inside a normal reply.
@@ -583,14 +595,29 @@ internal sealed unsafe partial class Dispatcher
             }
             if (sizesOnly)
                 continue;
-            nuint size = buffers[i].Length;
-            if (needed is not null && needed[i] != NativeTemplates.Unavailable && needed[i] < size)
-                size = needed[i];
+            nuint size = ValueSize(buffers[i], needed?[i]);
             // A client buffer stays a buffer (non-NULL) even when nothing needs to go into it.
             template[i].pValue = _arena.Alloc(Math.Max(size, 1));
             template[i].ulValueLen = needed is not null && needed[i] == NativeTemplates.Unavailable ? 0 : size;
         }
         return template;
+    }
+
+    /// <summary>The value size allocated for one flat entry: what the client claims, capped by what the backend needs when known.</summary>
+    private static nuint ValueSize(WireAttributeBuffer buffer, nuint? needed) =>
+        needed is { } known && known != NativeTemplates.Unavailable && known < buffer.Length ? known : buffer.Length;
+
+    /// <summary>All the value bytes <see cref="BufferTemplate"/> allocates for <paramref name="buffers"/>, nested ones included.</summary>
+    private static nuint ValueBytes(WireAttributeBuffer[] buffers, nuint[]? needed)
+    {
+        nuint total = 0;
+        for (int i = 0; i < buffers.Length; i++)
+        {
+            if (buffers[i].Length == 0)
+                continue;
+            total += buffers[i].Nested is { } nested ? ValueBytes(nested, null) : Math.Max(ValueSize(buffers[i], needed?[i]), 1);
+        }
+        return total;
     }
 
     private ulong SetAttributeValue()

@@ -11,17 +11,8 @@ namespace P11Proxy.Broker;
 /// </summary>
 internal sealed unsafe class NativeArena : IDisposable
 {
-    /// <summary>
-    /// Bytes all arenas together may hold in large output buffers at once. Whatever clients ask
-    /// for (up to the frame limit each), the broker's memory stays bounded; a request beyond the
-    /// budget gets CKR_DEVICE_MEMORY instead of a bigger broker.
-    /// </summary>
-    public const long LargeBudget = 32L << 20;
-
-    /// <summary>Allocations from this size on count against <see cref="LargeBudget"/>.</summary>
-    public const nuint LargeThreshold = 64 * 1024;
-
-    private static long _largeInUse;
+    /// <summary>Allocations from this size on count against the <see cref="OutputBudget"/>.</summary>
+    public const nuint LargeThreshold = (nuint)OutputBudget.LargeThreshold;
 
     private const int BlockSize = 16 * 1024;
 
@@ -31,19 +22,32 @@ internal sealed unsafe class NativeArena : IDisposable
     private int _blockUsed;
     private long _largeReserved;
 
-    /// <summary>A zeroed block, or null when a large one would exceed the broker-wide budget.</summary>
-    public void* TryAllocLarge(nuint size)
+    /// <summary>
+    /// A zeroed output buffer, or null when a large one does not fit the <see cref="OutputBudget"/>
+    /// (then <see cref="RefusedOutput"/> says how large it was).
+    /// </summary>
+    public void* TryAllocLarge(nuint size) => TryReserveLarge(size) ? Alloc(size) : null;
+
+    /// <summary>
+    /// Reserves budget for outputs of <paramref name="size"/> bytes in all that this call will
+    /// allocate with <see cref="Alloc"/> (several buffers that together are large); false when
+    /// they do not fit. Released by <see cref="Reset"/>.
+    /// </summary>
+    public bool TryReserveLarge(nuint size)
     {
         if (size < LargeThreshold)
-            return Alloc(size);
-        if (Interlocked.Add(ref _largeInUse, (long)size) > LargeBudget)
+            return true;
+        if (!OutputBudget.TryReserve(size))
         {
-            Interlocked.Add(ref _largeInUse, -(long)size);
-            return null;
+            RefusedOutput = size;
+            return false;
         }
-        _largeReserved += (long)size;
-        return Alloc(size);
+        _largeReserved += OutputBudget.CostOf(size);
+        return true;
     }
+
+    /// <summary>Size of the last output this call was refused for lack of budget; 0 when none was.</summary>
+    public nuint RefusedOutput { get; private set; }
 
     public void* Alloc(nuint size)
     {
@@ -105,9 +109,10 @@ internal sealed unsafe class NativeArena : IDisposable
         _blocks.Clear();
         if (_largeReserved != 0)
         {
-            Interlocked.Add(ref _largeInUse, -_largeReserved);
+            OutputBudget.Release(_largeReserved);
             _largeReserved = 0;
         }
+        RefusedOutput = 0;
     }
 
     public void Dispose()

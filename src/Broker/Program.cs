@@ -10,14 +10,20 @@ namespace P11Proxy.Broker
     internal static partial class BrokerMain
     {
         private const string Usage = """
-            usage: p11proxy-broker serve --module PATH [--socket PATH] [--token URI]... [--allow-uid UID]... [--allow-gid GID]... [--verbose]
-                   p11proxy-broker stdio --module PATH [--token URI]... [--verbose]
+            usage: p11proxy-broker serve --module PATH [--socket PATH] [--token URI]... [--allow-uid UID]... [--allow-gid GID]...
+                                         [--output-memory-mib N] [--verbose]
+                   p11proxy-broker stdio --module PATH [--token URI]... [--output-memory-mib N] [--verbose]
 
               serve   listen on a unix socket (default $XDG_RUNTIME_DIR/p11-kit/pkcs11) and print
                       P11_KIT_SERVER_ADDRESS=... for clients
               stdio   serve one client on stdin/stdout, e.g. P11_KIT_SERVER_ADDRESS='|p11proxy-broker stdio --module ...'
               --token URI      only tokens matching a PKCS#11 URI are visible (repeatable)
               --allow-uid/gid  peers besides the broker's own user that may connect (serve)
+              --output-memory-mib N
+                               memory for large call outputs (64 KiB or more: random bytes, ciphertexts,
+                               attribute values) of all clients at once, default 8; each output counts
+                               twice (the module's buffer and the reply), so one output is at most N/2 MiB.
+                               An output that does not fit fails with CKR_DEVICE_MEMORY and a log line
               --verbose        trace every call: name, slot/session, result, duration (never PINs or data)
             """;
 
@@ -32,45 +38,38 @@ namespace P11Proxy.Broker
                 return args.Length == 0 ? 2 : 0;
             }
             string mode = args[0];
-            string? module = null, socket = null;
-            bool verbose = false;
-            var tokens = new List<string>();
-            var uids = new List<uint>();
-            var gids = new List<uint>();
-            for (int i = 1; i < args.Length; i++)
+            Options options;
+            try
             {
-                string Next() => i + 1 < args.Length ? args[++i] : throw new BrokerException($"{args[i]} needs a value\n{Usage}");
-                switch (args[i])
-                {
-                    case "--module": module = Next(); break;
-                    case "--socket": socket = Next(); break;
-                    case "--token": tokens.Add(Next()); break;
-                    case "--allow-uid": uids.Add(ParseId(Next(), "--allow-uid")); break;
-                    case "--allow-gid": gids.Add(ParseId(Next(), "--allow-gid")); break;
-                    case "--verbose": case "-v": verbose = true; break;
-                    default:
-                        Console.Error.WriteLine($"p11proxy-broker: unknown option '{args[i]}'\n{Usage}");
-                        return 2;
-                }
+                options = Options.Parse(args);
             }
-            var log = new BrokerLog(verbose, quiet: mode == "stdio");
+            catch (BrokerException e)
+            {
+                // A mistyped option is the user's to fix: a message, not a stack trace.
+                Console.Error.WriteLine($"p11proxy-broker: {e.Message}");
+                return 2;
+            }
+            OutputBudget.Bytes = options.OutputMemory;
+            var log = new BrokerLog(options.Verbose, quiet: mode == "stdio");
             try
             {
                 if (mode is not ("serve" or "stdio"))
                     throw new BrokerException($"unknown mode '{mode}' (use serve or stdio)\n{Usage}");
-                if (module is null)
+                if (options.Module is not { } module)
                     throw new BrokerException("--module PATH is required: the PKCS#11 module to serve, e.g. /usr/lib/softhsm/libsofthsm2.so");
-                var filter = TokenFilter.Parse(tokens);
+                var filter = TokenFilter.Parse(options.Tokens);
+                // Before the module is loaded: its allocations from the start follow the same rule.
+                NativeHeap.KeepLargeBlocksOutOfThreadHeaps();
                 using var backend = Backend.Load(module);
                 log.Info($"serving {module}{(backend.Has30 ? " (PKCS#11 3.0 interface)" : "")}" +
                          (filter.FiltersAnything ? $", tokens matching {string.Join(" or ", filter.Descriptions)}" : ""));
-                var server = new Server(backend, filter, log, uids, gids);
+                var server = new Server(backend, filter, log, options.AllowedUids, options.AllowedGids);
                 if (mode == "stdio")
                 {
                     server.ServeStdio();
                     return 0;
                 }
-                return Serve(server, socket ?? ServerAddress.DefaultSocketPath(getuid()), log);
+                return Serve(server, options.Socket ?? ServerAddress.DefaultSocketPath(getuid()), log);
             }
             catch (BrokerException e)
             {
@@ -84,8 +83,48 @@ namespace P11Proxy.Broker
             }
         }
 
-        private static uint ParseId(string text, string option) =>
-            uint.TryParse(text, out var id) ? id : throw new BrokerException($"{option} takes a numeric id, not '{text}'");
+        /// <summary>The command line after the mode.</summary>
+        private sealed class Options
+        {
+            public string? Module { get; private set; }
+            public string? Socket { get; private set; }
+            public bool Verbose { get; private set; }
+            public List<string> Tokens { get; } = new();
+            public List<uint> AllowedUids { get; } = new();
+            public List<uint> AllowedGids { get; } = new();
+            public long OutputMemory { get; private set; } = OutputBudget.DefaultBytes;
+
+            /// <summary>Throws <see cref="BrokerException"/> naming the option that is wrong.</summary>
+            public static Options Parse(string[] args)
+            {
+                var options = new Options();
+                for (int i = 1; i < args.Length; i++)
+                {
+                    string Next() => i + 1 < args.Length ? args[++i] : throw new BrokerException($"{args[i]} needs a value\n{Usage}");
+                    switch (args[i])
+                    {
+                        case "--module": options.Module = Next(); break;
+                        case "--socket": options.Socket = Next(); break;
+                        case "--token": options.Tokens.Add(Next()); break;
+                        case "--allow-uid": options.AllowedUids.Add(ParseId(Next(), "--allow-uid")); break;
+                        case "--allow-gid": options.AllowedGids.Add(ParseId(Next(), "--allow-gid")); break;
+                        case "--output-memory-mib": options.OutputMemory = ParseMebibytes(Next(), "--output-memory-mib"); break;
+                        case "--verbose": case "-v": options.Verbose = true; break;
+                        default: throw new BrokerException($"unknown option '{args[i]}'\n{Usage}");
+                    }
+                }
+                return options;
+            }
+
+            /// <summary>1 MiB to 64 GiB: a budget of 0 would refuse every large output, which no one means.</summary>
+            private static long ParseMebibytes(string text, string option) =>
+                long.TryParse(text, out var mib) && mib is >= 1 and <= 65536
+                    ? mib << 20
+                    : throw new BrokerException($"{option} takes a number of MiB from 1 to 65536, not '{text}'");
+
+            private static uint ParseId(string text, string option) =>
+                uint.TryParse(text, out var id) ? id : throw new BrokerException($"{option} takes a numeric id, not '{text}'");
+        }
 
         private static int Serve(Server server, string socketPath, BrokerLog log)
         {

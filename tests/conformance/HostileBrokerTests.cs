@@ -2,7 +2,6 @@ using System.Buffers.Binary;
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Net.Sockets;
-using System.Runtime.InteropServices;
 using System.Text;
 using Net.Pkcs11Interop.Common;
 using P11Proxy.Conformance;
@@ -14,8 +13,11 @@ namespace P11Proxy.HostileBroker;
 /// <summary>
 /// out/p11proxy.so against a broker that lies: a fake p11-kit RPC peer in this process (a thread on a
 /// unix socket) answers the handshake and C_Initialize correctly, then gives the call under test a
-/// crafted reply. Each case checks a real outcome: the CK_RV, canary bytes after the caller's buffers,
-/// bounded time, and that C_Finalize still returns promptly.
+/// crafted reply. Each case checks a real outcome: the CK_RV, bounded time, that C_Finalize still
+/// returns promptly, and that the caller's memory is safe. Every buffer the module writes into (slot
+/// arrays, templates and attribute values, signatures, random bytes, info structures) is exactly the
+/// size the caller declares and ends at a guard page (<see cref="GuardedBuffer"/>), so a write past
+/// it ends the run; canary bytes show writes before it or where nothing was to be written.
 /// </summary>
 [TestFixture]
 [NonParallelizable]
@@ -28,10 +30,9 @@ public sealed class HostileBrokerTests
 
     private const ulong CKA_LABEL = 0x03, CKA_ID = 0x102, CKA_WRAP_TEMPLATE = 0x40000211;
     private const ulong Unavailable = ulong.MaxValue; // CK_UNAVAILABLE_INFORMATION on LP64
-    private const ulong SlotCanary = 0xC0FFEE00_5A5A0000;
-    private const byte ByteCanary = 0xA5;
 
     private LL.Pkcs11Library _lib = null!;
+    private ModuleTable _module = null!;
     private FakeBroker? _broker;
     private bool _initialized;
 
@@ -41,6 +42,8 @@ public sealed class HostileBrokerTests
         NativeEnv.Unset("P11PROXY_TIMEOUT_MS");
         NativeEnv.Unset("P11PROXY_PROTOCOL_VERSION");
         _lib = new LL.Pkcs11Library(Paths.Module());
+        Assert.That(_lib.C_GetFunctionList(out var functionList), Is.EqualTo(CKR.CKR_OK), "C_GetFunctionList");
+        _module = new ModuleTable(functionList);
     }
 
     [OneTimeTearDown]
@@ -115,59 +118,12 @@ public sealed class HostileBrokerTests
     private static void AssertPrompt(TimeSpan elapsed, int milliseconds, string what) =>
         Assert.That(elapsed.TotalMilliseconds, Is.LessThan(milliseconds), $"{what} took {elapsed.TotalMilliseconds:F0} ms");
 
-    private static ulong[] SlotBuffer(int size)
-    {
-        var slots = new ulong[size];
-        for (int i = 0; i < size; i++) slots[i] = SlotCanary + (ulong)i;
-        return slots;
-    }
+    /// <summary>A slot array of exactly the <paramref name="declared"/> CK_SLOT_IDs the caller passes as its count.</summary>
+    private static GuardedBuffer Slots(int declared) => new(declared * sizeof(ulong));
 
-    private static void AssertSlotCanary(ulong[] slots, int from)
-    {
-        for (int i = from; i < slots.Length; i++)
-            Assert.That(slots[i], Is.EqualTo(SlotCanary + (ulong)i), $"slot array element {i} (beyond the {from} given) was overwritten");
-    }
-
-    private static byte[] Canaried(int size, int canary = 16)
-    {
-        var buffer = new byte[size + canary];
-        Array.Fill(buffer, ByteCanary);
-        return buffer;
-    }
-
-    private static void AssertByteCanary(byte[] buffer, int from, string what)
-    {
-        for (int i = from; i < buffer.Length; i++)
-            Assert.That(buffer[i], Is.EqualTo(ByteCanary), $"{what}: byte {i} (beyond the {from} given) was overwritten");
-    }
-
-    /// <summary>An unmanaged value buffer of <paramref name="size"/> bytes followed by 16 canary bytes.</summary>
-    private sealed class NativeBuffer : IDisposable
-    {
-        public IntPtr Pointer { get; }
-        public int Size { get; }
-        public int Total => Size + 16;
-
-        public NativeBuffer(int size)
-        {
-            Size = size;
-            Pointer = Marshal.AllocHGlobal(Total);
-            for (int i = 0; i < Total; i++) Marshal.WriteByte(Pointer, i, ByteCanary);
-        }
-
-        public byte[] Read() { var copy = new byte[Total]; Marshal.Copy(Pointer, copy, 0, Total); return copy; }
-
-        public void AssertCanary(string what) => AssertByteCanary(Read(), Size, what);
-
-        public void AssertUntouched(string what)
-        {
-            var bytes = Read();
-            for (int i = 0; i < bytes.Length; i++)
-                Assert.That(bytes[i], Is.EqualTo(ByteCanary), $"{what}: byte {i} was written");
-        }
-
-        public void Dispose() => Marshal.FreeHGlobal(Pointer);
-    }
+    /// <summary>Slot array elements from <paramref name="from"/> on were not written (and nothing before the array).</summary>
+    private static void AssertSlotsUnwritten(GuardedBuffer slots, int from) =>
+        slots.AssertUnwritten(from * sizeof(ulong), $"slot array of {slots.Size / sizeof(ulong)}, from element {from}");
 
     private static long RssKilobytes()
     {
@@ -235,39 +191,38 @@ public sealed class HostileBrokerTests
             c.Reply(c.Expect(CallSign), Reply(CallSign, "ay").Byte(1).Bytes(new byte[10]).ToArray());
         });
 
-        var slots = SlotBuffer(18);
+        using var slots = Slots(2);
         ulong count = 2;
-        var (rv, _) = Bounded("C_GetSlotList", () => _lib.C_GetSlotList(true, slots, ref count));
+        var (rv, _) = Bounded("C_GetSlotList", () => _module.GetSlotList(true, slots, ref count));
         Assert.That(rv, Is.EqualTo(CKR.CKR_OK));
         Assert.That(count, Is.EqualTo(2UL));
-        Assert.That(slots[..2], Is.EqualTo(new ulong[] { 5, 6 }));
-        AssertSlotCanary(slots, 2);
+        Assert.That(slots.ULongs(2), Is.EqualTo(new ulong[] { 5, 6 }));
+        slots.AssertBelowUntouched("slot array");
 
-        var info = new LL.CK_INFO();
-        (rv, _) = Bounded("C_GetInfo", () => _lib.C_GetInfo(ref info));
+        using var info = new GuardedBuffer(ModuleTable.InfoSize);
+        (rv, _) = Bounded("C_GetInfo", () => _module.GetInfo(info));
         Assert.That(rv, Is.EqualTo(CKR.CKR_OK), "C_GetInfo with frame options");
+        Assert.That(info.Bytes[0], Is.EqualTo(2), "cryptokiVersion.major");
+        info.AssertBelowUntouched("CK_INFO");
 
-        using (var label = new NativeBuffer(4))
+        using (var label = new GuardedBuffer(4))
+        using (var template = ModuleTable.Template((CKA_LABEL, label.Pointer, 4), (CKA_WRAP_TEMPLATE, 0, 0)))
         {
-            var template = new LL.CK_ATTRIBUTE[]
-            {
-                new() { type = CKA_LABEL, value = label.Pointer, valueLen = 4 },
-                new() { type = CKA_WRAP_TEMPLATE, value = IntPtr.Zero, valueLen = 0 },
-            };
-            (rv, _) = Bounded("C_GetAttributeValue", () => _lib.C_GetAttributeValue(1, 1, template, 2));
+            (rv, _) = Bounded("C_GetAttributeValue", () => _module.GetAttributeValue(1, 1, template));
             Assert.That(rv, Is.EqualTo(CKR.CKR_OK));
-            Assert.That(template[0].valueLen, Is.EqualTo(3UL));
-            Assert.That(label.Read()[..3], Is.EqualTo("abc"u8.ToArray()));
-            label.AssertCanary("label");
+            Assert.That(ModuleTable.LengthAt(template, 0), Is.EqualTo(3UL));
+            Assert.That(label.Bytes[..3].ToArray(), Is.EqualTo("abc"u8.ToArray()));
+            label.AssertUnwritten(3, "label");
+            template.AssertBelowUntouched("template");
         }
 
         ulong session = OpenAndSignInit();
-        var signature = Canaried(16);
+        using var signature = new GuardedBuffer(16);
         ulong length = 16;
-        (rv, _) = Bounded("C_Sign", () => _lib.C_Sign(session, new byte[32], 32, signature, ref length));
+        (rv, _) = Bounded("C_Sign", () => _module.Sign(session, new byte[32], signature, ref length));
         Assert.That(rv, Is.EqualTo(CKR.CKR_OK));
         Assert.That(length, Is.EqualTo(10UL));
-        AssertByteCanary(signature, 16, "signature");
+        signature.AssertUnwritten(10, "signature");
 
         broker.AssertScriptDone();
         Finish();
@@ -312,19 +267,20 @@ public sealed class HostileBrokerTests
             c.Reply(c.Expect(CallGetSlotList), Reply(CallGetSlotList, "au").Byte(1).U32(1000).U64(1).U64(2).ToArray());
         });
 
-        var slots = SlotBuffer(18);
+        // Two slots declared: a module writing the third would hit the guard page.
+        using var slots = Slots(2);
         ulong count = 2;
-        var (rv, elapsed) = Bounded("C_GetSlotList", () => _lib.C_GetSlotList(true, slots, ref count));
+        var (rv, elapsed) = Bounded("C_GetSlotList", () => _module.GetSlotList(true, slots, ref count));
         Assert.That(rv, Is.AnyOf(CKR.CKR_BUFFER_TOO_SMALL, CKR.CKR_DEVICE_ERROR));
         if (rv == CKR.CKR_BUFFER_TOO_SMALL) Assert.That(count, Is.EqualTo(1000UL), "the needed count");
-        AssertSlotCanary(slots, 2);
+        slots.AssertBelowUntouched("slot array");
         AssertPrompt(elapsed, 2000, "C_GetSlotList");
 
-        slots = SlotBuffer(18);
+        using var again = Slots(2);
         count = 2;
-        (rv, _) = Bounded("C_GetSlotList", () => _lib.C_GetSlotList(true, slots, ref count));
+        (rv, _) = Bounded("C_GetSlotList", () => _module.GetSlotList(true, again, ref count));
         Assert.That(rv, Is.AnyOf(CKR.CKR_BUFFER_TOO_SMALL, CKR.CKR_DEVICE_ERROR), "count 1000 with two values behind it");
-        AssertSlotCanary(slots, 2);
+        again.AssertBelowUntouched("slot array");
 
         broker.AssertScriptDone();
         Finish();
@@ -345,12 +301,12 @@ public sealed class HostileBrokerTests
 
         foreach (var what in new[] { "C_GetInfo's reply", "signature 'u'", "call id 9999" })
         {
-            var slots = SlotBuffer(18);
+            using var slots = Slots(2);
             ulong count = 2;
-            var (rv, elapsed) = Bounded("C_GetSlotList", () => _lib.C_GetSlotList(true, slots, ref count));
+            var (rv, elapsed) = Bounded("C_GetSlotList", () => _module.GetSlotList(true, slots, ref count));
             Assert.That(rv, Is.EqualTo(CKR.CKR_DEVICE_ERROR), what);
             Assert.That(count, Is.EqualTo(2UL), $"{what}: count changed");
-            AssertSlotCanary(slots, 0);
+            AssertSlotsUnwritten(slots, 0);
             AssertPrompt(elapsed, 2000, what);
         }
         broker.AssertScriptDone();
@@ -377,21 +333,22 @@ public sealed class HostileBrokerTests
             c.Close();
         });
 
-        var slots = SlotBuffer(18);
+        using var slots = Slots(2);
         ulong count = 2;
-        var (rv, _) = Bounded("C_GetSlotList", () => _lib.C_GetSlotList(true, slots, ref count));
+        var (rv, _) = Bounded("C_GetSlotList", () => _module.GetSlotList(true, slots, ref count));
         Assert.That(rv, Is.EqualTo(CKR.CKR_DEVICE_ERROR), "body cut inside a CK_ULONG");
-        AssertSlotCanary(slots, 2);
+        slots.AssertBelowUntouched("slot array");
 
-        var info = new LL.CK_INFO();
-        (rv, _) = Bounded("C_GetInfo", () => _lib.C_GetInfo(ref info));
+        using var info = new GuardedBuffer(ModuleTable.InfoSize);
+        (rv, _) = Bounded("C_GetInfo", () => _module.GetInfo(info));
         Assert.That(rv, Is.EqualTo(CKR.CKR_DEVICE_ERROR), "body cut inside a space-padded string");
+        info.AssertBelowUntouched("CK_INFO");
 
-        slots = SlotBuffer(18);
+        using var three = Slots(3);
         count = 3;
-        var (rv3, elapsed) = Bounded("C_GetSlotList", () => _lib.C_GetSlotList(true, slots, ref count));
+        var (rv3, elapsed) = Bounded("C_GetSlotList", () => _module.GetSlotList(true, three, ref count));
         Assert.That(rv3, Is.EqualTo(CKR.CKR_DEVICE_ERROR), "frame cut by a disconnect");
-        AssertSlotCanary(slots, 3);
+        three.AssertBelowUntouched("slot array");
         AssertPrompt(elapsed, 2000, "C_GetSlotList on a cut frame");
 
         broker.AssertScriptDone();
@@ -445,26 +402,27 @@ public sealed class HostileBrokerTests
         // A reconnection (C_GetSlotList may reconnect) finds a broker that answers properly.
         later: c => c.Reply(c.Expect(CallGetSlotList), SlotListReply(7)));
 
-        var slots = SlotBuffer(18);
+        using var slots = Slots(2);
         ulong count = 2;
-        var (rv, _) = Bounded("C_GetSlotList", () => _lib.C_GetSlotList(true, slots, ref count));
+        var (rv, _) = Bounded("C_GetSlotList", () => _module.GetSlotList(true, slots, ref count));
         Assert.That(rv, Is.EqualTo(CKR.CKR_DEVICE_ERROR), "reply under a frame code nobody waits for");
-        AssertSlotCanary(slots, 0);
+        AssertSlotsUnwritten(slots, 0);
 
-        var sessionInfo = new LL.CK_SESSION_INFO();
-        var (next, elapsed) = Bounded("C_GetSessionInfo", () => _lib.C_GetSessionInfo(1, ref sessionInfo), 5000);
+        using var sessionInfo = new GuardedBuffer(ModuleTable.SessionInfoSize);
+        var (next, elapsed) = Bounded("C_GetSessionInfo", () => _module.GetSessionInfo(1, sessionInfo), 5000);
         Assert.That(next, Is.Not.EqualTo(CKR.CKR_OK), "a call on the dropped connection");
         Assert.That(next, Is.EqualTo(CKR.CKR_DEVICE_REMOVED), "a call on the dropped connection");
         AssertPrompt(elapsed, 1000, "C_GetSessionInfo after the connection was dropped");
+        sessionInfo.AssertUnwritten(0, "CK_SESSION_INFO of a failed call");
 
         // A call that may reconnect: either it does (and the fresh connection answers) or it fails fast.
-        slots = SlotBuffer(18);
+        using var again = Slots(2);
         count = 2;
-        (rv, elapsed) = Bounded("C_GetSlotList", () => _lib.C_GetSlotList(true, slots, ref count), 5000);
+        (rv, elapsed) = Bounded("C_GetSlotList", () => _module.GetSlotList(true, again, ref count), 5000);
         Assert.That(rv, Is.AnyOf(CKR.CKR_OK, CKR.CKR_DEVICE_REMOVED, CKR.CKR_DEVICE_ERROR));
-        if (rv == CKR.CKR_OK) Assert.That(slots[0], Is.EqualTo(7UL), "slot from the reconnected broker");
+        if (rv == CKR.CKR_OK) Assert.That(again.ULong(0), Is.EqualTo(7UL), "slot from the reconnected broker");
         AssertPrompt(elapsed, 2000, "C_GetSlotList after the connection was dropped");
-        AssertSlotCanary(slots, 1);
+        AssertSlotsUnwritten(again, 1);
         TestContext.Out.WriteLine($"after the drop: C_GetSlotList -> {rv} ({broker.Accepted} connection(s) accepted)");
         Finish();
     }
@@ -479,13 +437,13 @@ public sealed class HostileBrokerTests
             c.Expect(CallGetSlotList);
             c.WaitForStop();
         });
-        var slots = SlotBuffer(18);
+        using var slots = Slots(2);
         ulong count = 2;
-        var (rv, elapsed) = Bounded("C_GetSlotList", () => _lib.C_GetSlotList(true, slots, ref count), 8000);
+        var (rv, elapsed) = Bounded("C_GetSlotList", () => _module.GetSlotList(true, slots, ref count), 8000);
         Assert.That(rv, Is.EqualTo(CKR.CKR_DEVICE_ERROR));
         AssertPrompt(elapsed, 3000, "C_GetSlotList on a silent broker");
         Assert.That(elapsed.TotalMilliseconds, Is.GreaterThanOrEqualTo(400), "gave up before the timeout");
-        AssertSlotCanary(slots, 0);
+        AssertSlotsUnwritten(slots, 0);
         Finish();
         NativeEnv.Unset("P11PROXY_TIMEOUT_MS");
     }
@@ -513,11 +471,12 @@ public sealed class HostileBrokerTests
             received.Set();
             c.WaitForStop();
         });
-        ulong[] slots = SlotBuffer(18);
+        // Freed only once the stalled call has returned: the module may still hold the pointer until then.
+        var slots = Slots(2);
         ulong count = 2;
         CKR stalledRv = CKR.CKR_OK;
         var stalledWatch = Stopwatch.StartNew();
-        var stalled = new Thread(() => stalledRv = _lib.C_GetSlotList(true, slots, ref count)) { IsBackground = true };
+        var stalled = new Thread(() => stalledRv = _module.GetSlotList(true, slots, ref count)) { IsBackground = true };
         stalled.Start();
         Assert.That(received.Wait(5000), Is.True, "the request never reached the fake broker");
         Thread.Sleep(100);
@@ -525,7 +484,8 @@ public sealed class HostileBrokerTests
         Assert.That(stalled.Join(3000), Is.True, "the stalled call was not woken by C_Finalize");
         Assert.That(stalledRv, Is.Not.EqualTo(CKR.CKR_OK));
         TestContext.Out.WriteLine($"stalled call: {stalledRv} after {stalledWatch.ElapsedMilliseconds} ms");
-        AssertSlotCanary(slots, 0);
+        AssertSlotsUnwritten(slots, 0);
+        slots.Dispose();
     }
 
     /// <summary>7. The broker reads the request and disconnects.</summary>
@@ -537,12 +497,12 @@ public sealed class HostileBrokerTests
             c.Expect(CallGetSlotList);
             c.Close();
         });
-        var slots = SlotBuffer(18);
+        using var slots = Slots(2);
         ulong count = 2;
-        var (rv, elapsed) = Bounded("C_GetSlotList", () => _lib.C_GetSlotList(true, slots, ref count), 8000);
+        var (rv, elapsed) = Bounded("C_GetSlotList", () => _module.GetSlotList(true, slots, ref count), 8000);
         Assert.That(rv, Is.EqualTo(CKR.CKR_DEVICE_ERROR));
         AssertPrompt(elapsed, 1000, "C_GetSlotList on a vanished broker");
-        AssertSlotCanary(slots, 0);
+        AssertSlotsUnwritten(slots, 0);
         Finish();
     }
 
@@ -573,11 +533,13 @@ public sealed class HostileBrokerTests
     {
         var reply = NestedTemplateReply(depth);
         var broker = Start(c => c.Reply(c.Expect(CallGetAttributeValue), reply));
-        var template = new LL.CK_ATTRIBUTE[] { new() { type = CKA_WRAP_TEMPLATE, value = IntPtr.Zero, valueLen = 0 } };
-        var (rv, elapsed) = Bounded("C_GetAttributeValue", () => _lib.C_GetAttributeValue(1, 1, template, 1), 10000);
+        // One CK_ATTRIBUTE declared: a module writing a nested level into a second one hits the guard page.
+        using var template = ModuleTable.Template((CKA_WRAP_TEMPLATE, 0, 0));
+        var (rv, elapsed) = Bounded("C_GetAttributeValue", () => _module.GetAttributeValue(1, 1, template), 10000);
         Assert.That(rv, Is.EqualTo(CKR.CKR_DEVICE_ERROR), $"template nested {depth} deep");
         AssertPrompt(elapsed, 2000, "C_GetAttributeValue");
-        Assert.That(template[0].valueLen, Is.EqualTo(0UL), "template written despite the error");
+        Assert.That(ModuleTable.LengthAt(template, 0), Is.EqualTo(0UL), "template written despite the error");
+        template.AssertBelowUntouched("template");
         broker.AssertScriptDone();
         Finish();
     }
@@ -602,15 +564,16 @@ public sealed class HostileBrokerTests
 
         for (int round = 0; round < 3; round++)
         {
-            using var buffer = new NativeBuffer(4);
-            var template = new LL.CK_ATTRIBUTE[] { new() { type = CKA_LABEL, value = buffer.Pointer, valueLen = 4 } };
-            var (rv, _) = Bounded("C_GetAttributeValue", () => _lib.C_GetAttributeValue(1, 1, template, 1));
+            using var buffer = new GuardedBuffer(4);
+            using var template = ModuleTable.Template((CKA_LABEL, buffer.Pointer, 4));
+            var (rv, _) = Bounded("C_GetAttributeValue", () => _module.GetAttributeValue(1, 1, template));
             string what = round switch { 0 => "length 100", 1 => "length 4 with 100 bytes", _ => "length 0 with 100 bytes" };
             Assert.That(rv, Is.AnyOf(CKR.CKR_BUFFER_TOO_SMALL, CKR.CKR_DEVICE_ERROR), what);
             if (rv == CKR.CKR_BUFFER_TOO_SMALL)
-                Assert.That(template[0].valueLen, Is.EqualTo(Unavailable), $"{what}: ulValueLen");
-            buffer.AssertCanary(what);
-            TestContext.Out.WriteLine($"{what}: {rv}, ulValueLen {template[0].valueLen:x}");
+                Assert.That(ModuleTable.LengthAt(template, 0), Is.EqualTo(Unavailable), $"{what}: ulValueLen");
+            buffer.AssertBelowUntouched(what);
+            template.AssertBelowUntouched($"{what}: template");
+            TestContext.Out.WriteLine($"{what}: {rv}, ulValueLen {ModuleTable.LengthAt(template, 0):x}");
         }
         broker.AssertScriptDone();
         Finish();
@@ -629,12 +592,12 @@ public sealed class HostileBrokerTests
             c.Reply(request, Reply(CallSign, "ay").Byte(1).Bytes(Enumerable.Repeat((byte)0x5c, 300).ToArray()).ToArray());
         });
         ulong session = OpenAndSignInit();
-        var signature = Canaried(16);
+        using var signature = new GuardedBuffer(16);
         ulong length = 16;
-        var (rv, _) = Bounded("C_Sign", () => _lib.C_Sign(session, new byte[32], 32, signature, ref length));
+        var (rv, _) = Bounded("C_Sign", () => _module.Sign(session, new byte[32], signature, ref length));
         Assert.That(rv, Is.EqualTo(CKR.CKR_BUFFER_TOO_SMALL));
         Assert.That(length, Is.EqualTo(300UL), "the needed length");
-        AssertByteCanary(signature, 16, "signature");
+        signature.AssertBelowUntouched("signature");
         broker.AssertScriptDone();
         Finish();
     }
@@ -654,19 +617,19 @@ public sealed class HostileBrokerTests
         ulong session = OpenAndSignInit();
 
         ulong length = 0;
-        var (rv, _) = Bounded("C_Sign (size query)", () => _lib.C_Sign(session, new byte[32], 32, null, ref length));
+        var (rv, _) = Bounded("C_Sign (size query)", () => _module.Sign(session, new byte[32], null, ref length));
         Assert.That(rv, Is.EqualTo(CKR.CKR_DEVICE_ERROR), "size query answered with 0xffffffff");
         Assert.That(length, Is.Not.EqualTo(0xffffffffUL), "0xffffffff handed out as a size");
 
-        var signature = Canaried(16);
+        using var signature = new GuardedBuffer(16);
         length = 16;
-        (rv, _) = Bounded("C_Sign", () => _lib.C_Sign(session, new byte[32], 32, signature, ref length));
+        (rv, _) = Bounded("C_Sign", () => _module.Sign(session, new byte[32], signature, ref length));
         Assert.That(rv, Is.EqualTo(CKR.CKR_DEVICE_ERROR), "16-byte buffer answered with length-only 0xffffffff");
         Assert.That(length, Is.Not.EqualTo(0xffffffffUL), "0xffffffff handed out as a size");
-        AssertByteCanary(signature, 0, "signature");
+        signature.AssertUnwritten(0, "signature");
 
         ulong count = 0;
-        (rv, _) = Bounded("C_GetSlotList (size query)", () => _lib.C_GetSlotList(true, null, ref count));
+        (rv, _) = Bounded("C_GetSlotList (size query)", () => _module.GetSlotList(true, null, ref count));
         Assert.That(rv, Is.EqualTo(CKR.CKR_DEVICE_ERROR), "slot count answered with 0xffffffff");
         Assert.That(count, Is.Not.EqualTo(0xffffffffUL));
         broker.AssertScriptDone();
@@ -686,10 +649,10 @@ public sealed class HostileBrokerTests
 
         foreach (int given in new[] { 31, 33 })
         {
-            var random = Canaried(32);
-            var (rv, _) = Bounded("C_GenerateRandom", () => _lib.C_GenerateRandom(1, random, 32));
+            using var random = new GuardedBuffer(32);
+            var (rv, _) = Bounded("C_GenerateRandom", () => _module.GenerateRandom(1, random));
             Assert.That(rv, Is.Not.EqualTo(CKR.CKR_OK), $"32 bytes asked, {given} returned");
-            AssertByteCanary(random, 32, $"{given} bytes");
+            random.AssertBelowUntouched($"{given} bytes");
             TestContext.Out.WriteLine($"v{version}, {given} bytes for 32: {rv}");
         }
         broker.AssertScriptDone();
@@ -728,13 +691,13 @@ public sealed class HostileBrokerTests
 
         GC.Collect();
         long before = RssKilobytes();
-        var slots = SlotBuffer(18);
+        using var slots = Slots(2);
         ulong count = 2;
-        var (rv, elapsed) = Bounded("C_GetSlotList", () => _lib.C_GetSlotList(true, slots, ref count), 8000);
+        var (rv, elapsed) = Bounded("C_GetSlotList", () => _module.GetSlotList(true, slots, ref count), 8000);
         long during = RssKilobytes();
         Assert.That(rv, Is.EqualTo(CKR.CKR_DEVICE_ERROR), kind);
         AssertPrompt(elapsed, 1000, $"C_GetSlotList answered with {kind}");
-        AssertSlotCanary(slots, 0);
+        AssertSlotsUnwritten(slots, 0);
         Finish();
         long after = RssKilobytes();
         TestContext.Out.WriteLine($"{kind}: {rv} in {elapsed.TotalMilliseconds:F0} ms; VmRSS before {before / 1024} MB, after the call {during / 1024} MB, after C_Finalize {after / 1024} MB");
@@ -761,13 +724,13 @@ public sealed class HostileBrokerTests
         });
         GC.Collect();
         long before = RssKilobytes();
-        var slots = SlotBuffer(18);
+        using var slots = Slots(2);
         ulong count = 2;
-        var (rv, elapsed) = Bounded("C_GetSlotList", () => _lib.C_GetSlotList(true, slots, ref count), 8000);
+        var (rv, elapsed) = Bounded("C_GetSlotList", () => _module.GetSlotList(true, slots, ref count), 8000);
         long during = RssKilobytes();
         Assert.That(rv, Is.EqualTo(CKR.CKR_DEVICE_ERROR));
         AssertPrompt(elapsed, 1000, "C_GetSlotList answered with a cut 64 MiB frame");
-        AssertSlotCanary(slots, 0);
+        AssertSlotsUnwritten(slots, 0);
         Finish();
         long after = RssKilobytes();
         TestContext.Out.WriteLine($"64 MiB announced, 10 bytes sent: VmRSS before {before / 1024} MB, after the call {during / 1024} MB, after C_Finalize {after / 1024} MB");
@@ -794,19 +757,17 @@ public sealed class HostileBrokerTests
         reply.U64(0);
         var broker = Start(c => c.Reply(c.Expect(CallGetAttributeValue), reply.ToArray()));
 
-        using var label = new NativeBuffer(16);
-        using var id = new NativeBuffer(16);
-        var template = new LL.CK_ATTRIBUTE[]
-        {
-            new() { type = CKA_LABEL, value = label.Pointer, valueLen = 16 },
-            new() { type = CKA_ID, value = id.Pointer, valueLen = 16 },
-        };
-        var (rv, _) = Bounded("C_GetAttributeValue", () => _lib.C_GetAttributeValue(1, 1, template, 2));
+        using var label = new GuardedBuffer(16);
+        using var id = new GuardedBuffer(16);
+        // Two CK_ATTRIBUTEs declared: a third written for "three-for-two" would hit the guard page.
+        using var template = ModuleTable.Template((CKA_LABEL, label.Pointer, 16), (CKA_ID, id.Pointer, 16));
+        var (rv, _) = Bounded("C_GetAttributeValue", () => _module.GetAttributeValue(1, 1, template));
         Assert.That(rv, Is.EqualTo(CKR.CKR_DEVICE_ERROR), kind);
-        label.AssertUntouched($"{kind}: CKA_LABEL buffer");
-        id.AssertUntouched($"{kind}: CKA_ID buffer");
-        Assert.That(template[0].type, Is.EqualTo(CKA_LABEL));
-        Assert.That(template[1].type, Is.EqualTo(CKA_ID));
+        label.AssertUnwritten(0, $"{kind}: CKA_LABEL buffer");
+        id.AssertUnwritten(0, $"{kind}: CKA_ID buffer");
+        Assert.That(ModuleTable.TypeAt(template, 0), Is.EqualTo(CKA_LABEL));
+        Assert.That(ModuleTable.TypeAt(template, 1), Is.EqualTo(CKA_ID));
+        template.AssertBelowUntouched($"{kind}: template");
         broker.AssertScriptDone();
         Finish();
     }
