@@ -57,3 +57,40 @@ peak=$(status_kib VmHWM)
 echo "broker RSS: ${idle} KiB idle, ${first} KiB after burst 1, ${second} KiB after burst 2, peak ${peak} KiB"
 [ "$peak" -lt $((64 * 1024)) ] || fail "broker peak RSS ${peak} KiB is not under 64 MiB"
 [ $((second - first)) -lt 8192 ] || fail "the broker grew by $(( (second - first) / 1024 )) MiB in the second burst"
+
+# Large requests: six clients at once each send a 12 MiB request (a C_DigestUpdate of 12 MiB) and
+# three more announce 60 MiB. The 12 MiB ones are read in turn within the 16 MiB default budget
+# for large requests, the 60 MiB ones are refused at their header; the peak stays under 64 MiB.
+socket=${FIXTURE_ADDRESS#unix:path=}
+/usr/bin/python3 - "$socket" <<'PY' || fail "the large-request clients failed"
+import socket, struct, sys, threading
+path = sys.argv[1]
+def request(size, results, index):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    s.sendall(b"\x00")                        # protocol version 0
+    if s.recv(1) != b"\x00": results[index] = "no handshake"; return
+    # C_DigestUpdate (call 39 in p11-kit's table): signature "uay", session 1, then the data.
+    body = struct.pack(">I", 39) + struct.pack(">I", 3) + b"uay" + struct.pack(">Q", 1) + struct.pack(">I", size)
+    try:
+        s.sendall(struct.pack(">III", 7, 0, len(body) + size) + body)
+        chunk = bytes(1 << 20)
+        for _ in range(size >> 20): s.sendall(chunk)
+        s.settimeout(60)
+        reply = s.recv(12)
+        results[index] = "answered" if len(reply) == 12 else "closed"
+    except (BrokenPipeError, ConnectionResetError):
+        results[index] = "closed"
+    s.close()
+results = [None] * 9
+threads = [threading.Thread(target=request, args=((12 << 20) if i < 6 else (60 << 20), results, i)) for i in range(9)]
+for t in threads: t.start()
+for t in threads: t.join()
+print("12 MiB requests:", results[:6], "60 MiB requests:", results[6:])
+sys.exit(0 if all(r == "answered" for r in results[:6]) and all(r == "closed" for r in results[6:]) else 1)
+PY
+peak=$(status_kib VmHWM)
+echo "broker peak RSS after the large requests: ${peak} KiB"
+[ "$peak" -lt $((64 * 1024)) ] || fail "broker peak RSS ${peak} KiB is not under 64 MiB after large requests"
+grep -q "refused a frame of" "$FIXTURE_DIR/broker.err" || fail "no log line for the refused 60 MiB requests"
+kill -0 "$broker" || fail "the broker died"

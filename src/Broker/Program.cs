@@ -11,8 +11,8 @@ namespace P11Proxy.Broker
     {
         private const string Usage = """
             usage: p11proxy-broker serve --module PATH [--socket PATH] [--token URI]... [--allow-uid UID]... [--allow-gid GID]...
-                                         [--output-memory-mib N] [--verbose]
-                   p11proxy-broker stdio --module PATH [--token URI]... [--output-memory-mib N] [--verbose]
+                                         [--output-memory-mib N] [--request-memory-mib N] [--verbose]
+                   p11proxy-broker stdio --module PATH [--token URI]... [--output-memory-mib N] [--request-memory-mib N] [--verbose]
 
               serve   listen on a unix socket (default $XDG_RUNTIME_DIR/p11-kit/pkcs11) and print
                       P11_KIT_SERVER_ADDRESS=... for clients
@@ -24,6 +24,10 @@ namespace P11Proxy.Broker
                                attribute values) of all clients at once, default 8; each output counts
                                twice (the module's buffer and the reply), so one output is at most N/2 MiB.
                                An output that does not fit fails with CKR_DEVICE_MEMORY and a log line
+              --request-memory-mib N
+                               memory for large requests (1 MiB or more: data to digest, sign or encrypt in
+                               one call) of all clients at once, default 16; a request waits for room, and
+                               one larger than N MiB (or that waited 10 s) closes its connection with a log line
               --verbose        trace every call: name, slot/session, result, duration (never PINs or data)
             """;
 
@@ -50,6 +54,7 @@ namespace P11Proxy.Broker
                 return 2;
             }
             OutputBudget.Bytes = options.OutputMemory;
+            Server.RequestBudget = new FrameBudget(options.RequestMemory);
             var log = new BrokerLog(options.Verbose, quiet: mode == "stdio");
             try
             {
@@ -93,6 +98,7 @@ namespace P11Proxy.Broker
             public List<uint> AllowedUids { get; } = new();
             public List<uint> AllowedGids { get; } = new();
             public long OutputMemory { get; private set; } = OutputBudget.DefaultBytes;
+            public long RequestMemory { get; private set; } = Server.DefaultRequestMemory;
 
             /// <summary>Throws <see cref="BrokerException"/> naming the option that is wrong.</summary>
             public static Options Parse(string[] args)
@@ -109,6 +115,7 @@ namespace P11Proxy.Broker
                         case "--allow-uid": options.AllowedUids.Add(ParseId(Next(), "--allow-uid")); break;
                         case "--allow-gid": options.AllowedGids.Add(ParseId(Next(), "--allow-gid")); break;
                         case "--output-memory-mib": options.OutputMemory = ParseMebibytes(Next(), "--output-memory-mib"); break;
+                        case "--request-memory-mib": options.RequestMemory = ParseMebibytes(Next(), "--request-memory-mib"); break;
                         case "--verbose": case "-v": options.Verbose = true; break;
                         default: throw new BrokerException($"unknown option '{args[i]}'\n{Usage}");
                     }

@@ -17,6 +17,11 @@ internal sealed partial class Server
     private readonly HashSet<uint> _allowedGids;
     private int _connections;
 
+    /// <summary>Memory for large requests of all clients at once (--request-memory-mib).</summary>
+    public static FrameBudget RequestBudget { get; set; } = new(DefaultRequestMemory);
+
+    public const long DefaultRequestMemory = 16L << 20;
+
     public Server(Backend backend, TokenFilter filter, BrokerLog log, IEnumerable<uint> allowedUids, IEnumerable<uint> allowedGids)
     {
         _backend = backend;
@@ -45,7 +50,7 @@ internal sealed partial class Server
                 continue;
             }
             string name = $"client {Interlocked.Increment(ref _connections)} (uid {credentials.Uid}, pid {credentials.Pid})";
-            var channel = new RpcChannel(fd, fd, isSocket: true);
+            var channel = new RpcChannel(fd, fd, isSocket: true) { Budget = RequestBudget };
             var thread = new Thread(() => Serve(channel, name)) { IsBackground = true, Name = name };
             thread.Start();
         }
@@ -54,7 +59,7 @@ internal sealed partial class Server
     public void ServeStdio()
     {
         // stdout carries the protocol: nothing else may ever be written to it.
-        using var channel = new RpcChannel(0, 1, isSocket: false);
+        using var channel = new RpcChannel(0, 1, isSocket: false) { Budget = RequestBudget };
         Serve(channel, "stdio client");
     }
 
@@ -160,6 +165,7 @@ internal sealed class ClientConnection
                     break;
                 }
                 uint callId = frame.Length >= 4 ? System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(frame.Span) : 0;
+                long reserved = _channel.TakeReservation();
 
                 long now = System.Diagnostics.Stopwatch.GetTimestamp();
                 if (Volatile.Read(ref _running) > 0)
@@ -176,6 +182,7 @@ internal sealed class ClientConnection
                     finally
                     {
                         RpcChannel.Wipe(frame);
+                        Server.RequestBudget.Release(reserved);
                     }
                     continue;
                 }
@@ -215,6 +222,7 @@ internal sealed class ClientConnection
                     Interlocked.Decrement(ref _running);
                     RpcChannel.Wipe(request); // requests may carry PINs
                     if (owned is not null) KeepSpareBuffer(owned);
+                    Server.RequestBudget.Release(reserved);
                 }
             }
         }
@@ -253,9 +261,6 @@ internal sealed class ClientConnection
     /// <summary>Requests from this size on are not copied out of the receive buffer (see <see cref="RpcChannel.SwapReceiveBuffer"/>).</summary>
     private const int SwapThreshold = 64 * 1024;
 
-    /// <summary>Larger receive buffers are left to the GC after use rather than kept for the connection.</summary>
-    private const int SpareBufferLimit = 4 << 20;
-
     private readonly Stack<byte[]> _spareBuffers = new();
 
     private byte[]? TakeSpareBuffer()
@@ -266,9 +271,11 @@ internal sealed class ClientConnection
 
     private void KeepSpareBuffer(byte[] buffer)
     {
-        if (buffer.Length > SpareBufferLimit) return;
+        if (buffer.Length > RpcChannel.RetainedLimit) return;
+        // One spare: enough for a client streaming large requests; more would multiply the
+        // memory a single connection holds.
         lock (_spareBuffers)
-            if (_spareBuffers.Count < MaxWorkers) _spareBuffers.Push(buffer);
+            if (_spareBuffers.Count < 1) _spareBuffers.Push(buffer);
     }
 
     /// <summary>Requests handed to a worker and not yet answered.</summary>

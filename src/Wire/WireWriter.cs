@@ -16,12 +16,21 @@ public sealed class WireWriter : IDisposable
     /// <summary>p11-kit refuses byte arrays of 0x7fffffff bytes or more; so do we.</summary>
     public const uint MaxArrayLength = 0x7ffffffe;
 
+    /// <summary>Buffers up to this size come from and go back to the shared pool; larger ones are allocated to size.</summary>
+    private const int PooledLimit = 1 << 20;
+
+    /// <summary>A large buffer is let go after this many messages in a row that needed far less.</summary>
+    private const int LargeBufferPatience = 8;
+
+    private readonly int _initialSize;
     private byte[] _buffer;
     private int _position;
+    private int _smallMessages;
 
     public WireWriter(int initialCapacity = 256)
     {
-        _buffer = ArrayPool<byte>.Shared.Rent(Math.Max(initialCapacity, 64) + HeaderReserve);
+        _initialSize = Math.Max(initialCapacity, 64) + HeaderReserve;
+        _buffer = ArrayPool<byte>.Shared.Rent(_initialSize);
         _position = HeaderReserve;
     }
 
@@ -39,6 +48,19 @@ public sealed class WireWriter : IDisposable
 
     public void Reset()
     {
+        if (_buffer.Length > PooledLimit)
+        {
+            // Kept while large messages keep coming (a 1 MiB digest loop must not reallocate each
+            // time); let go once they stop, so one large message does not pin its buffer for good.
+            _smallMessages = _position <= _buffer.Length / 4 ? _smallMessages + 1 : 0;
+            if (_smallMessages >= LargeBufferPatience)
+            {
+                var large = _buffer;
+                _buffer = ArrayPool<byte>.Shared.Rent(_initialSize);
+                Release(large, _position);
+                _smallMessages = 0;
+            }
+        }
         _position = HeaderReserve;
         Failed = false;
     }
@@ -68,9 +90,10 @@ public sealed class WireWriter : IDisposable
                 Failed = true;
                 return Span<byte>.Empty;
             }
-            var bigger = ArrayPool<byte>.Shared.Rent((int)wanted);
+            // Above the pool's sizes exactly what is needed: the pool would round 4 MiB + 1 up to 8 MiB.
+            var bigger = wanted <= PooledLimit ? ArrayPool<byte>.Shared.Rent((int)wanted) : GC.AllocateUninitializedArray<byte>((int)wanted);
             _buffer.AsSpan(0, _position).CopyTo(bigger);
-            ArrayPool<byte>.Shared.Return(_buffer, clearArray: true);
+            Release(_buffer, _position);
             _buffer = bigger;
         }
         var span = _buffer.AsSpan(_position, count);
@@ -129,9 +152,18 @@ public sealed class WireWriter : IDisposable
     public void Dispose()
     {
         var buffer = _buffer;
+        int used = _position;
         _buffer = Array.Empty<byte>();
         _position = 0;
         if (buffer.Length > 0)
-            ArrayPool<byte>.Shared.Return(buffer, clearArray: true); // may hold PINs or key material
+            Release(buffer, used);
+    }
+
+    /// <summary>Wipes what was written (it may hold PINs or key material) and gives pool-sized buffers back.</summary>
+    private static void Release(byte[] buffer, int used)
+    {
+        Array.Clear(buffer, 0, Math.Min(used, buffer.Length));
+        if (buffer.Length <= PooledLimit)
+            ArrayPool<byte>.Shared.Return(buffer);
     }
 }

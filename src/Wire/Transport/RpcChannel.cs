@@ -40,6 +40,22 @@ public sealed class RpcChannel : IDisposable
         }
     }
 
+    /// <summary>When set, large frames are read only within this budget (a server's, for all its connections).</summary>
+    public FrameBudget? Budget { get; init; }
+
+    private long _reservation;
+
+    /// <summary>
+    /// The budget reserved for the frames received since the last call; the caller releases it
+    /// (<see cref="FrameBudget.Release"/>) once it is done with them.
+    /// </summary>
+    public long TakeReservation()
+    {
+        long reservation = _reservation;
+        _reservation = 0;
+        return reservation;
+    }
+
     private int _receiveTimeout = -1;
     private int _socketTimeout = -1;
 
@@ -177,8 +193,26 @@ public sealed class RpcChannel : IDisposable
         if (problem is not null)
             throw new TransportException($"refused a frame from the peer: {problem}");
         int total = FrameHeader.Size + (int)header.OptionsLength + (int)header.BodyLength;
-        if (!Fill(total, allowCleanEof: false))
-            throw new TransportException("the peer closed the connection in the middle of a frame");
+        bool reserved = false;
+        if (Budget is { } budget && total >= budget.Threshold)
+        {
+            if (!budget.TryReserve(total))
+                throw new TransportException(
+                    $"refused a frame of {total} bytes: the memory for large requests ({budget.Limit >> 20} MiB, " +
+                    $"--request-memory-mib) {(total > budget.Limit ? "is smaller" : $"stayed in use for {budget.WaitMilliseconds} ms")}");
+            reserved = true;
+        }
+        try
+        {
+            if (!Fill(total, allowCleanEof: false))
+                throw new TransportException("the peer closed the connection in the middle of a frame");
+        }
+        catch
+        {
+            if (reserved) Budget!.Release(total);
+            throw;
+        }
+        if (reserved) _reservation += total;
         int bodyStart = _receiveStart + FrameHeader.Size + (int)header.OptionsLength;
         body = new ReadOnlyMemory<byte>(_receive, bodyStart, (int)header.BodyLength);
         code = header.Code;
@@ -213,6 +247,14 @@ public sealed class RpcChannel : IDisposable
     /// <summary>Buffers up to this size come from and go back to the shared pool; larger ones are the GC's.</summary>
     private const int PooledLimit = 1 << 20;
 
+    /// <summary>Receive buffers above this are let go as soon as their frame has been used.</summary>
+    public const int RetainedLimit = 4 << 20;
+
+    /// <summary>A large receive buffer is let go after this many frames in a row that needed far less.</summary>
+    private const int LargeBufferPatience = 8;
+
+    private int _smallFrames;
+
     /// <summary>
     /// Makes at least <paramref name="count"/> unread bytes available. The buffer grows with the
     /// bytes that actually arrive (at most doubling per step), not with the size a header announced,
@@ -224,6 +266,24 @@ public sealed class RpcChannel : IDisposable
         {
             // Nothing unread: start at the front, so a large frame lands in one piece instead of
             // straddling the end of the buffer and being moved.
+            if (_receive.Length > RetainedLimit)
+            {
+                // Not kept at all: a frame this large was reserved from the budget, which is free again.
+                Release(_receive, _receiveEnd);
+                _receive = ArrayPool<byte>.Shared.Rent(16 * 1024);
+                _smallFrames = 0;
+            }
+            else if (_receive.Length > PooledLimit)
+            {
+                // A large buffer is kept while large frames keep coming, and let go once they stop.
+                _smallFrames = _receiveEnd <= _receive.Length / 4 ? _smallFrames + 1 : 0;
+                if (_smallFrames >= LargeBufferPatience)
+                {
+                    Release(_receive, _receiveEnd);
+                    _receive = ArrayPool<byte>.Shared.Rent(16 * 1024);
+                    _smallFrames = 0;
+                }
+            }
             _receiveStart = 0;
             _receiveEnd = 0;
         }
