@@ -217,6 +217,34 @@ def report(raw_path, meta_path):
     w("Spawned forms: " + "; ".join(f"{c} column = {SPAWNED_NAMES[s]}" for c, s in SPAWNED.items()) + ".")
     w("")
 
+    # The floor under any RPC: raw socket round trips measured in the same run.
+    floor48, floor1m = med("roundtrip-48", 1, "floor", "p50_us"), med("roundtrip-1m", 1, "floor", "p50_us")
+    if floor48 is not None:
+        w("## The floor: plain unix-socket round trips in the same run")
+        w("")
+        w("Two C processes (`bench/pingpong.c`) exchanging a 48-byte request and a 48-byte reply, or a 1 MiB request "
+          "and a 48-byte reply, with nothing else: no proxy over a socket can answer a call faster than one such round "
+          "trip plus the module's own work (column A).")
+        w("")
+        w("| round trip | ops/s | p50 µs | p99 µs |")
+        w("|---|---:|---:|---:|")
+        for name in ("roundtrip-48", "roundtrip-1m"):
+            w(f"| {name} | {fmt_ops(med(name, 1, 'floor', 'ops_per_s'))} | {fmt_us(med(name, 1, 'floor', 'p50_us'))} | "
+              f"{fmt_us(med(name, 1, 'floor', 'p99_us'))} |")
+        w("")
+        direct = med("random32", 1, "A", "p50_us")
+        ours, theirs = med("random32", 1, "D", "p50_us"), med("random32", 1, "B", "p50_us")
+        if None not in (direct, ours, theirs):
+            best = floor48 + direct
+            w(f"random32, p50: SoftHSM direct {direct:.1f} µs + one round trip {floor48:.1f} µs = {best:.1f} µs at best for "
+              f"any proxy, i.e. at most {1e6 / best:,.0f} calls/s one at a time; D took {ours:.1f} µs, B {theirs:.1f} µs, so "
+              f"on this machine D/B can reach at most {theirs / best:.2f}x at p50.")
+        direct_digest = med("digest-1m", 1, "A", "p50_us")
+        if floor1m is not None and direct_digest is not None:
+            w(f"digest-1m, p50: SoftHSM direct {direct_digest:.0f} µs + one 1 MiB round trip {floor1m:.0f} µs = "
+              f"{direct_digest + floor1m:.0f} µs at best, {direct_digest / (direct_digest + floor1m):.2f}x direct's throughput.")
+        w("")
+
     # Table 2: paired ratios
     w("## Paired ratios (median of the per-round ratios)")
     w("")

@@ -45,6 +45,8 @@ mkdir -p "$ROOT/.build/bench" "$(dirname "$RESULTS")"
 HOST=$ROOT/.build/bench/p11bench
 say "building the benchmark host"
 cc -O2 -Wall -Wextra -o "$HOST" bench/p11bench.c -I/usr/include/p11-kit-1 -ldl -lpthread
+FLOOR=$ROOT/.build/bench/pingpong
+cc -O2 -Wall -Wextra -o "$FLOOR" bench/pingpong.c
 
 say "creating the SoftHSM token (RSA-2048 key and certificate, EC P-256 key; PIN 1234)"
 fixture_token bench
@@ -131,6 +133,9 @@ for round in $(seq 1 "$ROUNDS"); do
   for config in "${CONFIGS[@]}" "${SPAWNED[@]}"; do
     run_host "$config" "$round" --runs "$COLD_RUNS" cold-spawn
   done
+  # The floor: plain unix-socket round trips between two C processes, in the same conditions.
+  "$FLOOR" --label floor --seconds "$MEASURE_SECONDS" | sed -n "s/^RESULT /RESULT round=$round /p" >>"$RAW" \
+    || say "the socket round-trip floor could not be measured"
   ROUND_LOADS+=("$(cut -d' ' -f1 /proc/loadavg)")
   say "round $round/$ROUNDS done in $(( $(date +%s) - round_start ))s (load average $(cut -d' ' -f1 /proc/loadavg))"
 done
