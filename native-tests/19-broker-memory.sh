@@ -94,3 +94,38 @@ echo "broker peak RSS after the large requests: ${peak} KiB"
 [ "$peak" -lt $((64 * 1024)) ] || fail "broker peak RSS ${peak} KiB is not under 64 MiB after large requests"
 grep -q "refused a frame of" "$FIXTURE_DIR/broker.err" || fail "no log line for the refused 60 MiB requests"
 kill -0 "$broker" || fail "the broker died"
+
+# A client that announces a 12 MiB request, sends 1 MiB and stalls holds the budget for at most
+# 10 s: its connection is then dropped, and another client's 12 MiB request is answered.
+/usr/bin/python3 - "$socket" <<'PY' || fail "a stalled large request kept another client's request from being answered"
+import socket, struct, sys, time
+path = sys.argv[1]
+def connect():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    s.sendall(b"\x00")
+    assert s.recv(1) == b"\x00"
+    return s
+size = 12 << 20
+body = struct.pack(">I", 39) + struct.pack(">I", 3) + b"uay" + struct.pack(">Q", 1) + struct.pack(">I", size)
+stalled = connect()
+stalled.sendall(struct.pack(">III", 7, 0, len(body) + size) + body + bytes(1 << 20))
+time.sleep(0.5)
+start = time.monotonic()
+other = connect()
+other.sendall(struct.pack(">III", 8, 0, len(body) + size) + body)
+for _ in range(size >> 20): other.sendall(bytes(1 << 20))
+other.settimeout(30)
+reply = other.recv(12)
+waited = time.monotonic() - start
+stalled.settimeout(5)
+try:
+    dropped = stalled.recv(1) == b""
+except (ConnectionResetError, socket.timeout):
+    dropped = True
+print(f"the other client's request answered after {waited:.1f} s; the stalled connection dropped: {dropped}")
+sys.exit(0 if len(reply) == 12 and dropped and waited < 20 else 1)
+PY
+grep -qE "took more than|sent nothing for" "$FIXTURE_DIR/broker.err" || fail "no log line for the stalled large request"
+kill -0 "$broker" || fail "the broker died"
+echo "PASS"

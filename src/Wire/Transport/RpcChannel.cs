@@ -44,6 +44,7 @@ public sealed class RpcChannel : IDisposable
     public FrameBudget? Budget { get; init; }
 
     private long _reservation;
+    private long _frameDeadline;
 
     /// <summary>
     /// The budget reserved for the frames received since the last call; the caller releases it
@@ -202,8 +203,12 @@ public sealed class RpcChannel : IDisposable
                     $"--request-memory-mib) {(total > budget.Limit ? "is smaller" : $"stayed in use for {budget.WaitMilliseconds} ms")}");
             reserved = true;
         }
+        int savedTimeout = _receiveTimeout;
         try
         {
+            // A reserved frame must arrive whole within the budget's wait: a peer that announces
+            // a large frame and stalls does not keep the budget from other clients for long.
+            _frameDeadline = reserved ? Environment.TickCount64 + Budget!.WaitMilliseconds : 0;
             if (!Fill(total, allowCleanEof: false))
                 throw new TransportException("the peer closed the connection in the middle of a frame");
         }
@@ -211,6 +216,11 @@ public sealed class RpcChannel : IDisposable
         {
             if (reserved) Budget!.Release(total);
             throw;
+        }
+        finally
+        {
+            _frameDeadline = 0;
+            _receiveTimeout = savedTimeout;
         }
         if (reserved) _reservation += total;
         int bodyStart = _receiveStart + FrameHeader.Size + (int)header.OptionsLength;
@@ -289,6 +299,13 @@ public sealed class RpcChannel : IDisposable
         }
         while (_receiveEnd - _receiveStart < count)
         {
+            if (_frameDeadline != 0)
+            {
+                long remaining = _frameDeadline - Environment.TickCount64;
+                if (remaining <= 0)
+                    throw new TransportException($"the peer took more than {Budget?.WaitMilliseconds} ms to send a large frame");
+                _receiveTimeout = (int)Math.Min(remaining, _receiveTimeout < 0 ? int.MaxValue : _receiveTimeout);
+            }
             if (_receiveEnd == _receive.Length)
                 MakeRoom(count);
             int got = ReadSome(_receive.AsSpan(_receiveEnd));
