@@ -16,6 +16,7 @@ host=$!
 wait_for() { for _ in $(seq 1 200); do grep -q "$1" "$report" && return 0; sleep 0.05; done; fail "host never reported '$1'"; }
 wait_for ready
 sleep 1
+killed_at=$(date +%s.%N)
 kill -9 "$broker_pid"
 wait_for "threads got an error"
 rm -f "$FIXTURE_DIR/broker.sock"
@@ -24,3 +25,9 @@ status=0
 wait "$host" || status=$?
 cat "$report"
 [ $status -eq 0 ] || { cat "$FIXTURE_DIR/host.err" >&2; fail "host failed with status $status"; }
+last_error=$(sed -n 's/.*, at \([0-9.]*\)$/\1/p' "$report")
+[ -n "$last_error" ] || fail "the host did not report when the last error came"
+after=$(awk -v k="$killed_at" -v l="$last_error" 'BEGIN { printf "%.1f", (l - k) * 1000 }')
+echo "every signing thread had its error ${after} ms after the SIGKILL"
+# A hang detector, not a timing goal: a blocked thread would wait for the 300 s call timeout.
+awk -v a="$after" 'BEGIN { exit !(a < 5000) }' || fail "a thread got its error only ${after} ms after the broker died"

@@ -16,12 +16,20 @@ static CK_FUNCTION_LIST_PTR f;
 static CK_SLOT_ID slot;
 static CK_OBJECT_HANDLE key;
 static double failed_at[64];
+static double failed_wall[64]; /* CLOCK_REALTIME, comparable with the test's record of the kill */
 static CK_RV failed_with[64];
 
 static double now(void)
 {
 	struct timespec t;
 	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+static double wall(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_REALTIME, &t);
 	return t.tv_sec + t.tv_nsec / 1e9;
 }
 
@@ -39,6 +47,7 @@ static void *worker(void *argument)
 			rv = f->C_Sign(session, data, sizeof data, signature, &length);
 	}
 	failed_at[id] = now();
+	failed_wall[id] = wall();
 	failed_with[id] = rv;
 	return NULL;
 }
@@ -55,7 +64,7 @@ int main(int argc, char **argv)
 	CK_SESSION_INFO info;
 	int threads = argc > 3 ? atoi(argv[3]) : 4, i;
 	pthread_t tids[64];
-	double first = 1e300, last = 0;
+	double first = 1e300, last = 0, last_wall = 0;
 	CK_RV rv = CKR_GENERAL_ERROR;
 
 	if (argc != 4 || !library) { fprintf(stderr, "usage: deathhost MODULE PIN THREADS\n"); return 2; }
@@ -76,10 +85,11 @@ int main(int argc, char **argv)
 	for (i = 0; i < threads; i++) {
 		if (failed_at[i] < first) first = failed_at[i];
 		if (failed_at[i] > last) last = failed_at[i];
+		if (failed_wall[i] > last_wall) last_wall = failed_wall[i];
 		if (failed_with[i] != CKR_DEVICE_ERROR && failed_with[i] != CKR_DEVICE_REMOVED)
 			fprintf(stderr, "thread %d ended with 0x%lx\n", i, failed_with[i]);
 	}
-	printf("all %d threads got an error; the last %.1f ms after the first\n", threads, (last - first) * 1000);
+	printf("all %d threads got an error; the last %.1f ms after the first, at %.6f\n", threads, (last - first) * 1000, last_wall);
 	fflush(stdout);
 	/* Wait for the restarted broker: the module must reconnect on its own. */
 	for (i = 0; i < 100 && rv != CKR_OK; i++) {

@@ -261,22 +261,16 @@ internal sealed class ClientConnection
     /// <summary>Requests from this size on are not copied out of the receive buffer (see <see cref="RpcChannel.SwapReceiveBuffer"/>).</summary>
     private const int SwapThreshold = 64 * 1024;
 
-    private readonly Stack<byte[]> _spareBuffers = new();
+    private static byte[]? TakeSpareBuffer() => SpareBuffers.Take();
 
-    private byte[]? TakeSpareBuffer()
-    {
-        lock (_spareBuffers)
-            return _spareBuffers.TryPop(out var buffer) ? buffer : null;
-    }
+    private static void KeepSpareBuffer(byte[] buffer) => SpareBuffers.Keep(buffer);
 
-    private void KeepSpareBuffer(byte[] buffer)
-    {
-        if (buffer.Length > RpcChannel.RetainedLimit) return;
-        // One spare: enough for a client streaming large requests; more would multiply the
-        // memory a single connection holds.
-        lock (_spareBuffers)
-            if (_spareBuffers.Count < 1) _spareBuffers.Push(buffer);
-    }
+    /// <summary>
+    /// Receive buffers given back by workers that handled large requests, shared by all
+    /// connections and capped in total, so a client streaming large requests from several threads
+    /// does not allocate (and fault in) a new buffer per request, and idle connections hold none.
+    /// </summary>
+    private static readonly SpareBufferPool SpareBuffers = new(16 << 20);
 
     /// <summary>Requests handed to a worker and not yet answered.</summary>
     private int _running;
@@ -386,5 +380,34 @@ internal sealed class CallDurations
         long average = Volatile.Read(ref _average[callId]);
         // Weight 1/4 for the newest: a token that turns slow is noticed within a few calls.
         Volatile.Write(ref _average[callId], average == 0 ? ticks : average + (ticks - average) / 4);
+    }
+}
+
+/// <summary>A few large byte arrays kept for reuse, at most <c>limit</c> bytes in all.</summary>
+internal sealed class SpareBufferPool(long limit)
+{
+    private readonly Stack<byte[]> _buffers = new();
+    private long _bytes;
+
+    public byte[]? Take()
+    {
+        lock (_buffers)
+        {
+            if (!_buffers.TryPop(out var buffer)) return null;
+            _bytes -= buffer.Length;
+            return buffer;
+        }
+    }
+
+    /// <summary>Keeps a buffer (already wiped by its user) if it fits; otherwise leaves it to the GC.</summary>
+    public void Keep(byte[] buffer)
+    {
+        if (buffer.Length > RpcChannel.RetainedLimit) return;
+        lock (_buffers)
+        {
+            if (_bytes + buffer.Length > limit) return;
+            _buffers.Push(buffer);
+            _bytes += buffer.Length;
+        }
     }
 }

@@ -331,8 +331,10 @@ public sealed class RpcChannel : IDisposable
         }
         else
         {
-            int size = (int)Math.Min((long)count, Math.Max((long)_receive.Length * 2, 16 * 1024));
-            var bigger = size <= PooledLimit ? ArrayPool<byte>.Shared.Rent(size) : new byte[size];
+            // A frame whose size the budget reserved gets its buffer at once; otherwise the buffer
+            // grows with what arrives, never with what a header merely claims.
+            int size = _frameDeadline != 0 ? count : (int)Math.Min((long)count, Math.Max((long)_receive.Length * 2, 16 * 1024));
+            var bigger = size <= PooledLimit ? ArrayPool<byte>.Shared.Rent(size) : GC.AllocateUninitializedArray<byte>(size);
             Buffer.BlockCopy(_receive, _receiveStart, bigger, 0, unread);
             Release(_receive, _receiveEnd);
             _receive = bigger;
