@@ -6,12 +6,12 @@
  * usage: overtake MODULE PIN SIGNATURES
  * Prints "signatures: N, random calls: N, overtaking: N, failures: N"; exits 1 on any failure,
  * and 3 when no random call overtook a signature (the server answered strictly in order). */
-#include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <p11-kit/pkcs11.h>
+#include "hostsetup.h"
 
 static CK_FUNCTION_LIST_PTR f;
 static CK_SLOT_ID slot;
@@ -101,29 +101,12 @@ static void *asker(void *unused)
 
 int main(int argc, char **argv)
 {
-	void *library;
-	CK_RV (*get)(CK_FUNCTION_LIST_PTR_PTR);
-	CK_SLOT_ID slots[16];
-	CK_ULONG count = 16;
 	CK_SESSION_HANDLE login;
 	pthread_t signing, asking;
-	CK_RV rv;
 
 	if (argc != 4) { fprintf(stderr, "usage: overtake MODULE PIN SIGNATURES\n"); return 2; }
 	signatures = atoi(argv[3]);
-	library = dlopen(argv[1], RTLD_NOW);
-	if (!library) { fprintf(stderr, "dlopen: %s\n", dlerror()); return 1; }
-	get = (CK_RV (*)(CK_FUNCTION_LIST_PTR_PTR))dlsym(library, "C_GetFunctionList");
-	if (!get || get(&f) != CKR_OK) return 1;
-	{
-		CK_C_INITIALIZE_ARGS args = { NULL, NULL, NULL, NULL, CKF_OS_LOCKING_OK, NULL };
-		if ((rv = f->C_Initialize(&args)) != CKR_OK) { fprintf(stderr, "C_Initialize: 0x%lx\n", rv); return 1; }
-	}
-	if (f->C_GetSlotList(CK_TRUE, slots, &count) != CKR_OK || count == 0) return 1;
-	slot = slots[0];
-	if (f->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &login) != CKR_OK) return 1;
-	rv = f->C_Login(login, CKU_USER, (CK_UTF8CHAR_PTR)argv[2], strlen(argv[2]));
-	if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) { fprintf(stderr, "C_Login: 0x%lx\n", rv); return 1; }
+	if (host_setup(argv[1], argv[2], &f, &slot, &login) != 0) return 1;
 	pthread_create(&signing, NULL, signer, NULL);
 	pthread_create(&asking, NULL, asker, NULL);
 	pthread_join(signing, NULL);

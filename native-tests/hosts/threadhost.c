@@ -2,12 +2,12 @@
  * the signature against the key, finds objects, reads attributes and asks for random data. A
  * reply handed to the wrong thread shows up as a wrong signature, count or value.
  * usage: threadhost MODULE PIN THREADS ROUNDS */
-#include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <p11-kit/pkcs11.h>
+#include "hostsetup.h"
 
 static CK_FUNCTION_LIST_PTR f;
 static CK_SLOT_ID slot;
@@ -63,10 +63,6 @@ static void *worker(void *argument)
 
 int main(int argc, char **argv)
 {
-	void *library;
-	CK_RV (*get)(CK_FUNCTION_LIST_PTR_PTR);
-	CK_SLOT_ID slots[16];
-	CK_ULONG count = 16;
 	CK_SESSION_HANDLE login;
 	int threads, i;
 	pthread_t tids[256];
@@ -77,22 +73,7 @@ int main(int argc, char **argv)
 	threads = atoi(argv[3]);
 	rounds = atoi(argv[4]);
 	if (threads > 256) threads = 256;
-	library = dlopen(argv[1], RTLD_NOW);
-	if (!library) { fprintf(stderr, "dlopen: %s\n", dlerror()); return 1; }
-	get = (CK_RV (*)(CK_FUNCTION_LIST_PTR_PTR))dlsym(library, "C_GetFunctionList");
-	if (get(&f) != CKR_OK) return 1;
-	{
-		CK_C_INITIALIZE_ARGS args = { NULL, NULL, NULL, NULL, CKF_OS_LOCKING_OK, NULL };
-		if (f->C_Initialize(&args) != CKR_OK) return 1;
-	}
-	if (f->C_GetSlotList(CK_TRUE, slots, &count) != CKR_OK || count == 0) return 1;
-	slot = slots[0];
-	if (f->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &login) != CKR_OK) return 1;
-	{
-		/* Another client of the same broker may have logged the token in already. */
-		CK_RV rv = f->C_Login(login, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin));
-		if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) { fprintf(stderr, "C_Login: 0x%lx\n", rv); return 1; }
-	}
+	if (host_setup(argv[1], pin, &f, &slot, &login) != 0) return 1;
 	/* Foreign threads with small stacks, as musl and some hosts create them. */
 	pthread_attr_init(&small_stack);
 	pthread_attr_setstacksize(&small_stack, 64 * 1024);

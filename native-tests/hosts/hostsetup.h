@@ -1,0 +1,39 @@
+/* Set-up shared by the native test hosts: load a PKCS#11 module by path, initialise it for a
+ * threaded host (CKF_OS_LOCKING_OK), open a session on the first slot with a token and log the
+ * user in (another client of the same broker may have done so already). Returns 0 on success,
+ * after printing what failed otherwise. */
+#ifndef P11PROXY_HOSTSETUP_H
+#define P11PROXY_HOSTSETUP_H
+#include <dlfcn.h>
+#include <stdio.h>
+#include <string.h>
+#include <p11-kit/pkcs11.h>
+
+static int host_setup(const char *module, const char *pin, CK_FUNCTION_LIST_PTR *functions, CK_SLOT_ID *slot,
+		      CK_SESSION_HANDLE *login)
+{
+	void *library = dlopen(module, RTLD_NOW);
+	CK_RV (*get)(CK_FUNCTION_LIST_PTR_PTR);
+	CK_C_INITIALIZE_ARGS args = { NULL, NULL, NULL, NULL, CKF_OS_LOCKING_OK, NULL };
+	CK_SLOT_ID slots[16];
+	CK_ULONG count = 16;
+	CK_RV rv;
+
+	if (!library) { fprintf(stderr, "dlopen: %s\n", dlerror()); return 1; }
+	get = (CK_RV (*)(CK_FUNCTION_LIST_PTR_PTR))dlsym(library, "C_GetFunctionList");
+	if (!get || get(functions) != CKR_OK) { fprintf(stderr, "C_GetFunctionList failed\n"); return 1; }
+	if ((rv = (*functions)->C_Initialize(&args)) != CKR_OK) { fprintf(stderr, "C_Initialize: 0x%lx\n", rv); return 1; }
+	if ((rv = (*functions)->C_GetSlotList(CK_TRUE, slots, &count)) != CKR_OK || count == 0) {
+		fprintf(stderr, "C_GetSlotList: 0x%lx, %lu slots\n", rv, count);
+		return 1;
+	}
+	*slot = slots[0];
+	if ((rv = (*functions)->C_OpenSession(*slot, CKF_SERIAL_SESSION, NULL, NULL, login)) != CKR_OK) {
+		fprintf(stderr, "C_OpenSession: 0x%lx\n", rv);
+		return 1;
+	}
+	rv = (*functions)->C_Login(*login, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin));
+	if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) { fprintf(stderr, "C_Login: 0x%lx\n", rv); return 1; }
+	return 0;
+}
+#endif
