@@ -127,7 +127,7 @@ internal sealed class Connection : IDisposable
             case AddressKind.UnixSocket:
                 return (RpcChannel.ConnectUnix(address.Path), null);
             case AddressKind.Command:
-                var child = SpawnedProcess.Start(address.Command);
+                var child = SpawnedProcess.Start(address.Arguments);
                 return (child.Channel, child);
             default:
                 return (VSock.Connect(address.Cid, address.Port), null);

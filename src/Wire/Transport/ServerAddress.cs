@@ -12,6 +12,9 @@ public sealed record ServerAddress(AddressKind Kind, string Path, string Command
 {
     public string Original { get; init; } = "";
 
+    /// <summary>For <see cref="AddressKind.Command"/>: the program and its arguments, split as p11-kit splits them.</summary>
+    public IReadOnlyList<string> Arguments { get; init; } = [];
+
     public override string ToString() => Original;
 
     public static bool TryParse(string text, out ServerAddress address, out string error)
@@ -31,7 +34,12 @@ public sealed record ServerAddress(AddressKind Kind, string Path, string Command
                 error = "'|' must be followed by a command, e.g. '|p11-kit remote /usr/lib/softhsm/libsofthsm2.so'";
                 return false;
             }
-            address = new ServerAddress(AddressKind.Command, "", command, 0, 0) { Original = text };
+            if (!CommandLine.TrySplit(command, out var arguments, out string splitError))
+            {
+                error = $"cannot split the command '{command}': {splitError}";
+                return false;
+            }
+            address = new ServerAddress(AddressKind.Command, "", command, 0, 0) { Original = text, Arguments = arguments };
             return true;
         }
         if (text.StartsWith("unix:path=/", StringComparison.Ordinal))

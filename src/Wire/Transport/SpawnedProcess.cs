@@ -5,9 +5,10 @@ namespace P11Proxy.Wire.Transport;
 
 /// <summary>
 /// A child process speaking the protocol on its stdin/stdout (p11-kit's "|command args" address).
-/// Started with posix_spawn, so no managed code ever runs in a forked copy of the host and no
-/// thread is created; the pipes on our side are close-on-exec. At disposal the child's stdin is
-/// closed (it exits on EOF) and the child is reaped, without a fixed sleep.
+/// Started with posix_spawnp straight from the arguments (no shell in between, as p11-kit execs
+/// them), so no managed code ever runs in a forked copy of the host and no thread is created; the
+/// pipes on our side are close-on-exec. At disposal the child's stdin is closed (it exits on EOF)
+/// and the child is reaped as soon as it exits, without a fixed sleep.
 /// </summary>
 public sealed partial class SpawnedProcess : IDisposable
 {
@@ -40,7 +41,23 @@ public sealed partial class SpawnedProcess : IDisposable
     private static partial int posix_spawn_file_actions_destroy(nint actions);
 
     [LibraryImport("libc")]
-    private static partial int posix_spawn(out int pid, ReadOnlySpan<byte> path, nint actions, nint attributes, nint argv, nint envp);
+    private static partial int posix_spawnp(out int pid, nint file, nint actions, nint attributes, nint argv, nint envp);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int syscall(nint number, int pid, uint flags);
+
+    private const nint SYS_pidfd_open = 434; // the same number on x86-64 and arm64
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct PollFd
+    {
+        public int Fd;
+        public short Events;
+        public short Returned;
+    }
+
+    [LibraryImport("libc")]
+    private static unsafe partial int poll(PollFd* fds, nuint count, int timeoutMilliseconds);
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int waitpid(int pid, out int status, int options);
@@ -48,9 +65,14 @@ public sealed partial class SpawnedProcess : IDisposable
     [LibraryImport("libc")]
     private static partial int kill(int pid, int signal);
 
-    /// <summary>Starts <c>/bin/sh -c command</c> with its stdin and stdout connected to a new channel.</summary>
-    public static unsafe SpawnedProcess Start(string command, FrameLimits? limits = null)
+    /// <summary>
+    /// Starts the program <c>arguments[0]</c> (looked up on PATH) with its stdin and stdout connected
+    /// to a new channel. A program that cannot be started is reported here, with the reason.
+    /// </summary>
+    public static unsafe SpawnedProcess Start(IReadOnlyList<string> arguments, FrameLimits? limits = null)
     {
+        if (arguments.Count == 0)
+            throw new ArgumentException("a command needs at least the program", nameof(arguments));
         Span<int> toChild = stackalloc int[2];
         Span<int> fromChild = stackalloc int[2];
         if (pipe2(toChild, O_CLOEXEC) != 0)
@@ -81,21 +103,20 @@ public sealed partial class SpawnedProcess : IDisposable
                 strings.Add(p);
                 return p;
             }
-            var argv = (nint*)NativeMemory.AllocZeroed((nuint)(4 * sizeof(nint)));
+            var argv = (nint*)NativeMemory.AllocZeroed((nuint)((arguments.Count + 1) * sizeof(nint)));
             strings.Add((nint)argv);
-            argv[0] = Utf8("sh");
-            argv[1] = Utf8("-c");
-            argv[2] = Utf8(command);
-            argv[3] = 0;
+            for (int i = 0; i < arguments.Count; i++)
+                argv[i] = Utf8(arguments[i]);
 
-            int rc = posix_spawn(out int pid, "/bin/sh\0"u8, actions, 0, (nint)argv, Environ());
+            // glibc reports a failed exec (no such program, not executable) as the result here.
+            int rc = posix_spawnp(out int pid, argv[0], actions, 0, (nint)argv, Environ());
             Libc.close(toChild[0]);
             Libc.close(fromChild[1]);
             if (rc != 0)
             {
                 Libc.close(toChild[1]);
                 Libc.close(fromChild[0]);
-                throw new TransportException($"cannot start '{command}': {Libc.Describe(rc)}");
+                throw new TransportException($"cannot start '{arguments[0]}': {Libc.Describe(rc)}");
             }
             return new SpawnedProcess(pid, new RpcChannel(fromChild[0], toChild[1], isSocket: false, limits));
         }
@@ -144,19 +165,48 @@ public sealed partial class SpawnedProcess : IDisposable
         // Closing our ends gives the child EOF on stdin; a well-behaved server exits at once.
         Channel.Dispose();
         if (_pid <= 0) return;
-        for (int waited = 0; waited < 2000; waited++)
-        {
-            if (HasExited()) return;
-            Thread.Sleep(1);
-        }
+        if (WaitForExit(2000)) return;
         kill(_pid, SIGTERM);
-        for (int waited = 0; waited < 500; waited++)
-        {
-            if (HasExited()) return;
-            Thread.Sleep(1);
-        }
+        if (WaitForExit(500)) return;
         kill(_pid, SIGKILL);
         waitpid(_pid, out _, 0);
         _pid = 0;
+    }
+
+    /// <summary>
+    /// Waits up to the given time for the child to exit and reaps it. A pidfd wakes us the moment it
+    /// exits (C_Finalize of a spawned broker costs its exit, not a polling interval); kernels
+    /// without pidfd_open (before 5.3) are polled every millisecond.
+    /// </summary>
+    private unsafe bool WaitForExit(int milliseconds)
+    {
+        if (HasExited()) return true;
+        int pidfd = (int)syscall(SYS_pidfd_open, _pid, 0);
+        if (pidfd >= 0)
+        {
+            try
+            {
+                var entry = new PollFd { Fd = pidfd, Events = 1 /* POLLIN: exited */ };
+                long deadline = Environment.TickCount64 + milliseconds;
+                while (true)
+                {
+                    int left = (int)Math.Max(0, deadline - Environment.TickCount64);
+                    int ready = poll(&entry, 1, left);
+                    if (HasExited()) return true;
+                    if (ready == 0 || left == 0) return false; // timed out
+                    // interrupted by a signal, or readable but not yet reapable: look again
+                }
+            }
+            finally
+            {
+                Libc.close(pidfd);
+            }
+        }
+        for (int waited = 0; waited < milliseconds; waited++)
+        {
+            Thread.Sleep(1);
+            if (HasExited()) return true;
+        }
+        return false;
     }
 }
