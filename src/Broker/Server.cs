@@ -176,7 +176,7 @@ internal sealed class ClientConnection
                     // handled where it lies, then wiped there (requests may carry PINs).
                     try
                     {
-                        if (!HandleAndReply(dispatcher, callId, code, frame))
+                        if (!HandleAndReply(dispatcher, callId, code, frame, now, byReader: true))
                             break;
                     }
                     finally
@@ -204,6 +204,9 @@ internal sealed class ClientConnection
                     RpcChannel.Wipe(frame);
                     request = new ReadOnlyMemory<byte>(body, 0, frame.Length);
                 }
+                // Counted before the role is released: the next reader sends without the write
+                // lock only while no handed-over request can be sending.
+                Interlocked.Increment(ref _running);
                 lock (_park)
                 {
                     _readerActive = false;
@@ -211,10 +214,9 @@ internal sealed class ClientConnection
                     else if (_workers < MaxWorkers) StartWorker();
                 }
                 isReader = false;
-                Interlocked.Increment(ref _running);
                 try
                 {
-                    if (!HandleAndReply(dispatcher, callId, code, request))
+                    if (!HandleAndReply(dispatcher, callId, code, request, now, byReader: false))
                         break;
                 }
                 finally
@@ -292,10 +294,12 @@ internal sealed class ClientConnection
         return last != 0 && now - last < OverlapMemoryTicks;
     }
 
-    /// <summary>Handles one request, times it and sends the reply; false when the connection must close.</summary>
-    private bool HandleAndReply(Dispatcher dispatcher, uint callId, uint code, ReadOnlyMemory<byte> request)
+    /// <summary>
+    /// Handles one request, times it from <paramref name="started"/> (when it was received) and
+    /// sends the reply; false when the connection must close.
+    /// </summary>
+    private bool HandleAndReply(Dispatcher dispatcher, uint callId, uint code, ReadOnlyMemory<byte> request, long started, bool byReader)
     {
-        long started = System.Diagnostics.Stopwatch.GetTimestamp();
         if (!dispatcher.Handle(request, out var reply))
         {
             Close();
@@ -309,6 +313,13 @@ internal sealed class ClientConnection
         if (elapsed > CallDurations.HandOverTicks && CallDurations.UsuallySlow(callId) &&
             Volatile.Read(ref _running) == 0 && _channel.InputWaiting())
             Volatile.Write(ref _lastOverlap, started + elapsed);
+        // Only the reader hands requests to workers, and a worker counts in _running until its
+        // reply is sent: the reader that sees none running is the only thread that can be sending.
+        if (byReader && Volatile.Read(ref _running) == 0)
+        {
+            _channel.SendFrame(code, reply);
+            return true;
+        }
         lock (_writeLock)
             _channel.SendFrame(code, reply);
         return true;

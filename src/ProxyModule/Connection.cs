@@ -463,7 +463,9 @@ internal sealed class WaiterTable
             Array.Resize(ref _waiters, Count * 2);
         }
         _codes[Count] = code;
-        _waiters[Count] = waiter;
+        // A removed entry's slot keeps its (long-lived, per-thread) waiter: a thread calling
+        // alone finds itself already there and stores nothing (no GC write barrier).
+        if (!ReferenceEquals(_waiters[Count], waiter)) _waiters[Count] = waiter;
         Count++;
     }
 
@@ -487,9 +489,11 @@ internal sealed class WaiterTable
         {
             if (_codes[i] != code) continue;
             Count--;
-            _codes[i] = _codes[Count];
-            _waiters[i] = _waiters[Count];
-            _waiters[Count] = null!;
+            if (i != Count)
+            {
+                (_waiters[i], _waiters[Count]) = (_waiters[Count], _waiters[i]);
+                _codes[i] = _codes[Count];
+            }
             return;
         }
     }

@@ -58,8 +58,14 @@ public sealed class RpcCall
         ResponseSignature = response;
         Request = Signature.Parse(request);
         Response = Signature.Parse(response);
+        _requestAscii = System.Text.Encoding.ASCII.GetBytes(request);
+        _responseAscii = System.Text.Encoding.ASCII.GetBytes(response);
         MinProtocolVersion = minVersion;
     }
+
+    // The signatures as they travel (ASCII bytes), written and compared once per message.
+    private readonly byte[] _requestAscii;
+    private readonly byte[] _responseAscii;
 
     public RpcCallId Id { get; }
     public string Name { get; }
@@ -72,6 +78,7 @@ public sealed class RpcCall
     public byte MinProtocolVersion { get; }
 
     public string SignatureFor(MessageKind kind) => kind == MessageKind.Request ? RequestSignature : ResponseSignature;
+    public ReadOnlySpan<byte> SignatureBytesFor(MessageKind kind) => kind == MessageKind.Request ? _requestAscii : _responseAscii;
     public WireType[] PartsFor(MessageKind kind) => kind == MessageKind.Request ? Request : Response;
 
     public override string ToString() => Name;

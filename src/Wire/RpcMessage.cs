@@ -23,11 +23,13 @@ public sealed class RpcMessageWriter : IDisposable
     public void Begin(RpcCall call, MessageKind kind)
     {
         Writer.Reset();
-        Call = call;
-        _parts = call.PartsFor(kind);
+        // Compared before storing: a thread repeating a call stores no reference (no GC write barrier).
+        if (!ReferenceEquals(Call, call)) Call = call;
+        var parts = call.PartsFor(kind);
+        if (!ReferenceEquals(_parts, parts)) _parts = parts;
         _cursor = 0;
         Writer.WriteUInt32((uint)call.Id);
-        WriteSignature(call.SignatureFor(kind));
+        Writer.WriteByteArray(call.SignatureBytesFor(kind));
     }
 
     /// <summary>An error reply: call id 0, signature "u", the CK_RV.</summary>
@@ -35,14 +37,6 @@ public sealed class RpcMessageWriter : IDisposable
     {
         Begin(CallTable.Get(RpcCallId.Error), MessageKind.Response);
         WriteULong(rv);
-    }
-
-    private void WriteSignature(string signature)
-    {
-        Span<byte> ascii = stackalloc byte[signature.Length];
-        for (int i = 0; i < signature.Length; i++)
-            ascii[i] = (byte)signature[i];
-        Writer.WriteByteArray(ascii);
     }
 
     private void Expect(WireType type)
@@ -203,7 +197,14 @@ public sealed class RpcMessageReader
 
     public WireReader Reader { get; } = new();
     public WireProfile Profile { get; set; }
-    public RpcCall? Call { get; private set; }
+
+    // The call of the last message parsed, kept (not cleared) across parses so that a thread
+    // repeating a call stores no reference; _parsed says whether it belongs to the current one.
+    private RpcCall? _call;
+    private bool _parsed;
+
+    /// <summary>The call of the message parsed last, or null when that parse failed.</summary>
+    public RpcCall? Call => _parsed ? _call : null;
 
     /// <summary>For an error response, the CK_RV it carries.</summary>
     public ulong ErrorCode { get; private set; }
@@ -213,7 +214,7 @@ public sealed class RpcMessageReader
     public ParseStatus Parse(ReadOnlyMemory<byte> body, MessageKind kind)
     {
         Reader.Reset(body);
-        Call = null;
+        _parsed = false;
         ErrorCode = 0;
         _cursor = 0;
         if (!Reader.TryReadUInt32(out uint id))
@@ -222,14 +223,17 @@ public sealed class RpcMessageReader
             return ParseStatus.UnknownCall;
         if (kind == MessageKind.Request && call.Id == RpcCallId.Error)
             return ParseStatus.ErrorCallAsRequest;
-        if (!Reader.TryReadByteArray(out var signature, out bool isNull) || isNull)
-            return ParseStatus.Truncated;
-        if (!SignatureMatches(signature.Span, call.SignatureFor(kind)))
-            return ParseStatus.BadSignature;
+        switch (Reader.MatchByteArray(call.SignatureBytesFor(kind)))
+        {
+            case null: return ParseStatus.Truncated;
+            case false: return ParseStatus.BadSignature;
+        }
         if (kind == MessageKind.Request && !Profile.Knows(call))
             return ParseStatus.CallUnknownToVersion;
-        Call = call;
-        _parts = call.PartsFor(kind);
+        if (!ReferenceEquals(_call, call)) _call = call;
+        _parsed = true;
+        var parts = call.PartsFor(kind);
+        if (!ReferenceEquals(_parts, parts)) _parts = parts;
         if (call.Id == RpcCallId.Error)
         {
             if (!TryReadULong(out ulong rv))
@@ -237,16 +241,6 @@ public sealed class RpcMessageReader
             ErrorCode = rv;
         }
         return ParseStatus.Ok;
-    }
-
-    private static bool SignatureMatches(ReadOnlySpan<byte> received, string expected)
-    {
-        if (received.Length != expected.Length)
-            return false;
-        for (int i = 0; i < received.Length; i++)
-            if (received[i] != (byte)expected[i])
-                return false;
-        return true;
     }
 
     private bool Next(WireType type)

@@ -8,10 +8,11 @@ namespace P11Proxy.Wire;
 /// </summary>
 public sealed class WireReader
 {
-    private ReadOnlyMemory<byte> _data;
-    // The array behind _data: reading it directly spares the per-read cost of Memory.Span.
+    // The message as array, offset and length: reading the array directly spares the per-read
+    // cost of Memory.Span, and a reader reset over the same buffer stores no new reference.
     private byte[] _array = [];
     private int _offset;
+    private int _length;
     private int _position;
 
     public WireReader() { }
@@ -27,15 +28,15 @@ public sealed class WireReader
             data = copy;
             segment = new ArraySegment<byte>(copy);
         }
-        _data = data;
-        _array = segment.Array!;
+        if (!ReferenceEquals(_array, segment.Array)) _array = segment.Array!;
         _offset = segment.Offset;
+        _length = segment.Count;
         _position = 0;
     }
 
     public int Position => _position;
-    public int Remaining => _data.Length - _position;
-    public bool AtEnd => _position == _data.Length;
+    public int Remaining => _length - _position;
+    public bool AtEnd => _position == _length;
 
     public bool TryReadByte(out byte value)
     {
@@ -44,6 +45,7 @@ public sealed class WireReader
         return true;
     }
 
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
     public bool TryReadUInt32(out uint value)
     {
         if (Remaining < 4) { value = 0; return false; }
@@ -81,15 +83,34 @@ public sealed class WireReader
             _position = start;
             return false;
         }
-        data = _data.Slice(_position, (int)length);
+        data = new ReadOnlyMemory<byte>(_array, _offset + _position, (int)length);
         _position += (int)length;
         return true;
+    }
+
+    /// <summary>
+    /// Reads a length-prefixed byte array and says whether it holds exactly <paramref name="expected"/>;
+    /// null when it is truncated or NULL. For the signature every message carries, compared in place.
+    /// </summary>
+    public bool? MatchByteArray(ReadOnlySpan<byte> expected)
+    {
+        int start = _position;
+        if (!TryReadUInt32(out uint length) || length == 0xffffffff)
+            return null;
+        if (length >= 0x7fffffff || length > (uint)Remaining)
+        {
+            _position = start;
+            return null;
+        }
+        bool same = length == (uint)expected.Length && _array.AsSpan(_offset + _position, expected.Length).SequenceEqual(expected);
+        _position += (int)length;
+        return same;
     }
 
     public bool TryReadBytes(int count, out ReadOnlyMemory<byte> data)
     {
         if (count < 0 || Remaining < count) { data = default; return false; }
-        data = _data.Slice(_position, count);
+        data = new ReadOnlyMemory<byte>(_array, _offset + _position, count);
         _position += count;
         return true;
     }

@@ -92,5 +92,20 @@ internal static partial class Libc
 
     public static int LastError => Marshal.GetLastPInvokeError();
 
+    // The per-message calls, declared without SetLastError: that option saves errno into a
+    // thread-local after every call (a TLS lookup in a shared library), while these callers need
+    // errno only when the call failed, read with Errno right after it, as the generated code would.
+    [LibraryImport("libc", EntryPoint = "send")]
+    public static partial nint SendNoErrno(int fd, ReadOnlySpan<byte> buffer, nint length, int flags);
+
+    [LibraryImport("libc", EntryPoint = "write")]
+    public static partial nint WriteNoErrno(int fd, ReadOnlySpan<byte> buffer, nint length);
+
+    [LibraryImport("libc", EntryPoint = "read")]
+    public static partial nint ReadNoErrno(int fd, Span<byte> buffer, nint length);
+
+    /// <summary>errno of the *NoErrno call just made (valid only right after a failed one).</summary>
+    public static int Errno => Marshal.GetLastSystemError();
+
     public static string Describe(int errno) => Marshal.GetPInvokeErrorMessage(errno);
 }

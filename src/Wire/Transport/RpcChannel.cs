@@ -167,13 +167,13 @@ public sealed class RpcChannel : IDisposable
         while (!data.IsEmpty)
         {
             nint written = _isSocket
-                ? Libc.send(_writeFd, data, data.Length, Libc.MSG_NOSIGNAL)
-                : Libc.write(_writeFd, data, data.Length);
+                ? Libc.SendNoErrno(_writeFd, data, data.Length, Libc.MSG_NOSIGNAL)
+                : Libc.WriteNoErrno(_writeFd, data, data.Length);
             if (written < 0)
             {
-                int errno = Libc.LastError;
+                int errno = Libc.Errno;
                 if (errno == Libc.EINTR || errno == Libc.EAGAIN) continue;
-                throw new TransportException($"cannot send to the broker: {Libc.Describe(errno)}");
+                throw new TransportException($"cannot send to the peer: {Libc.Describe(errno)}");
             }
             data = data[(int)written..];
         }
@@ -194,6 +194,18 @@ public sealed class RpcChannel : IDisposable
         if (problem is not null)
             throw new TransportException($"refused a frame from the peer: {problem}");
         int total = FrameHeader.Size + (int)header.OptionsLength + (int)header.BodyLength;
+        if (_receiveEnd - _receiveStart < total || (Budget is { } small && total >= small.Threshold))
+            ReceiveRest(total);
+        int bodyStart = _receiveStart + FrameHeader.Size + (int)header.OptionsLength;
+        body = new ReadOnlyMemory<byte>(_receive, bodyStart, (int)header.BodyLength);
+        code = header.Code;
+        _receiveStart += total;
+        return true;
+    }
+
+    /// <summary>Reads the rest of a frame whose header has arrived, reserving a large one from the budget first.</summary>
+    private void ReceiveRest(int total)
+    {
         bool reserved = false;
         if (Budget is { } budget && total >= budget.Threshold)
         {
@@ -223,11 +235,6 @@ public sealed class RpcChannel : IDisposable
             _receiveTimeout = savedTimeout;
         }
         if (reserved) _reservation += total;
-        int bodyStart = _receiveStart + FrameHeader.Size + (int)header.OptionsLength;
-        body = new ReadOnlyMemory<byte>(_receive, bodyStart, (int)header.BodyLength);
-        code = header.Code;
-        _receiveStart += total;
-        return true;
     }
 
     /// <summary>
@@ -370,10 +377,10 @@ public sealed class RpcChannel : IDisposable
         while (true)
         {
             WaitReadable();
-            nint got = Libc.read(_readFd, destination, destination.Length);
+            nint got = Libc.ReadNoErrno(_readFd, destination, destination.Length);
             if (got >= 0)
                 return (int)got;
-            int errno = Libc.LastError;
+            int errno = Libc.Errno;
             if (errno == Libc.EAGAIN && _isSocket && _socketTimeout > 0)
                 throw new TransportException($"the peer sent nothing for {_socketTimeout} ms");
             if (errno != Libc.EINTR && errno != Libc.EAGAIN)
