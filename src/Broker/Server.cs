@@ -22,6 +22,14 @@ internal sealed partial class Server
 
     public const long DefaultRequestMemory = 16L << 20;
 
+    /// <summary>
+    /// Large receive buffers shared by all connections and capped in total: a worker that handled
+    /// a large request gives its buffer back here, and a reader receiving the next large request
+    /// takes it, so a client streaming large requests from several threads does not allocate (and
+    /// fault in, page by page) a new buffer per request, and idle connections hold none.
+    /// </summary>
+    public static readonly SpareBufferPool SpareBuffers = new(16 << 20);
+
     public Server(Backend backend, TokenFilter filter, BrokerLog log, IEnumerable<uint> allowedUids, IEnumerable<uint> allowedGids)
     {
         _backend = backend;
@@ -50,7 +58,7 @@ internal sealed partial class Server
                 continue;
             }
             string name = $"client {Interlocked.Increment(ref _connections)} (uid {credentials.Uid}, pid {credentials.Pid})";
-            var channel = new RpcChannel(fd, fd, isSocket: true) { Budget = RequestBudget };
+            var channel = new RpcChannel(fd, fd, isSocket: true) { Budget = RequestBudget, LargeBuffers = SpareBuffers };
             var thread = new Thread(() => Serve(channel, name)) { IsBackground = true, Name = name };
             thread.Start();
         }
@@ -59,7 +67,7 @@ internal sealed partial class Server
     public void ServeStdio()
     {
         // stdout carries the protocol: nothing else may ever be written to it.
-        using var channel = new RpcChannel(0, 1, isSocket: false) { Budget = RequestBudget };
+        using var channel = new RpcChannel(0, 1, isSocket: false) { Budget = RequestBudget, LargeBuffers = SpareBuffers };
         Serve(channel, "stdio client");
     }
 
@@ -193,7 +201,7 @@ internal sealed class ClientConnection
                 byte[]? owned = null;
                 if (frame.Length >= SwapThreshold)
                 {
-                    owned = _channel.SwapReceiveBuffer(TakeSpareBuffer());
+                    owned = _channel.SwapReceiveBuffer();
                     request = frame;
                 }
                 else
@@ -223,7 +231,7 @@ internal sealed class ClientConnection
                 {
                     Interlocked.Decrement(ref _running);
                     RpcChannel.Wipe(request); // requests may carry PINs
-                    if (owned is not null) KeepSpareBuffer(owned);
+                    if (owned is not null) Server.SpareBuffers.Keep(owned);
                     Server.RequestBudget.Release(reserved);
                 }
             }
@@ -262,17 +270,6 @@ internal sealed class ClientConnection
 
     /// <summary>Requests from this size on are not copied out of the receive buffer (see <see cref="RpcChannel.SwapReceiveBuffer"/>).</summary>
     private const int SwapThreshold = 64 * 1024;
-
-    private static byte[]? TakeSpareBuffer() => SpareBuffers.Take();
-
-    private static void KeepSpareBuffer(byte[] buffer) => SpareBuffers.Keep(buffer);
-
-    /// <summary>
-    /// Receive buffers given back by workers that handled large requests, shared by all
-    /// connections and capped in total, so a client streaming large requests from several threads
-    /// does not allocate (and fault in) a new buffer per request, and idle connections hold none.
-    /// </summary>
-    private static readonly SpareBufferPool SpareBuffers = new(16 << 20);
 
     /// <summary>Requests handed to a worker and not yet answered.</summary>
     private int _running;
@@ -391,34 +388,5 @@ internal sealed class CallDurations
         long average = Volatile.Read(ref _average[callId]);
         // Weight 1/4 for the newest: a token that turns slow is noticed within a few calls.
         Volatile.Write(ref _average[callId], average == 0 ? ticks : average + (ticks - average) / 4);
-    }
-}
-
-/// <summary>A few large byte arrays kept for reuse, at most <c>limit</c> bytes in all.</summary>
-internal sealed class SpareBufferPool(long limit)
-{
-    private readonly Stack<byte[]> _buffers = new();
-    private long _bytes;
-
-    public byte[]? Take()
-    {
-        lock (_buffers)
-        {
-            if (!_buffers.TryPop(out var buffer)) return null;
-            _bytes -= buffer.Length;
-            return buffer;
-        }
-    }
-
-    /// <summary>Keeps a buffer (already wiped by its user) if it fits; otherwise leaves it to the GC.</summary>
-    public void Keep(byte[] buffer)
-    {
-        if (buffer.Length > RpcChannel.RetainedLimit) return;
-        lock (_buffers)
-        {
-            if (_bytes + buffer.Length > limit) return;
-            _buffers.Push(buffer);
-            _bytes += buffer.Length;
-        }
     }
 }

@@ -239,16 +239,14 @@ public sealed class RpcChannel : IDisposable
 
     /// <summary>
     /// Gives the caller the buffer holding the frame just received (its body stays valid there
-    /// for as long as the caller keeps the buffer) and continues with <paramref name="replacement"/>,
-    /// or a new buffer when that is too small for bytes already read past the frame. For a worker
-    /// that hands a large request on: cheaper than copying it out.
+    /// for as long as the caller keeps the buffer) and continues with a small pooled buffer (a
+    /// large frame is read up to its end, so normally nothing lies past it to carry over). For a
+    /// worker that hands a large request on: cheaper than copying it out.
     /// </summary>
-    public byte[] SwapReceiveBuffer(byte[]? replacement)
+    public byte[] SwapReceiveBuffer()
     {
         int unread = _receiveEnd - _receiveStart;
-        var next = replacement is not null && replacement.Length >= Math.Max(unread, 16 * 1024)
-            ? replacement
-            : ArrayPool<byte>.Shared.Rent(Math.Max(unread, 16 * 1024));
+        var next = ArrayPool<byte>.Shared.Rent(Math.Max(unread, 16 * 1024));
         _receive.AsSpan(_receiveStart, unread).CopyTo(next);
         var taken = _receive;
         taken.AsSpan(_receiveStart, unread).Clear();
@@ -260,6 +258,9 @@ public sealed class RpcChannel : IDisposable
 
     /// <summary>Wipes a received frame where it lies (it may hold a PIN or key material) once it has been used.</summary>
     public static void Wipe(ReadOnlyMemory<byte> frame) => System.Runtime.InteropServices.MemoryMarshal.AsMemory(frame).Span.Clear();
+
+    /// <summary>Frames from this size on are read exactly, without the start of the next one (see <see cref="Fill"/>).</summary>
+    private const int LargeFrame = 64 * 1024;
 
     /// <summary>Buffers up to this size come from and go back to the shared pool; larger ones are the GC's.</summary>
     private const int PooledLimit = 1 << 20;
@@ -315,7 +316,14 @@ public sealed class RpcChannel : IDisposable
             }
             if (_receiveEnd == _receive.Length)
                 MakeRoom(count);
-            int got = ReadSome(_receive.AsSpan(_receiveEnd));
+            // A large frame is read up to its end and no further: the next frame then starts in an
+            // empty buffer, so a large one handed to a worker (SwapReceiveBuffer) leaves no bytes
+            // behind to copy out and wipe, and none is moved to the front. Small frames read as much
+            // as has arrived, so one read usually brings a whole message or several.
+            var room = _receive.AsSpan(_receiveEnd);
+            if (count >= LargeFrame)
+                room = room[..Math.Min(room.Length, _receiveStart + count - _receiveEnd)];
+            int got = ReadSome(room);
             if (got == 0)
             {
                 if (allowCleanEof && _receiveEnd == _receiveStart)
@@ -341,7 +349,8 @@ public sealed class RpcChannel : IDisposable
             // A frame whose size the budget reserved gets its buffer at once; otherwise the buffer
             // grows with what arrives, never with what a header merely claims.
             int size = _frameDeadline != 0 ? count : (int)Math.Min((long)count, Math.Max((long)_receive.Length * 2, 16 * 1024));
-            var bigger = size <= PooledLimit ? ArrayPool<byte>.Shared.Rent(size) : GC.AllocateUninitializedArray<byte>(size);
+            var bigger = size <= PooledLimit ? ArrayPool<byte>.Shared.Rent(size)
+                : LargeBuffers?.Take(size) ?? GC.AllocateUninitializedArray<byte>(size);
             Buffer.BlockCopy(_receive, _receiveStart, bigger, 0, unread);
             Release(_receive, _receiveEnd);
             _receive = bigger;
@@ -351,12 +360,20 @@ public sealed class RpcChannel : IDisposable
     }
 
     /// <summary>Wipes the used part (it may have held PINs) and returns pool-sized buffers to the pool.</summary>
-    private static void Release(byte[] buffer, int used)
+    private void Release(byte[] buffer, int used)
     {
         Array.Clear(buffer, 0, Math.Min(used, buffer.Length));
         if (buffer.Length <= PooledLimit)
             ArrayPool<byte>.Shared.Return(buffer);
+        else
+            LargeBuffers?.Keep(buffer);
     }
+
+    /// <summary>
+    /// Where buffers for frames above the shared array pool's sizes come from and go back to (the
+    /// broker shares one among its connections); without one they are allocated and left to the GC.
+    /// </summary>
+    public SpareBufferPool? LargeBuffers { get; init; }
 
     private bool ReadExactly(Span<byte> destination)
     {
