@@ -20,8 +20,9 @@
  *   --label L      configuration name echoed in the output
  *
  * Output: one line per measurement,
- *   RESULT config=L workload=W threads=T ops=N seconds=S ops_per_s=X p50_us=Y p99_us=Z rss_kb=R
- * (mix adds rsa_ops_per_s; cold adds the phases). One operation is the whole sequence a workload
+ *   RESULT config=L workload=W threads=T ops=N seconds=S ops_per_s=X p50_us=Y p99_us=Z host_cpu_us=C rss_kb=R
+ * (mix adds rsa_ops_per_s; cold adds the phases). host_cpu_us is the CPU time (user + system, all
+ * threads) this process used from the start of measuring until its threads were joined. One operation is the whole sequence a workload
  * names: getattr = two C_GetAttributeValue calls, find = Init + FindObjects + Final, sign =
  * SignInit + Sign, digest = DigestInit + Digest. Latency samples are kept in a reservoir of
  * RESERVOIR per thread (uniform, so percentiles stay unbiased) that is allocated and touched before
@@ -66,6 +67,7 @@ static const char *pin = "1234";
 static const char *token_label;
 static int threads = 1;
 static double seconds = 1.0;
+static uint64_t start_cpu_us;
 static long total_ops;          /* > 0: --ops mode */
 static long warmup = 20;
 static CK_OBJECT_HANDLE rsa_key, ec_key, certificate;
@@ -96,6 +98,14 @@ static uint64_t now_ns(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t cpu_us(void)
+{
+	struct rusage usage;
+	getrusage(RUSAGE_SELF, &usage);
+	return (uint64_t)(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1000000u +
+	       (uint64_t)(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec);
 }
 
 static long rss_kb(void)
@@ -319,6 +329,7 @@ static void *worker_main(void *argument)
 	}
 	pthread_barrier_wait(&start_barrier);
 	if (w->index == 0) {
+		start_cpu_us = cpu_us();
 		start_ns = now_ns();
 		__atomic_store_n(&started, 1, __ATOMIC_RELEASE);
 	} else {
@@ -406,6 +417,7 @@ static int run_workload(enum workload workload, const char *module_path)
 	for (i = 0; i < count; i++)
 		if (pthread_create(&workers[i].tid, NULL, worker_main, &workers[i]) != 0) die("pthread_create", 0);
 	for (i = 0; i < count; i++) pthread_join(workers[i].tid, NULL);
+	uint64_t host_cpu = cpu_us() - start_cpu_us;
 
 	uint64_t end = 0, ops = 0, kept = 0, rsa_ops = 0;
 	for (i = 0; i < count; i++) {
@@ -443,7 +455,7 @@ static int run_workload(enum workload workload, const char *module_path)
 	       label, workload_names[workload], count, (unsigned long long)ops, elapsed, (double)ops / elapsed,
 	       percentile_us(all, kept, 0.50), percentile_us(all, kept, 0.99));
 	if (workload == W_MIX) printf(" rsa_ops_per_s=%.1f", (double)rsa_ops / elapsed);
-	printf(" rss_kb=%ld\n", rss_kb());
+	printf(" host_cpu_us=%llu rss_kb=%ld\n", (unsigned long long)host_cpu, rss_kb());
 	fflush(stdout);
 	return 0;
 }

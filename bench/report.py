@@ -269,6 +269,52 @@ def report(raw_path, meta_path):
     w("| cold (spawned) | 1 | " + " | ".join(spawned_cells) + " |")
     w("")
 
+    # CPU per operation
+    def cpu_per_op(workload, threads, config):
+        per_round = []
+        for f in results.get((workload, threads, config), {}).values():
+            ops, host = number(f.get("ops")), number(f.get("host_cpu_us"))
+            server = number(f.get("server_cpu_us")) if config != "A" else 0.0
+            if ops and host is not None and server is not None:
+                per_round.append((host, server, ops))
+        if not per_round:
+            return None
+        return (median([h / o for h, _, o in per_round]), median([s / o for _, s, o in per_round]),
+                median([(h + s) / o for h, s, o in per_round]))
+
+    if any("host_cpu_us" in f for rounds in results.values() for f in rounds.values()):
+        nproc = number(meta.get("nproc"))
+        w("## CPU time per operation")
+        w("")
+        w("Cell: µs of CPU per op, host + server = total (medians over the rounds). Host: this process, all threads, "
+          "while measuring (getrusage). Server: the server process with its threads and its reaped children "
+          "(`p11-kit server` forks a `p11-kit-remote` per connection), for the whole connection (/proc/PID/stat), "
+          "so it also holds the host's set-up and warm-up calls, about 1-2% of the total. "
+          "*A/D CPU*: direct's CPU per op over D's. When direct already keeps every CPU busy (as many threads as "
+          f"vCPUs, here {meta.get('nproc', '?')}, and the work is the module's own), D's ops/s over direct's cannot "
+          "exceed this ratio however the calls are scheduled.")
+        w("")
+        w("| workload | threads | " + " | ".join(CONFIGS) + " | A/D CPU |")
+        w("|---|---:|" + "---:|" * len(CONFIGS) + "---:|")
+        for workload, threads in ROWS:
+            if workload == "mix":
+                continue  # ops there count only the measured random32 thread
+            cells = []
+            for c in CONFIGS:
+                value = cpu_per_op(workload, threads, c)
+                if value is None:
+                    cells.append("—")
+                elif c == "A":
+                    cells.append(f"{fmt_us(value[2])}")
+                else:
+                    cells.append(f"{fmt_us(value[0])} + {fmt_us(value[1])} = {fmt_us(value[2])}")
+            a, d = cpu_per_op(workload, threads, "A"), cpu_per_op(workload, threads, "D")
+            ceiling = fmt_ratio(a[2] / d[2]) if a and d and d[2] else "—"
+            if nproc and threads >= nproc and ceiling != "—":
+                ceiling = f"**{ceiling}**"
+            w(f"| {workload} | {threads} | " + " | ".join(cells) + f" | {ceiling} |")
+        w("")
+
     # RSS
     w("## Peak RSS of the host process (ru_maxrss, MiB, median)")
     w("")

@@ -58,8 +58,10 @@ RAW=$FIXTURE_DIR/raw.txt
 say "starting p11-kit server and out/p11proxy-broker on the token"
 fixture_start_p11kit_server
 KIT_ADDRESS=$FIXTURE_ADDRESS
+KIT_PID=${FIXTURE_PIDS[-1]}
 fixture_start_broker --token "pkcs11:token=$FIXTURE_LABEL"
 OUR_ADDRESS=$FIXTURE_ADDRESS
+OUR_PID=${FIXTURE_PIDS[-1]}
 KIT_SPAWN="|p11-kit remote $SOFTHSM_MODULE"
 OUR_SPAWN="|$OUT/p11proxy-broker stdio --module $SOFTHSM_MODULE"
 
@@ -80,13 +82,28 @@ config_address() {
   esac
 }
 
+# The server process of a socket configuration, whose CPU time is counted around each measurement.
+config_server_pid() {
+  case $1 in
+    B|C) echo "$KIT_PID" ;;
+    D|E) echo "$OUR_PID" ;;
+  esac
+}
+CLOCK_TICKS=$(getconf CLK_TCK)
+# cpu_ticks PID: CPU time of PID, its threads and the children it has reaped (p11-kit server
+# forks a p11-kit-remote per connection), in clock ticks.
+cpu_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }
+
 FAILURES=0
-# run_host CONFIG ROUND HOST-ARGS...: one host process; its RESULT lines go to the raw file.
+# run_host CONFIG ROUND HOST-ARGS...: one host process; its RESULT lines go to the raw file, with
+# the server's CPU time for the whole connection (server_cpu_us) when the server is a socket server.
 run_host() {
-  local config=$1 round=$2 module address status
+  local config=$1 round=$2 module address status server_pid server_before="" server_cpu="" i
   shift 2
   module=$(config_module "$config")
   address=$(config_address "$config")
+  server_pid=$(config_server_pid "$config")
+  [ -n "$server_pid" ] && server_before=$(cpu_ticks "$server_pid")
   set +e
   if [ -z "$address" ]; then
     env -u P11_KIT_SERVER_ADDRESS timeout 300 "$HOST" --label "$config" --token "$FIXTURE_LABEL" "$@" "$module" \
@@ -97,8 +114,13 @@ run_host() {
   fi
   status=$?
   set -e
+  if [ -n "$server_before" ]; then
+    # p11-kit server's per-connection child counts once it is reaped, just after the host left.
+    for i in $(seq 1 100); do pgrep -P "$server_pid" >/dev/null || break; sleep 0.01; done
+    server_cpu="server_cpu_us=$(( ($(cpu_ticks "$server_pid") - server_before) * 1000000 / CLOCK_TICKS )) "
+  fi
   if [ $status -eq 0 ] && grep -q '^RESULT ' "$FIXTURE_DIR/run.out"; then
-    sed -n "s/^RESULT /RESULT round=$round /p" "$FIXTURE_DIR/run.out" >>"$RAW"
+    sed -n "s/^RESULT /RESULT round=$round $server_cpu/p" "$FIXTURE_DIR/run.out" >>"$RAW"
   else
     FAILURES=$((FAILURES + 1))
     printf 'FAIL round=%s config=%s status=%s args=%s reason=%s\n' "$round" "$config" "$status" "$(echo "$@" | tr ' ' '_')" \
