@@ -69,6 +69,18 @@ P11_KIT_SERVER_ADDRESS="$stdio" pkcs11-tool --module "$P11KIT_CLIENT" -L | grep 
   || fail "p11-kit-client.so with a '|p11proxy-broker stdio' address does not list the token"
 echo "stdio mode works for p11proxy.so and p11-kit-client.so"
 
+# At C_Finalize the spawned broker sees end-of-file and exits by itself, finalizing the module it
+# serves (an HSM's sessions end cleanly), instead of being killed. The address is split like
+# p11-kit splits it, without a shell: sh here only records how the broker ended.
+status_file=$FIXTURE_DIR/stdio.status
+rm -f "$status_file"
+P11_KIT_SERVER_ADDRESS="|sh -c '\"\$0\" stdio --module \"\$1\"; echo \$? > \"\$2\"' $OUT/p11proxy-broker $SOFTHSM_MODULE $status_file" \
+  pkcs11-tool --module "$OUT/p11proxy.so" -L | grep -q "$FIXTURE_LABEL" \
+  || fail "p11proxy.so with a '|sh -c ...' address does not list the token"
+[ "$(cat "$status_file" 2>/dev/null)" = 0 ] \
+  || fail "the spawned broker did not exit by itself with status 0 after C_Finalize (status: '$(cat "$status_file" 2>/dev/null)')"
+echo "spawned broker exits by itself (status 0) at C_Finalize"
+
 # Token filtering: a URI that matches nothing hides the token and its slot id.
 slot=$(pkcs11-tool --module "$OUT/p11proxy.so" -L | sed -n 's/^Slot 0 (\(0x[0-9a-f]*\)).*/\1/p')
 filtered="|$OUT/p11proxy-broker stdio --module $SOFTHSM_MODULE --token pkcs11:token=no%20such%20token"

@@ -425,9 +425,20 @@ internal sealed class Connection : IDisposable
     /// <summary>Wakes any thread blocked on the broker, waits for it to leave, then releases the connection.</summary>
     public void Dispose()
     {
-        Volatile.Write(ref _broken, true);
-        if (_child is not null) _child.Shutdown();
-        else _channel.Shutdown();
+        Volatile.Write(ref _broken, true); // from here on no thread takes the reader role
+        bool busy;
+        lock (_gate)
+            busy = _reading;
+        if (!busy && _writeGate.TryEnter())
+            _writeGate.Exit();
+        else
+            busy = true; // a thread may be blocked writing to a server that does not read
+        if (_child is null)
+            _channel.Shutdown();
+        else if (busy)
+            _child.Shutdown(); // a pipe cannot be shut down: the child is asked to stop instead
+        // Otherwise a spawned server is left to see end-of-file when the pipes close below and to
+        // exit by itself, finalizing the module it serves (as p11-kit lets its remotes do).
         // Wait until no thread is reading or writing before the descriptors are closed (the
         // shutdown above makes a blocked reader return at once).
         WakeAll();
