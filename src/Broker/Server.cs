@@ -178,7 +178,9 @@ internal sealed class ClientConnection
                 long now = System.Diagnostics.Stopwatch.GetTimestamp();
                 if (Volatile.Read(ref _running) > 0)
                     Volatile.Write(ref _lastOverlap, now); // read while another request runs: the client has several in flight
-                if (!_channel.HasBufferedData && !(_durations.WorthHandingOver(callId) && ClientOverlapsCalls(now)))
+                // A quick request is handled here even when the next one is already buffered
+                // (it follows right after): waking a worker costs more than the call saves.
+                if (!(_durations.WorthHandingOver(callId) && (_channel.HasBufferedData || ClientOverlapsCalls(now))))
                 {
                     // Still the reader: nobody touches the receive buffer, so the request is
                     // handled where it lies, then wiped there (requests may carry PINs).
