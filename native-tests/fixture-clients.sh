@@ -150,3 +150,49 @@ fixture_install() {
   fixture_on_exit "'$root/build.sh' uninstall"
   "$root/build.sh" install >"$FIXTURE_DIR/install.out" 2>&1 || fail "./build.sh install failed: $(cat "$FIXTURE_DIR/install.out")"
 }
+
+# fixture_clients_server_keys: adds TLS *server* keys to the token made by fixture_clients_token,
+# for servers (nginx, httpd) whose own key lives on the token:
+#   id 03 label rsa-server  RSA-2048, certificate rsa-server.pem (CN "p11proxy rsa server")
+#   id 04 label ec-server   EC P-256, certificate ec-server.pem (CN "p11proxy ec server")
+# both issued by the test CA for 127.0.0.1 and localhost (serverAuth). The key files are removed
+# once imported: a server can only sign with the token. Sets RSA_SERVER_URI, EC_SERVER_URI.
+fixture_clients_server_keys() {
+  local d=$FIXTURE_DIR kind id algorithm
+  for kind in rsa ec; do
+    if [ $kind = rsa ]; then id=03; algorithm=(-algorithm RSA -pkeyopt rsa_keygen_bits:2048)
+    else id=04; algorithm=(-algorithm EC -pkeyopt ec_paramgen_curve:P-256); fi
+    openssl genpkey "${algorithm[@]}" -out "$d/$kind-server-key.pem" 2>/dev/null || fail "no $kind server key"
+    fixture_clients_cert "$kind-server" "$d/$kind-server-key.pem" "p11proxy $kind server" 'basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,DNS:localhost'
+    softhsm2-util --import "$d/$kind-server-key.pem" --token "$FIXTURE_LABEL" --label "$kind-server" --id "$id" \
+      --pin "$FIXTURE_PIN" >/dev/null || fail "softhsm2-util could not import $kind-server"
+    pkcs11-tool --module "$SOFTHSM_MODULE" --token-label "$FIXTURE_LABEL" --login --pin "$FIXTURE_PIN" \
+      --write-object "$d/$kind-server.der" --type cert --id "$id" --label "$kind-server" >/dev/null 2>&1 \
+      || fail "pkcs11-tool could not store the $kind server certificate"
+    rm -f "$d/$kind-server-key.pem"
+  done
+  RSA_SERVER_URI="pkcs11:token=$FIXTURE_LABEL;object=rsa-server;type=private"
+  EC_SERVER_URI="pkcs11:token=$FIXTURE_LABEL;object=ec-server;type=private"
+}
+
+# fixture_clients_engine_conf FILE MODULE: an OpenSSL configuration loading libp11's pkcs11
+# engine on MODULE with the token's PIN (what nginx, httpd, openssl and curl read via OPENSSL_CONF);
+# init = 1: nginx loads keys from the engine without initialising it itself.
+fixture_clients_engine_conf() {
+  cat > "$1" <<EOF
+openssl_conf = openssl_init
+[openssl_init]
+engines = engine_section
+[engine_section]
+pkcs11 = pkcs11_section
+[pkcs11_section]
+engine_id = pkcs11
+dynamic_path = /usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so
+MODULE_PATH = $2
+PIN = $FIXTURE_PIN
+init = 1
+EOF
+}

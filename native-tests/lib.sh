@@ -1,5 +1,6 @@
 # Shared fixture for native tests and the demo: a throw-away SoftHSM token and brokers serving it.
-# Source it; everything it starts is stopped and removed by the EXIT trap it installs.
+# Source it; everything it starts is stopped and removed by the EXIT trap it installs
+# (KEEP_FIXTURE=1 keeps the directory, with its logs, for a look after a failure).
 # shellcheck shell=bash
 
 SOFTHSM_MODULE=${SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
@@ -15,7 +16,7 @@ fixture_cleanup() {
   for pid in "${FIXTURE_PIDS[@]}"; do
     wait "$pid" 2>/dev/null || true
   done
-  if [ -n "$FIXTURE_DIR" ]; then rm -rf "$FIXTURE_DIR"; fi
+  if [ -n "$FIXTURE_DIR" ] && [ -z "${KEEP_FIXTURE:-}" ]; then rm -rf "$FIXTURE_DIR"; fi
   return 0
 }
 trap fixture_cleanup EXIT
