@@ -2,6 +2,7 @@
 """Turns bench/run.sh's raw lines into bench/results/latest.md (standard library only).
 
   report.py report RAW META            Markdown report on stdout
+  report.py chart RAW SVG [CAPTION]    the paired ops/s ratios per workload as an SVG bar chart
   report.py strace-diff SHORT LONG OPS TAGS
                                        per-call system calls from two `strace -f -c` summaries
                                        (long run minus short run, divided by OPS); one PROFILE line
@@ -73,6 +74,35 @@ def fmt_ratio(value):
     return "—" if value is None else f"{value:.2f}"
 
 
+# --- raw lines ---------------------------------------------------------------------------------
+
+def load_raw(raw_path):
+    """(results, failures, profiles): results maps (workload, threads, config) to {round: fields}."""
+    results, failures, profiles = {}, [], []
+    with open(raw_path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith("RESULT "):
+                f = parse_fields(line)
+                key = (f.get("workload"), int(f.get("threads", "1")), f.get("config"))
+                results.setdefault(key, {})[int(f.get("round", "0"))] = f
+            elif line.startswith("FAIL "):
+                failures.append(line.strip())
+            elif line.startswith("PROFILE "):
+                profiles.append(parse_fields(line))
+    return results, failures, profiles
+
+
+def series_of(results, workload, threads, config, field):
+    return {r: number(f.get(field)) for r, f in results.get((workload, threads, config), {}).items()}
+
+
+def paired_ratio(results, workload, threads, first, second, field):
+    """Median over the rounds of first/second, each round's pair measured side by side."""
+    a = series_of(results, workload, threads, first, field)
+    b = series_of(results, workload, threads, second, field)
+    return median([a[r] / b[r] for r in a if r in b and a[r] is not None and b[r]])
+
+
 # --- strace ------------------------------------------------------------------------------------
 
 def strace_counts(path):
@@ -121,29 +151,16 @@ def report(raw_path, meta_path):
                 key, value = line.rstrip("\n").split("=", 1)
                 meta[key] = value
 
-    results = {}   # (workload, threads, config) -> {round: fields}
-    failures, profiles = [], []
-    with open(raw_path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("RESULT "):
-                f = parse_fields(line)
-                key = (f.get("workload"), int(f.get("threads", "1")), f.get("config"))
-                results.setdefault(key, {})[int(f.get("round", "0"))] = f
-            elif line.startswith("FAIL "):
-                failures.append(line.strip())
-            elif line.startswith("PROFILE "):
-                profiles.append(parse_fields(line))
+    results, failures, profiles = load_raw(raw_path)
 
     def series(workload, threads, config, field):
-        return {r: number(f.get(field)) for r, f in results.get((workload, threads, config), {}).items()}
+        return series_of(results, workload, threads, config, field)
 
     def med(workload, threads, config, field):
         return median(series(workload, threads, config, field).values())
 
     def paired(workload, threads, first, second, field):
-        a, b = series(workload, threads, first, field), series(workload, threads, second, field)
-        ratios = [a[r] / b[r] for r in a if r in b and a[r] is not None and b[r]]
-        return median(ratios)
+        return paired_ratio(results, workload, threads, first, second, field)
 
     out = []
     w = out.append
@@ -397,9 +414,86 @@ def report(raw_path, meta_path):
     print("\n".join(out))
 
 
+# --- chart -------------------------------------------------------------------------------------
+
+CHART_SERIES = [  # (numerator, denominator, label, colour)
+    ("D", "B", "p11proxy.so + broker vs p11-kit's pair (D/B)", "#1f6fb4"),
+    ("D", "A", "p11proxy.so + broker vs SoftHSM direct (D/A)", "#e07b22"),
+    ("C", "B", "p11proxy.so + p11-kit server vs p11-kit's pair (C/B)", "#8fb8de"),
+    ("E", "B", "p11-kit-client.so + broker vs p11-kit's pair (E/B)", "#9ccf8f"),
+]
+
+
+def xml_escape(text):
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+def chart(raw_path, svg_path, caption=""):
+    """A horizontal bar chart (plain SVG) of the paired ops/s ratios per workload, log scale."""
+    import math
+    results, _, _ = load_raw(raw_path)
+    rows = [(f"{w} ×{t}" if t > 1 else w,
+             [paired_ratio(results, w, t, x, y, "ops_per_s") for x, y, _, _ in CHART_SERIES]) for w, t in ROWS]
+    rows = [(name, ratios) for name, ratios in rows if any(r is not None for r in ratios)]
+    values = [r for _, ratios in rows for r in ratios if r]
+    low = min([0.125] + [2 ** math.floor(math.log2(v)) for v in values])
+    high = max([4.0] + [2 ** math.ceil(math.log2(v)) for v in values])
+    bar, gap, label_width, plot_width, top = 9, 14, 120, 560, 70
+    group = bar * len(CHART_SERIES) + gap
+    plot_height = group * len(rows)
+    legend_top = top + plot_height + 34
+    height = legend_top + 18 * len(CHART_SERIES) + 10
+    width = label_width + plot_width + 60
+
+    def x_of(value):
+        return label_width + plot_width * (math.log2(value) - math.log2(low)) / (math.log2(high) - math.log2(low))
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="{label_width}" y="22" font-size="15" font-weight="bold">Paired throughput ratios '
+           f'(ops/s, median of per-round ratios; log scale)</text>',
+           f'<text x="{label_width}" y="42" fill="#555">{xml_escape(caption)}</text>',
+           f'<text x="{label_width}" y="58" fill="#555">right of 1: the first is faster; each pair measured '
+           f'side by side in one interleaved run</text>']
+    tick = low
+    while tick <= high * 1.0001:
+        x = x_of(tick)
+        colour, stroke = ("#333", 1.5) if abs(tick - 1) < 1e-9 else ("#ddd", 1)
+        out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{top + plot_height}" stroke="{colour}" '
+                   f'stroke-width="{stroke}"/>')
+        text = f"{tick:g}×" if tick >= 1 else f"1/{1 / tick:g}"
+        out.append(f'<text x="{x:.1f}" y="{top + plot_height + 16}" text-anchor="middle" fill="#333">{text}</text>')
+        tick *= 2
+    one = x_of(1.0)
+    for index, (name, ratios) in enumerate(rows):
+        y0 = top + index * group
+        out.append(f'<text x="{label_width - 8}" y="{y0 + group / 2 - 2:.1f}" text-anchor="end">{xml_escape(name)}</text>')
+        for position, ((_, _, label, colour), ratio) in enumerate(zip(CHART_SERIES, ratios)):
+            if ratio is None:
+                continue
+            y = y0 + position * bar
+            x = x_of(ratio)
+            left, right = min(one, x), max(one, x)
+            out.append(f'<rect x="{left:.1f}" y="{y}" width="{max(right - left, 1):.1f}" height="{bar - 1}" '
+                       f'fill="{colour}"><title>{xml_escape(label)}: {ratio:.2f}</title></rect>')
+            anchor, tx = ("start", right + 3) if ratio >= 1 else ("end", left - 3)
+            out.append(f'<text x="{tx:.1f}" y="{y + bar - 2}" font-size="9" text-anchor="{anchor}" '
+                       f'fill="#333">{ratio:.2f}</text>')
+    for position, (_, _, label, colour) in enumerate(CHART_SERIES):
+        y = legend_top + position * 18
+        out.append(f'<rect x="{label_width}" y="{y}" width="12" height="12" fill="{colour}"/>')
+        out.append(f'<text x="{label_width + 18}" y="{y + 10}">{xml_escape(label)}</text>')
+    out.append("</svg>")
+    with open(svg_path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(out) + "\n")
+
+
 def main(argv):
     if len(argv) >= 2 and argv[1] == "report" and len(argv) == 4:
         report(argv[2], argv[3])
+    elif len(argv) >= 2 and argv[1] == "chart" and len(argv) in (4, 5):
+        chart(argv[2], argv[3], argv[4] if len(argv) == 5 else "")
     elif len(argv) >= 2 and argv[1] == "strace-diff" and len(argv) == 6:
         strace_diff(argv[2], argv[3], int(argv[4]), argv[5])
     else:

@@ -314,8 +314,12 @@ ELAPSED=$(( $(date +%s) - START_TIME ))
   echo "profile_ops=$((PROFILE_LONG - PROFILE_SHORT))"
 } >"$FIXTURE_DIR/meta.txt"
 "$PY" bench/report.py report "$RAW" "$FIXTURE_DIR/meta.txt" >"$RESULTS"
+# The paired ratios as a picture beside the report (README shows it).
+meta() { sed -n "s/^$1=//p" "$FIXTURE_DIR/meta.txt"; }
+"$PY" bench/report.py chart "$RAW" "${RESULTS%.md}.svg" \
+  "$(meta date), commit $(meta commit), $(meta nproc) vCPUs, p11-kit $(meta p11kit), SoftHSM $(meta softhsm)"
 cat "$RESULTS"
-say "report written to ${RESULTS#"$ROOT"/} (raw lines: $(basename "${RESULTS%.md}.raw.txt") beside it); ${ELAPSED}s"
+say "report written to ${RESULTS#"$ROOT"/} (raw lines: $(basename "${RESULTS%.md}.raw.txt"), chart: $(basename "${RESULTS%.md}.svg") beside it); ${ELAPSED}s"
 if [ "$FAILURES" -ne 0 ]; then
   say "$FAILURES measurement(s) failed: see the FAIL lines in the report"
   exit 1
