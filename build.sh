@@ -36,7 +36,18 @@ PACKAGES=(
   "wpasupplicant:/usr/sbin/wpa_supplicant"
   "iproute2:/sbin/ip"
   "valgrind:/usr/bin/valgrind"                                   # bench: instructions per call (callgrind)
-  "python3:/usr/bin/python3"                                     # bench: the report
+  "python3:/usr/bin/python3"                                     # bench: the report; man/generate.py
+  "nginx:/usr/sbin/nginx"                                        # servers with their key on the token (native-tests/21)
+  "apache2:/usr/sbin/apache2"
+  "wget:/usr/bin/wget"                                           # GnuTLS clients through p11-kit (native-tests/22)
+  "man-db:/usr/bin/man"                                          # man pages checked (native-tests/23)
+  "chromium:/usr/bin/chromium"                                   # browsers: TLS client auth with a PIN dialog (native-tests/24)
+  "chromium-driver:/usr/bin/chromedriver"
+  "firefox-esr:/usr/bin/firefox-esr"
+  "xvfb:/usr/bin/Xvfb"
+  "xdotool:/usr/bin/xdotool"
+  "libreswan:/usr/sbin/ipsec"                                    # IKEv2 with a token key (native-tests/26)
+  "lintian:/usr/bin/lintian"                                     # ./build.sh deb checks the package
 )
 
 ensure_packages() {
