@@ -3,6 +3,7 @@
 #   ./build.sh          build out/p11proxy.so (and the broker when it exists)
 #   ./build.sh demo     build, make a throw-away SoftHSM token, serve it, list and sign through out/p11proxy.so
 #   ./build.sh test     build and run every test suite; last line: "N passed, N failed"
+#   ./build.sh deb      build out/p11proxy_VERSION_amd64.deb (and show lintian's findings)
 # Installs what a fresh Debian 12 machine lacks (apt-get) and restores NuGet packages.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -203,6 +204,105 @@ uninstall_files() {
   say "removed $INSTALL_MODULE $INSTALL_BROKER $INSTALL_REGISTRATION"
 }
 
+# --- deb -------------------------------------------------------------------------------------
+# ./build.sh deb: out/p11proxy_VERSION_amd64.deb from the built module and broker (the same places
+# as ./build.sh install), with the p11-kit registration, user and system systemd units, conffiles
+# /etc/p11proxy/p11proxy.conf and /etc/default/p11proxy-broker, and the man pages generated from
+# man/reference.json; then lintian's findings. Built as any user (dpkg-deb --root-owner-group).
+# The project has no public contact address yet: lintian reports this default (bogus-mail-host).
+DEB_MAINTAINER=${DEB_MAINTAINER:-p11proxy developers <p11proxy@localhost>}
+# DEB_LINTIAN=0 skips lintian (native-tests/27 builds the package only to install it).
+DEB_LINTIAN=${DEB_LINTIAN:-1}
+package_version() { sed -n 's|.*<Version>\(.*\)</Version>.*|\1|p' Directory.Build.props; }
+
+build_deb() {
+  local version stage deb
+  version=$(package_version)
+  [ -n "$version" ] || die "no <Version> in Directory.Build.props"
+  stage=$ROOT/.build/deb/p11proxy
+  deb=$OUT/p11proxy_${version}_amd64.deb
+  rm -rf "$stage" && mkdir -p "$stage/DEBIAN"
+  say "staging the package in ${stage#"$ROOT"/}"
+  install -D -m 0644 "$OUT/p11proxy.so" "$stage$INSTALL_MODULE"
+  install -D -m 0755 "$OUT/p11proxy-broker" "$stage$INSTALL_BROKER"
+  mkdir -p "$stage/usr/bin" && ln -s ../libexec/p11proxy-broker "$stage/usr/bin/p11proxy-broker"
+  install -D -m 0644 module-config/p11proxy.module "$stage$INSTALL_REGISTRATION"
+  install -D -m 0644 module-config/p11proxy.conf "$stage$INSTALL_CONF"
+  install -D -m 0644 module-config/p11proxy-broker.default "$stage/etc/default/p11proxy-broker"
+  install -D -m 0644 module-config/p11proxy-broker.socket "$stage/usr/lib/systemd/user/p11proxy-broker.socket"
+  install -D -m 0644 module-config/p11proxy-broker.service "$stage/usr/lib/systemd/user/p11proxy-broker.service"
+  install -D -m 0644 module-config/system/p11proxy-broker.socket "$stage/lib/systemd/system/p11proxy-broker.socket"
+  install -D -m 0644 module-config/system/p11proxy-broker.service "$stage/lib/systemd/system/p11proxy-broker.service"
+  python3 man/generate.py man "$ROOT/.build/deb/man"
+  install -D -m 0644 "$ROOT/.build/deb/man/p11proxy.8" "$stage/usr/share/man/man8/p11proxy.8"
+  install -D -m 0644 "$ROOT/.build/deb/man/p11proxy-broker.8" "$stage/usr/share/man/man8/p11proxy-broker.8"
+  install -D -m 0644 "$ROOT/.build/deb/man/p11proxy.conf.5" "$stage/usr/share/man/man5/p11proxy.conf.5"
+  gzip -9n "$stage"/usr/share/man/man*/*
+  local doc=$stage/usr/share/doc/p11proxy
+  install -D -m 0644 module-config/debian-copyright "$doc/copyright"
+  install -m 0644 module-config/remote-example.module "$doc/remote-example.module"
+  printf 'p11proxy (%s) unstable; urgency=medium\n\n  * Built from commit %s by ./build.sh deb.\n\n -- %s  %s\n' \
+    "$version" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$DEB_MAINTAINER" \
+    "$(date -R -d "@$(git log -1 --format=%ct 2>/dev/null || date +%s)")" | gzip -9n > "$doc/changelog.gz"
+  strip --strip-unneeded --remove-section=.comment --remove-section=.note "$stage$INSTALL_MODULE" "$stage$INSTALL_BROKER"
+
+  # Dependencies as dpkg-shlibdeps finds them for the two binaries.
+  local depends
+  depends=$(cd "$ROOT/.build/deb" && mkdir -p debian && printf 'Source: p11proxy\n\nPackage: p11proxy\nArchitecture: amd64\n' > debian/control &&
+            dpkg-shlibdeps -O "-e$stage$INSTALL_MODULE" "-e$stage$INSTALL_BROKER" 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
+  [ -n "$depends" ] || die "dpkg-shlibdeps found no dependencies"
+  cat > "$stage/DEBIAN/control" <<EOF
+Package: p11proxy
+Version: $version
+Architecture: amd64
+Maintainer: $DEB_MAINTAINER
+Installed-Size: $(du -sk --exclude=DEBIAN "$stage" | cut -f1)
+Depends: $depends
+Recommends: p11-kit, p11-kit-modules
+Suggests: softhsm2, opensc
+Section: admin
+Priority: optional
+Description: PKCS#11 module that keeps tokens, PINs and vendor code in a broker
+ p11proxy.so is a PKCS#11 module that forwards every call over p11-kit's RPC
+ protocol to p11proxy-broker, which loads the real module (an HSM's, a smart
+ card's, SoftHSM). Applications never load vendor code, see the PIN or hold
+ the keys; a crash of the vendor module stays in the broker, and a broker on
+ another machine can be reached over ssh.
+ .
+ The module is registered with p11-kit, so every program using
+ p11-kit-proxy.so (GnuTLS, NSS, OpenSSL's pkcs11 engine) sees the broker's
+ tokens. It also works against p11-kit server, and p11-kit's client works
+ against the broker.
+EOF
+  printf '/etc/default/p11proxy-broker\n/etc/p11proxy/p11proxy.conf\n' > "$stage/DEBIAN/conffiles"
+  cat > "$stage/DEBIAN/postinst" <<'EOF'
+#!/bin/sh
+set -e
+# New units: let a running systemd see them (nothing is enabled: the broker needs a module).
+if [ "$1" = configure ] && [ -d /run/systemd/system ]; then
+  systemctl --system daemon-reload >/dev/null || true
+fi
+EOF
+  cat > "$stage/DEBIAN/postrm" <<'EOF'
+#!/bin/sh
+set -e
+if [ -d /run/systemd/system ]; then
+  systemctl --system daemon-reload >/dev/null || true
+fi
+if [ "$1" = purge ]; then
+  rmdir /etc/p11proxy 2>/dev/null || true
+fi
+EOF
+  chmod 0755 "$stage/DEBIAN/postinst" "$stage/DEBIAN/postrm"
+  (cd "$stage" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum) > "$stage/DEBIAN/md5sums"
+  find "$stage" -type d -exec chmod 0755 {} +
+  dpkg-deb --root-owner-group -Zxz --build "$stage" "$deb" >/dev/null || die "dpkg-deb failed"
+  say "built ${deb#"$ROOT"/}: $(dpkg-deb -f "$deb" Package Version Depends | tr '\n' ' ')"
+  [ "$DEB_LINTIAN" = 1 ] || return 0
+  say "lintian -I --pedantic ${deb#"$ROOT"/} (findings are listed, not fatal):"
+  lintian -I --pedantic --tag-display-limit 0 "$deb" 2>&1 | grep -v '^running with root privileges' >&2 || true
+}
+
 # --- bench -----------------------------------------------------------------------------------
 # Timings only, never pass/fail: writes bench/results/latest.md (see bench/run.sh).
 run_bench() {
@@ -215,7 +315,8 @@ case "${1:-build}" in
   test) run_tests ;;
   demo) demo ;;
   bench) run_bench ;;
+  deb) build; build_deb ;;
   install) install_files ;;
   uninstall) uninstall_files ;;
-  *) die "unknown command '$1' (use: build, demo, test)" ;;
+  *) die "unknown command '$1' (use: build, demo, test, bench, deb, install, uninstall)" ;;
 esac
