@@ -48,6 +48,7 @@ PACKAGES=(
   "xvfb:/usr/bin/Xvfb"
   "xdotool:/usr/bin/xdotool"
   "libreswan:/usr/sbin/ipsec"                                    # IKEv2 with a token key (native-tests/26)
+  "iputils-ping:/usr/bin/ping"                                   # traffic through the tunnel
   "lintian:/usr/bin/lintian"                                     # ./build.sh deb checks the package
 )
 
