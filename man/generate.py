@@ -116,13 +116,13 @@ def usage(ref):
     out = ["usage: " + broker_synopsis(ref)[0]]
     out += ["       " + line for line in broker_synopsis(ref)[1:]]
     out.append("")
-    for mode, text in broker["modes"]:
-        out += ["  " + line for line in wrap(f"{mode:<7} {strip_markup(text)}", 96, 10)]
+    entries = [(mode, strip_markup(text)) for mode, text in broker["modes"]]
     for option in broker["options"]:
         head = option["name"] + (f" {option['value']}" if option.get("value") else "")
         if option.get("short"):
             head += f", {option['short']}"
-        body = strip_markup(option["text"]) + (" (repeatable)" if option.get("repeatable") else "")
+        entries.append((head, strip_markup(option["text"]) + (" (repeatable)" if option.get("repeatable") else "")))
+    for head, body in entries:
         if len(head) > 22:
             out.append("  " + head)
             out += ["  " + " " * 23 + line.lstrip() for line in wrap(body, 80, 0)]

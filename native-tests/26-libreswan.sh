@@ -120,6 +120,9 @@ start_pluto() {
     sleep 0.1
   done
   [ -S "$dir/run/pluto.ctl" ] || fail "$side $mode: pluto's control socket did not appear"
+  # The control socket comes before the IKE sockets: whack --initiate needs both.
+  fixture_wait_file "$dir/pluto.log" "^adding UDP interface $ns [0-9.]+:500\$" 30 \
+    || fail "$side $mode: pluto does not listen on $ns: $(tail -n 5 "$dir/pluto.log")"
   env "$@" ip netns exec "$ns" "$ADDCONN" --config "$dir/ipsec.conf" --ctlsocket "$dir/run/pluto.ctl" p11proxy \
     >"$dir/addconn.out" 2>&1 || fail "$side $mode: addconn failed: $(cat "$dir/addconn.out")"
   PLUTO_PID_LAST=${FIXTURE_PIDS[-1]}
