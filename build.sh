@@ -38,16 +38,16 @@ PACKAGES=(
   "iproute2:/sbin/ip"
   "valgrind:/usr/bin/valgrind"                                   # bench: instructions per call (callgrind)
   "python3:/usr/bin/python3"                                     # bench: the report; man/generate.py
-  "nginx:/usr/sbin/nginx"                                        # servers with their key on the token (native-tests/21)
+  "nginx:/usr/sbin/nginx"                                        # servers with their key on the token (native-tests/40)
   "apache2:/usr/sbin/apache2"
-  "wget:/usr/bin/wget"                                           # GnuTLS clients through p11-kit (native-tests/22)
-  "man-db:/usr/bin/man"                                          # man pages checked (native-tests/23)
-  "chromium:/usr/bin/chromium"                                   # browsers: TLS client auth with a PIN dialog (native-tests/24)
+  "wget:/usr/bin/wget"                                           # GnuTLS clients through p11-kit (native-tests/41)
+  "man-db:/usr/bin/man"                                          # man pages checked (native-tests/42)
+  "chromium:/usr/bin/chromium"                                   # browsers: TLS client auth with a PIN dialog (native-tests/43)
   "chromium-driver:/usr/bin/chromedriver"
   "firefox-esr:/usr/bin/firefox-esr"
   "xvfb:/usr/bin/Xvfb"
   "xdotool:/usr/bin/xdotool"
-  "libreswan:/usr/sbin/ipsec"                                    # IKEv2 with a token key (native-tests/26)
+  "libreswan:/usr/sbin/ipsec"                                    # IKEv2 with a token key (native-tests/45)
   "iputils-ping:/usr/bin/ping"                                   # traffic through the tunnel
   "lintian:/usr/bin/lintian"                                     # ./build.sh deb checks the package
 )
@@ -212,7 +212,7 @@ uninstall_files() {
 # man/reference.json; then lintian's findings. Built as any user (dpkg-deb --root-owner-group).
 # The project has no public contact address yet: lintian reports this default (bogus-mail-host).
 DEB_MAINTAINER=${DEB_MAINTAINER:-p11proxy developers <p11proxy@localhost>}
-# DEB_LINTIAN=0 skips lintian (native-tests/27 builds the package only to install it).
+# DEB_LINTIAN=0 skips lintian (native-tests/46 builds the package only to install it).
 DEB_LINTIAN=${DEB_LINTIAN:-1}
 package_version() { sed -n 's|.*<Version>\(.*\)</Version>.*|\1|p' Directory.Build.props; }
 

@@ -1,4 +1,4 @@
-/* reconnecthost MODULE PIN DIR [once]: a long-lived PKCS#11 host for native-tests/25-ssh-remote.sh.
+/* reconnecthost MODULE PIN DIR [once]: a long-lived PKCS#11 host for native-tests/44-ssh-remote.sh.
  * Prints the labels of every token it sees, signs DIR/data with the RSA key labelled rsa-key
  * (CKM_SHA256_RSA_PKCS) into DIR/sig1 and prints "signed 1". Unless "once" is given it then waits
  * for a line on stdin (the test kills the connection to the broker meanwhile), shows what the old
