@@ -26,7 +26,7 @@ cc -O2 -Wall -o "$d/reconnecthost" "$(dirname "$0")/hosts/reconnecthost.c" -I/us
 printf 'signed on the HSM host\n' > "$d/data"
 
 echo "== direct: SoftHSM loaded by the host"
-out=$(timeout 60 "$d/reconnecthost" "$SOFTHSM_MODULE" "$FIXTURE_PIN" "$d" once 2>&1) || fail "direct: $out"
+out=$(timeout 60 "$d/reconnecthost" "$SOFTHSM_MODULE" "$FIXTURE_PIN" "$d" "$FIXTURE_LABEL" once 2>&1) || fail "direct: $out"
 openssl dgst -sha256 -verify "$d/rsa-pub.pem" -signature "$d/sig1" "$d/data" >/dev/null || fail "direct: the signature does not verify"
 echo "direct: $(head -1 <<<"$out"); signature verifies"
 rm -f "$d/sig1"
@@ -83,7 +83,7 @@ echo "ssh -i KEY root@127.0.0.1 id: no shell command runs (got: '${out:-nothing}
 # A long-lived client: signs, the ssh connection is killed, the next call reconnects.
 mkfifo "$d/go"
 exec 8<>"$d/go"
-timeout 120 "$d/reconnecthost" "$MODULE" "$FIXTURE_PIN" "$d" <&8 >"$d/host.out" 2>"$d/host.err" &
+timeout 120 "$d/reconnecthost" "$MODULE" "$FIXTURE_PIN" "$d" "$FIXTURE_LABEL" <&8 >"$d/host.out" 2>"$d/host.err" &
 host=$!
 FIXTURE_PIDS+=($host)
 fixture_wait_file "$d/host.out" '^signed 1$' 60 || fail "no first signature over ssh: $(cat "$d/host.err")"
