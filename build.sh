@@ -50,6 +50,7 @@ PACKAGES=(
   "libreswan:/usr/sbin/ipsec"                                    # IKEv2 with a token key (native-tests/45)
   "iputils-ping:/usr/bin/ping"                                   # traffic through the tunnel
   "lintian:/usr/bin/lintian"                                     # ./build.sh deb checks the package
+  "systemd:/usr/bin/systemd-analyze"                             # the packaged units are verified (native-tests/46)
 )
 
 ensure_packages() {

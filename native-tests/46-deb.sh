@@ -3,7 +3,8 @@
 # - Reference first: pkcs11-tool on p11-kit-proxy.so signs with the token through Debian's own
 #   SoftHSM registration (SoftHSM loaded directly).
 # - dpkg -i: every file dpkg -L lists is in place, the two conffiles are registered as such,
-#   `man` finds the three pages, p11-kit lists the module; with SoftHSM's registration pointed at
+#   `man` finds the three pages, systemd-analyze verify accepts the system and user units,
+#   p11-kit lists the module; with SoftHSM's registration pointed at
 #   an empty directory and the installed broker (/usr/bin/p11proxy-broker) serving the token,
 #   pkcs11-tool on p11-kit-proxy.so lists the token and signs through the registered module.
 # - dpkg --purge: no file of the package, no conffile and no /etc/p11proxy remain, and the file
@@ -73,6 +74,16 @@ for page in p11proxy.8 p11proxy-broker.8 p11proxy.conf.5; do
     || fail "man does not find $page"
 done
 echo "dpkg -i: $(grep -c . "$d/files.txt") paths from dpkg -L present; conffiles $conffiles; man finds p11proxy(8), p11proxy-broker(8), p11proxy.conf(5)"
+
+# The units as systemd reads them (no systemd needs to run for this).
+out=$(systemd-analyze verify --man=no /lib/systemd/system/p11proxy-broker.socket /lib/systemd/system/p11proxy-broker.service 2>&1) \
+  || fail "systemd-analyze verify rejects the system units: $out"
+[ -z "$out" ] || fail "systemd-analyze verify warns about the system units: $out"
+mkdir -m 0700 "$d/runtime"
+out=$(XDG_RUNTIME_DIR="$d/runtime" systemd-analyze --user verify --man=no /usr/lib/systemd/user/p11proxy-broker.socket \
+        /usr/lib/systemd/user/p11proxy-broker.service 2>&1) || fail "systemd-analyze --user verify rejects the user units: $out"
+[ -z "$out" ] || fail "systemd-analyze --user verify warns about the user units: $out"
+echo "systemd-analyze verify: the system and the user socket/service units load without a warning"
 
 # Through the installed module and broker; SoftHSM's own registration sees no token meanwhile.
 /usr/bin/p11proxy-broker serve --module "$SOFTHSM_MODULE" --socket "$d/broker.sock" >"$d/broker.out" 2>"$d/broker.err" &
