@@ -120,7 +120,8 @@ EOF
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   if [ $status -ne 0 ]; then
-    grep -E 'emerg|alert|crit|error' "$prefix/logs/error.log" | tail -8 >&2 || true
+    # The module's own complaint (a worker's stderr is nginx's error log) says which address it tried.
+    grep -E 'emerg|alert|crit|error|^p11proxy:' "$prefix/logs/error.log" | tail -8 >&2 || true
     fail "nginx $mode: see above"
   fi
   grep -q '^user www-data;' "$prefix/nginx.conf" && ! grep -q '^env ' <<<"$(grep -v SOFTHSM2_CONF "$prefix/nginx.conf")" \
@@ -194,7 +195,7 @@ EOF
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   if [ $status -ne 0 ]; then
-    grep -E 'emerg|alert|crit|error' "$dir/error.log" | tail -8 >&2 || true
+    grep -E 'emerg|alert|crit|error|^p11proxy:' "$dir/error.log" "$dir/stdout" | tail -8 >&2 || true
     [ "$mode" = broker ] && grep -E 'refused|warn|error' "$d/broker.err" | tail -3 >&2
     fail "httpd $mode: see above"
   fi
