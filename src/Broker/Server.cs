@@ -181,8 +181,10 @@ internal sealed class ClientConnection
                 long reserved = _channel.TakeReservation();
 
                 long now = System.Diagnostics.Stopwatch.GetTimestamp();
-                if (Volatile.Read(ref _running) > 0)
-                    Volatile.Write(ref _lastOverlap, now); // read while another request runs: the client has several in flight
+                // Read while another request runs: the client has several in flight. A thread that
+                // waits for a slot event (NSS keeps one) does not make a client's calls overlap.
+                if (Volatile.Read(ref _running) > Volatile.Read(ref _blocking))
+                    Volatile.Write(ref _lastOverlap, now);
                 // A call that may block always goes to another worker, up to the client's limit of
                 // waiting threads; beyond it the reader runs it without letting it block.
                 bool mayBlock = CallDurations.MayBlock(callId);
@@ -358,7 +360,7 @@ internal sealed class ClientConnection
         // have prompted it) whether the client sent more meanwhile: if so it overlaps its calls,
         // and the next slow one goes to another worker.
         if (elapsed > CallDurations.HandOverTicks && CallDurations.UsuallySlow(callId) &&
-            Volatile.Read(ref _running) == 0 && _channel.InputWaiting())
+            Volatile.Read(ref _running) == Volatile.Read(ref _blocking) && _channel.InputWaiting())
             Volatile.Write(ref _lastOverlap, started + elapsed);
         // Only the reader hands requests to workers, and a worker counts in _running until its
         // reply is sent: the reader that sees none running is the only thread that can be sending.
