@@ -492,9 +492,12 @@ internal sealed unsafe partial class Dispatcher
     }
 
     /// <summary>
-    /// The length of C_GenerateRandom is an input: the capacity is what the client asked for.
-    /// Capacity 0 is a NULL buffer (protocol 0 also sends a zero-length buffer so, and cannot tell
-    /// the two apart): the backend is given NULL and judges it, as with p11-kit's server.
+    /// The length of C_GenerateRandom is an input: the capacity is what the client asked for. From
+    /// version 1 on, capacity 0 is a NULL buffer (a zero-length one travels as 0xffffffff): the
+    /// backend is given NULL and judges it. Version 0 sends a zero-length buffer as 0 too, and
+    /// cannot tell it from NULL: there it is taken for the zero-length buffer, the call a caller
+    /// makes on purpose (pkcs11-tool --test does), so C_GenerateRandom(NULL, n) through p11-kit
+    /// 0.24's client succeeds with no bytes instead of CKR_ARGUMENTS_BAD.
     /// </summary>
     private ulong GenerateRandom()
     {
@@ -502,7 +505,7 @@ internal sealed unsafe partial class Dispatcher
         rv = ReadOutputCapacity(out uint capacity);
         if (rv != CKR_OK) return rv;
         if (!Done) return Malformed;
-        if (capacity == 0)
+        if (capacity == 0 && _request.Profile.Version >= 1)
         {
             rv = F->C_GenerateRandom(session, null, 0);
             return ReplyOutput(rv, null, 0);

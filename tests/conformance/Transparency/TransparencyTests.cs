@@ -245,7 +245,12 @@ public sealed class Transparency(string name)
         Assert.That(stack, Is.EqualTo(direct), $"as direct; server output: {S.ServerLog}");
     }
 
-    /// <summary>A NULL output array with a non-zero length: C_GenerateRandom, C_FindObjects.</summary>
+    /// <summary>
+    /// A NULL output array with a non-zero length: C_GenerateRandom, C_FindObjects. Protocol 0
+    /// sends C_GenerateRandom(NULL, n) exactly as C_GenerateRandom(buffer, 0), which callers make on
+    /// purpose (pkcs11-tool --test, native-tests/05): through p11-kit 0.24's client the broker takes
+    /// it for the latter, so it succeeds with no bytes (README, "Differences").
+    /// </summary>
     [Test]
     public void NullOutputArrays()
     {
@@ -255,19 +260,24 @@ public sealed class Transparency(string name)
             try
             {
                 var random = module.GenerateRandom(session, null, 16);
+                var none = module.GenerateRandom(session, new byte[1], 0);
                 using var empty = Template.Of();
                 Assert.That(module.FindObjectsInit(session, empty), Is.EqualTo(CKR.CKR_OK), "C_FindObjectsInit");
                 var find = module.FindObjects(session, null, 8, out _);
                 module.FindObjectsFinal(session);
-                return $"C_GenerateRandom(NULL, 16): {random}; C_FindObjects(NULL, 8): {find}";
+                return $"C_GenerateRandom(NULL, 16): {random}; C_GenerateRandom(buffer, 0): {none}; C_FindObjects(NULL, 8): {find}";
             }
             finally { module.CloseSession(session); }
         }
         string direct = Run(Direct, DirectSlot);
-        Assert.That(direct, Is.EqualTo("C_GenerateRandom(NULL, 16): CKR_ARGUMENTS_BAD; C_FindObjects(NULL, 8): CKR_ARGUMENTS_BAD"), "direct");
+        Assert.That(direct, Is.EqualTo("C_GenerateRandom(NULL, 16): CKR_ARGUMENTS_BAD; C_GenerateRandom(buffer, 0): CKR_OK; C_FindObjects(NULL, 8): CKR_ARGUMENTS_BAD"), "direct");
         string stack = Run(S.Module, S.Slot);
         Show("NULL output arrays", direct, stack);
-        Assert.That(stack, Is.EqualTo(direct), "as direct");
+        if (S.Name == "p11kit-client-broker")
+            Assert.That(stack, Is.EqualTo("C_GenerateRandom(NULL, 16): CKR_OK; C_GenerateRandom(buffer, 0): CKR_OK; C_FindObjects(NULL, 8): CKR_ARGUMENTS_BAD"),
+                "protocol 0 from p11-kit's client: C_GenerateRandom(NULL, n) cannot be told from C_GenerateRandom(buffer, 0)");
+        else
+            Assert.That(stack, Is.EqualTo(direct), "as direct");
     }
 
     /// <summary>
