@@ -307,22 +307,33 @@ internal sealed class ClientConnection
 
     /// <summary>
     /// C_Finalize ended the client's waits: their replies (CKR_CRYPTOKI_NOT_INITIALIZED) go out
-    /// before C_Finalize's, so a client that closes the connection once C_Finalize is answered has
-    /// them all. Bounded: a client that does not read cannot hold the reader here for long.
+    /// before C_Finalize's, and C_Finalize's only once the client has read them: p11-kit's client
+    /// (every version) asserts, and aborts its process, when C_Finalize closes its transport while
+    /// another of its threads is still on its way out of a call. Bounded: a client that does not
+    /// read cannot hold the reader here for long.
     /// </summary>
     private void AwaitBlockingReplies()
     {
         long until = Environment.TickCount64 + 5000;
+        bool waited = false;
         lock (_blockingGate)
         {
             while (Volatile.Read(ref _blocking) > 0)
             {
+                waited = true;
                 long left = until - Environment.TickCount64;
                 if (left <= 0) return;
                 Monitor.Wait(_blockingGate, (int)left);
             }
         }
+        if (!waited) return;
+        _channel.AwaitPeerRead(1000);
+        // Reading its reply is not the end of the call for p11-kit's client: the thread still
+        // drops its reference to the transport after. A moment for it to do so.
+        Thread.Sleep(PeerCallExitGrace);
     }
+
+    private const int PeerCallExitGrace = 20; // ms
 
     /// <summary>When the client last had two requests in flight at once (Stopwatch ticks; 0: never).</summary>
     private long _lastOverlap;
