@@ -11,7 +11,6 @@ namespace P11Proxy.Module;
 /// </summary>
 internal static unsafe partial class Remote
 {
-
     private static ulong Begin(RpcCallId id, out Connection connection, out CallContext context)
     {
         context = null!;
