@@ -14,8 +14,11 @@ namespace P11Proxy.Module;
 /// a write lock in one system call; one waiting thread at a time reads (leader/follower), and a
 /// reply wakes only the thread it is for.
 /// </summary>
-internal sealed class Connection : IDisposable
+internal sealed partial class Connection : IDisposable
 {
+    [System.Runtime.InteropServices.LibraryImport("libc")]
+    private static partial uint getuid();
+
     private readonly Lock _writeGate = new();
     private readonly Lock _gate = new();
     private readonly WaiterTable _waiters = new();
@@ -73,10 +76,14 @@ internal sealed class Connection : IDisposable
 
     public bool Broken => Volatile.Read(ref _broken);
 
-    /// <summary>Connects and negotiates the highest protocol version both sides speak.</summary>
-    public static Connection Open(ServerAddress address, int timeoutMilliseconds)
+    /// <summary>
+    /// Connects and negotiates the highest protocol version both sides speak. A broker on a unix
+    /// socket must run as this user, root or <paramref name="brokerUid"/> (<see cref="BrokerPeer"/>):
+    /// nothing is sent to any other.
+    /// </summary>
+    public static Connection Open(ServerAddress address, int timeoutMilliseconds, uint? brokerUid = null)
     {
-        var (channel, child) = OpenChannel(address);
+        var (channel, child) = OpenChannel(address, brokerUid);
         channel.ReceiveTimeoutMilliseconds = timeoutMilliseconds;
         byte version;
         try
@@ -88,7 +95,7 @@ internal sealed class Connection : IDisposable
             // Servers too old to negotiate close the connection on a non-zero version byte:
             // reconnect and offer version 0, as p11-kit's client does.
             Close(channel, child);
-            (channel, child) = OpenChannel(address);
+            (channel, child) = OpenChannel(address, brokerUid);
             channel.ReceiveTimeoutMilliseconds = timeoutMilliseconds;
             try
             {
@@ -120,12 +127,22 @@ internal sealed class Connection : IDisposable
         return WireProfile.MaxVersion;
     }
 
-    private static (RpcChannel, SpawnedProcess?) OpenChannel(ServerAddress address)
+    private static (RpcChannel, SpawnedProcess?) OpenChannel(ServerAddress address, uint? brokerUid)
     {
         switch (address.Kind)
         {
             case AddressKind.UnixSocket:
-                return (RpcChannel.ConnectUnix(address.Path), null);
+                var socket = RpcChannel.ConnectUnix(address.Path);
+                try
+                {
+                    BrokerPeer.Check(socket.ReadFd, getuid(), brokerUid, address.Path, ModuleConfig.BrokerUidHint);
+                }
+                catch
+                {
+                    socket.Dispose();
+                    throw;
+                }
+                return (socket, null);
             case AddressKind.Command:
                 var child = SpawnedProcess.Start(address.Arguments);
                 return (child.Channel, child);

@@ -9,10 +9,17 @@ namespace P11Proxy.Module;
 ///   3. server-address in /etc/p11proxy/p11proxy.conf;
 ///   4. unix:path=$XDG_RUNTIME_DIR/p11-kit/pkcs11, p11-kit's default socket.
 /// The file format is "key = value" lines; '#' starts a comment. Keys: server-address, timeout-ms
-/// (P11PROXY_TIMEOUT_MS in the environment wins; 0 means no limit).
+/// (P11PROXY_TIMEOUT_MS in the environment wins; 0 means no limit), broker-uid (a uid besides the
+/// user's own and root that a broker on a unix socket may run as; the user's file wins).
 /// </summary>
 internal sealed record ModuleConfig(string Address, string Source, int TimeoutMilliseconds)
 {
+    /// <summary>A further uid the broker may run as (<see cref="P11Proxy.Wire.Transport.BrokerPeer"/>); null: none.</summary>
+    public uint? BrokerUid { get; init; }
+
+    /// <summary>Where a user puts broker-uid, for messages.</summary>
+    public static string BrokerUidHint => $"{UserConfigPath} or {SystemConfigPath}";
+
     public const string SystemConfigPath = "/etc/p11proxy/p11proxy.conf";
 
     /// <summary>
@@ -47,14 +54,23 @@ internal sealed record ModuleConfig(string Address, string Source, int TimeoutMi
                 Log.Error($"ignoring timeout-ms '{timeoutText}': it must be a number of milliseconds (0: no limit)");
         }
 
+        uint? brokerUid = null;
+        if ((Lookup(user, "broker-uid") ?? Lookup(system, "broker-uid")) is { } brokerUidText)
+        {
+            if (uint.TryParse(brokerUidText, out var parsed))
+                brokerUid = parsed;
+            else
+                Log.Error($"ignoring broker-uid '{brokerUidText}': it must be a numeric uid");
+        }
+
         string? fromEnvironment = Environment.GetEnvironmentVariable("P11_KIT_SERVER_ADDRESS");
         if (!string.IsNullOrEmpty(fromEnvironment))
-            return new ModuleConfig(fromEnvironment, "P11_KIT_SERVER_ADDRESS", timeout);
+            return new ModuleConfig(fromEnvironment, "P11_KIT_SERVER_ADDRESS", timeout) { BrokerUid = brokerUid };
         if (Lookup(user, "server-address") is { } userAddress)
-            return new ModuleConfig(userAddress, UserConfigPath, timeout);
+            return new ModuleConfig(userAddress, UserConfigPath, timeout) { BrokerUid = brokerUid };
         if (Lookup(system, "server-address") is { } systemAddress)
-            return new ModuleConfig(systemAddress, SystemConfigPath, timeout);
-        return new ModuleConfig(ServerAddress.ForUnixPath(ServerAddress.DefaultSocketPath(uid)), "default socket", timeout);
+            return new ModuleConfig(systemAddress, SystemConfigPath, timeout) { BrokerUid = brokerUid };
+        return new ModuleConfig(ServerAddress.ForUnixPath(ServerAddress.DefaultSocketPath(uid)), "default socket", timeout) { BrokerUid = brokerUid };
     }
 
     private static Dictionary<string, string> ReadFile(string path)

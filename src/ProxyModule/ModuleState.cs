@@ -103,7 +103,7 @@ internal static partial class ModuleState
             }
             try
             {
-                connection = Connection.Open(address, config.TimeoutMilliseconds);
+                connection = Connection.Open(address, config.TimeoutMilliseconds, config.BrokerUid);
             }
             catch (TransportException e)
             {
