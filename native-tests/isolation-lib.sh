@@ -43,6 +43,18 @@ ask() {
   RV=$(sed -n 's/^rv=\(0x[0-9a-f]*\).*/\1/p' <<<"$REPLY")
 }
 
+# send NAME COMMAND... / receive NAME: a command whose answer is read later (C_WaitForSlotEvent).
+send() {
+  local name=$1
+  shift
+  echo "$*" >&"${CLIENT_IN[$name]}"
+}
+receive() {
+  read -t "${ASK_TIMEOUT:-60}" -r REPLY <&"${CLIENT_OUT[$1]}" \
+    || fail "client $1 gave no answer (stderr: $(cat "$FIXTURE_DIR/$1.err"))"
+  RV=$(sed -n 's/^rv=\(0x[0-9a-f]*\).*/\1/p' <<<"$REPLY")
+}
+
 # field KEY: a KEY=VALUE field of the last answer.
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$REPLY"; }
 

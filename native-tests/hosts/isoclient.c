@@ -20,6 +20,7 @@
  *   hmac HANDLE             SHA256-HMAC SignInit + Sign with a key handle
  *   sign DATA [FILE]        SHA256-RSA-PKCS signature of DATA with the token's RSA private key
  *                           (id 01), written to FILE                         -> length=N
+ *   slotid                  the slot in use                                  -> slot=N
  *   wait [dontblock]        C_WaitForSlotEvent                               -> slot=N
  *   finalize                C_Finalize
  *   quit                    exits 0 (without C_Finalize: as a killed client would)
@@ -146,6 +147,9 @@ static void command(char *line)
 		}
 		snprintf(extra, sizeof extra, "length=%lu", rv == CKR_OK ? (unsigned long)length : 0ul);
 		answer(rv, extra);
+	} else if (!strcmp(verb, "slotid")) {
+		snprintf(extra, sizeof extra, "slot=%lu", (unsigned long)slot);
+		answer(CKR_OK, extra);
 	} else if (!strcmp(verb, "wait")) {
 		CK_SLOT_ID event = 0;
 		rv = f->C_WaitForSlotEvent(a1 && !strcmp(a1, "dontblock") ? CKF_DONT_BLOCK : 0, &event, NULL);
