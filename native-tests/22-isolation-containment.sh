@@ -30,6 +30,8 @@ BROKER=${FIXTURE_PIDS[-1]}
 SOFTHSM_MODULE=$TROUBLE fixture_start_p11kit_server
 KIT=$FIXTURE_ADDRESS
 KIT_SERVER=${FIXTURE_PIDS[-1]}
+# p11-kit server leaves a per-connection process stuck in a hung module for ever: ended here.
+trap 'for stuck in $(pgrep -P "$KIT_SERVER" 2>/dev/null || true); do kill -9 "$stuck" 2>/dev/null || true; done; fixture_cleanup' EXIT
 LOG=$FIXTURE_DIR/broker.err
 printf 'signed-by-A' >"$FIXTURE_DIR/data-A"
 
@@ -131,6 +133,7 @@ kill -9 "${CLIENT_PID[p11-kit-B]}"
 client_quit p11-kit-A
 sleep 2
 echo "p11-kit, hang: A signed on; $(pgrep -cP "$KIT_SERVER" || true) of p11-kit server's per-connection processes remain 2 s after both clients left (B's is stuck in the module)"
+for stuck in $(pgrep -P "$KIT_SERVER" || true); do kill -9 "$stuck"; done
 
 # ---- 9: leak --------------------------------------------------------------------------------------------
 leak_row() { # KIND MODULE ADDRESS SERVER-PID

@@ -11,6 +11,7 @@ internal sealed class ListenerSettings
     public required int SpareWorkers { get; init; }
     public required long WorkerMemoryBytes { get; init; } // 0: no cap
     public required int HandshakeTimeoutMilliseconds { get; init; }
+    public required ulong OpenFileLimit { get; init; }
     public required HashSet<uint> AllowedUids { get; init; } // the broker's own uid included
     public required HashSet<uint> AllowedGids { get; init; }
     /// <summary>The options every worker is started with: the module and how to serve it.</summary>
@@ -285,12 +286,12 @@ internal sealed class Listener
             {
                 // Out of descriptors: the connection that has waited longest for its handshake
                 // makes room (a real client sends its version byte at once).
-                Close(oldest.Value, "closed to make room: the open-file limit is reached",
-                      $"the open-file limit ({OpenFileLimit()}) is reached");
+                Close(oldest.Value, $" after {Now - oldest.Value.Accepted} ms without a version handshake, to make room: " +
+                                    $"the open-file limit ({OpenFileLimit}) is reached", "make room");
                 continue;
             }
             _throttle.Warn("accept", $"cannot accept a connection: {Posix.Describe(errno)}" +
-                (errno is Posix.EMFILE or Posix.ENFILE ? $" (open-file limit {OpenFileLimit()}, {_workers.Count} workers)" : "") +
+                (errno is Posix.EMFILE or Posix.ENFILE ? $" (open-file limit {OpenFileLimit}, {_workers.Count} workers)" : "") +
                 $"; retrying in {_acceptBackoff} ms");
             _acceptPausedUntil = Now + _acceptBackoff;
             _acceptBackoff = Math.Min(_acceptBackoff * 2, 1000);
@@ -298,12 +299,8 @@ internal sealed class Listener
         }
     }
 
-    private static string OpenFileLimit()
-    {
-        var limits = Posix.ReadProcFile("/proc/self/limits");
-        var line = limits?.Split('\n').FirstOrDefault(l => l.StartsWith("Max open files", StringComparison.Ordinal));
-        return line?.Split(' ', StringSplitOptions.RemoveEmptyEntries) is { Length: >= 4 } parts ? parts[3] : "?";
-    }
+    /// <summary>The soft open-file limit, for log lines (known at start: /proc cannot be read without a descriptor).</summary>
+    private ulong OpenFileLimit => _settings.OpenFileLimit;
 
     private void Admit(int fd)
     {
@@ -316,18 +313,12 @@ internal sealed class Listener
             Posix.close(fd);
             return;
         }
-        if (ClientCount >= _settings.MaxClients)
-        {
-            _throttle.Warn("max-clients", $"refused a connection from uid {credentials.Uid} pid {credentials.Pid}: " +
-                                          $"{ClientCount} clients are connected, the most --max-clients allows");
-            Posix.close(fd);
-            return;
-        }
         var pending = new Pending { Fd = fd, Peer = credentials, Serial = ++_serial, Accepted = Now };
         if (!TryHandshake(pending))
         {
             if (_pending.Count >= MaxPendingHandshakes && _pending.First is { } oldest)
-                Close(oldest.Value, $"closed to make room: {MaxPendingHandshakes} connections are waiting for their handshake", "too many pending handshakes");
+                Close(oldest.Value, $" after {Now - oldest.Value.Accepted} ms without a version handshake, to make room: " +
+                                    $"{MaxPendingHandshakes} connections are waiting for theirs", "make room");
             pending.Node = _pending.AddLast(pending);
         }
     }
@@ -360,18 +351,19 @@ internal sealed class Listener
             Posix.close(pending.Fd);
             return true;
         }
+        if (ClientCount >= _settings.MaxClients)
+        {
+            // Refused before the answer: the client sees the connection end during the handshake.
+            _throttle.Warn("max-clients", $"refused a connection from uid {pending.Peer.Uid} pid {pending.Peer.Pid}: " +
+                                          $"{ClientCount} clients are connected, the most --max-clients allows");
+            Posix.close(pending.Fd);
+            return true;
+        }
         byte version = Math.Min(offered[0], WireProfile.MaxVersion);
         ReadOnlySpan<byte> answer = [version];
         if (Posix.Send(pending.Fd, answer, 1, Posix.MSG_NOSIGNAL | Posix.MSG_DONTWAIT) != 1)
         {
             _log.Trace($"connection {pending.Serial}: cannot answer the handshake; closed");
-            Posix.close(pending.Fd);
-            return true;
-        }
-        if (ClientCount >= _settings.MaxClients)
-        {
-            _throttle.Warn("max-clients", $"refused a connection from uid {pending.Peer.Uid} pid {pending.Peer.Pid}: " +
-                                          $"{ClientCount} clients are connected, the most --max-clients allows");
             Posix.close(pending.Fd);
             return true;
         }
@@ -386,15 +378,16 @@ internal sealed class Listener
     {
         long now = Now;
         while (_pending.First is { } oldest && now - oldest.Value.Accepted >= _settings.HandshakeTimeoutMilliseconds)
-            Close(oldest.Value, $"no version handshake within {_settings.HandshakeTimeoutMilliseconds} ms", "handshake timeout");
+            Close(oldest.Value, $": no version handshake within {_settings.HandshakeTimeoutMilliseconds} ms (--handshake-timeout-ms)", "handshake timeout");
     }
 
+    /// <summary>Closes a connection that has not sent its handshake; the log line is "closed the connection of uid U pid P" + <paramref name="why"/>.</summary>
     private void Close(Pending pending, string why, string kind)
     {
         if (pending.Node is not null) _pending.Remove(pending.Node);
         pending.Node = null;
         Posix.close(pending.Fd);
-        _throttle.Warn(kind, $"closed the connection of uid {pending.Peer.Uid} pid {pending.Peer.Pid} after {Now - pending.Accepted} ms: {why}");
+        _throttle.Warn(kind, $"closed the connection of uid {pending.Peer.Uid} pid {pending.Peer.Pid}{why}");
     }
 
     // ---- workers ---------------------------------------------------------------------------------------------------

@@ -238,6 +238,7 @@ namespace P11Proxy.Broker
                 SpareWorkers = options.SpareWorkers,
                 WorkerMemoryBytes = options.WorkerMemory,
                 HandshakeTimeoutMilliseconds = options.HandshakeTimeout,
+                OpenFileLimit = limitAfter,
                 AllowedUids = [ownUid, .. options.AllowedUids],
                 AllowedGids = [.. options.AllowedGids],
                 WorkerOptions = options.ModuleOptions,
