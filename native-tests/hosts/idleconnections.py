@@ -21,7 +21,8 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, count + 64)), ha
 connections = []
 for _ in range(count):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(60)
+    # Blocking: with the server's listen backlog full, connect() waits for room (a socket with a
+    # timeout is non-blocking underneath, and a unix socket then fails with EAGAIN instead).
     s.connect(path)
     s.setblocking(False)
     connections.append(s)

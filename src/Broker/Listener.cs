@@ -16,6 +16,8 @@ internal sealed class ListenerSettings
     public required HashSet<uint> AllowedGids { get; init; }
     /// <summary>The options every worker is started with: the module and how to serve it.</summary>
     public required IReadOnlyList<string> WorkerOptions { get; init; }
+    /// <summary>Spares initialise the module ahead of their client, not when it arrives (--initialize-ahead).</summary>
+    public required bool InitializeAhead { get; init; }
 }
 
 /// <summary>
@@ -23,10 +25,10 @@ internal sealed class ListenerSettings
 /// connection, checks the peer's credentials (SO_PEERCRED) against the allow lists and
 /// --max-clients, waits (with a deadline, without a thread or a process) for the client's
 /// version byte and answers it, then hands the connection (SCM_RIGHTS) to a worker process of its
-/// own: this executable started again in worker mode (<see cref="WorkerMain"/>), which loaded and
-/// initialised the module before the client arrived, serves that one client and exits when it
-/// leaves. One idle worker (--spare-workers) is kept started ahead of the next client and
-/// replaced after each hand-off, so a client does not wait for the module's start-up.
+/// own: this executable started again in worker mode (<see cref="WorkerMain"/>), which loaded the
+/// module before the client arrived, initialises it for the client, serves that one client and
+/// exits when it leaves. One idle worker (--spare-workers) is kept started ahead of the next
+/// client and replaced after each hand-off, so a client does not wait for a process to start.
 ///
 /// Everything runs on the main thread in one poll loop: the listening socket, connections waiting
 /// for their handshake, workers' control sockets, a pidfd per worker (exit is noticed and reaped
@@ -136,13 +138,14 @@ internal sealed class Listener
     }
 
     /// <summary>
-    /// Starts the first worker and waits until it has initialised the module: a module that
-    /// cannot be loaded or initialised is reported (by the worker) before the socket appears, and
-    /// the broker exits. With --spare-workers 0 that worker is then let go.
+    /// Starts a first worker that loads and initialises the module and waits until it has: a
+    /// module that cannot be loaded or initialised is reported (by the worker) before the socket
+    /// appears, and the broker exits. That worker is then let go (it finalises the module and
+    /// exits) unless spares initialise ahead anyway, when it is the first spare.
     /// </summary>
     public bool StartFirstWorker()
     {
-        var first = Spawn();
+        var first = Spawn(initializeAhead: true);
         if (first is null) return false;
         Span<Posix.PollFd> fds = stackalloc Posix.PollFd[3];
         while (true)
@@ -162,7 +165,7 @@ internal sealed class Listener
             if (first.ControlFd >= 0 && fds[1].Revents != 0) ReadControl(first);
             if (first.State == WorkerState.Ready)
             {
-                if (_settings.SpareWorkers == 0) Dismiss(first);
+                if (_settings.SpareWorkers == 0 || !_settings.InitializeAhead) Dismiss(first);
                 return true;
             }
             // Ended before it was ready (its own message says why): the broker cannot serve.
@@ -426,10 +429,11 @@ internal sealed class Listener
         return oldest;
     }
 
-    private WorkerProcess? Spawn()
+    private WorkerProcess? Spawn(bool initializeAhead = false)
     {
         var (ours, theirs) = Posix.ControlPair();
         var arguments = new List<string> { "p11proxy-broker", "worker", "--listener-pid", Environment.ProcessId.ToString() };
+        if (initializeAhead || _settings.InitializeAhead) arguments.Add("--initialize-ahead");
         arguments.AddRange(_settings.WorkerOptions);
         int pid;
         try
@@ -466,7 +470,7 @@ internal sealed class Listener
             worker.ModuleStartMicroseconds = ready.StartMicroseconds;
             _spawnFailures = 0;
             _anyWorkerReady = true;
-            _log.Trace($"worker pid {worker.Pid} ready in {worker.Ready - worker.Spawned} ms (module initialised in {ready.StartMicroseconds / 1000.0:0.0} ms)");
+            _log.Trace($"worker pid {worker.Pid} ready in {worker.Ready - worker.Spawned} ms (module loaded in {ready.StartMicroseconds / 1000.0:0.0} ms)");
             return;
         }
         if (length > 0)
@@ -504,7 +508,7 @@ internal sealed class Listener
         worker.ServingSince = now;
         _serving++;
         _log.Info($"client {client.Serial} (uid {client.Peer.Uid}, gid {client.Peer.Gid}, pid {client.Peer.Pid}) served by worker pid {worker.Pid}" +
-                  $" (started in {worker.Ready - worker.Spawned} ms, module initialised in {worker.ModuleStartMicroseconds / 1000.0:0.0} ms," +
+                  $" (started in {worker.Ready - worker.Spawned} ms, module loaded in {worker.ModuleStartMicroseconds / 1000.0:0.0} ms," +
                   $" ready {now - worker.Ready} ms before; client waited {now - client.Since} ms); {ClientCount} client{(ClientCount == 1 ? "" : "s")} connected");
         return true;
     }

@@ -12,7 +12,7 @@ namespace P11Proxy.Broker
         private const string Usage = """
             usage: p11proxy-broker serve --module PATH [--socket PATH] [--token URI]... [--allow-uid UID]... [--allow-gid GID]...
                                          [--socket-mode MODE] [--socket-group GROUP] [--max-clients N] [--spare-workers N]
-                                         [--worker-memory-mib N] [--handshake-timeout-ms N]
+                                         [--worker-memory-mib N] [--handshake-timeout-ms N] [--initialize-ahead]
                                          [--output-memory-mib N] [--request-memory-mib N] [--verbose]
                    p11proxy-broker stdio --module PATH [--token URI]... [--output-memory-mib N] [--request-memory-mib N] [--verbose]
 
@@ -31,8 +31,12 @@ namespace P11Proxy.Broker
                                Peers are admitted by their credentials either way
               --max-clients N  clients served at once (serve; default 256); more are refused with a log line
               --spare-workers N
-                               workers kept started, module initialised, for the next clients (serve; default 1;
+                               workers kept started, module loaded, for the next clients (serve; default 1;
                                0 starts each worker when its client arrives)
+              --initialize-ahead
+                               spares also call C_Initialize before their client arrives (serve): for modules
+                               whose C_Initialize is slow (a network HSM's). The client then sees the tokens of
+                               when its spare started, not of when it connected
               --worker-memory-mib N
                                a worker whose resident memory exceeds N MiB is stopped with a log line; its
                                client's calls fail with CKR_DEVICE_ERROR (serve; default: no limit)
@@ -70,7 +74,7 @@ namespace P11Proxy.Broker
                 options = Options.Parse(args);
                 if (options.Module is null)
                     throw new BrokerException("--module PATH is required: the PKCS#11 module to serve, e.g. /usr/lib/softhsm/libsofthsm2.so");
-                if (mode != "serve" && options.ListenerOptionGiven is { } listenerOnly)
+                if (mode == "stdio" && options.ListenerOptionGiven is { } listenerOnly)
                     throw new BrokerException($"{listenerOnly} applies to 'serve' only");
                 if (mode == "worker" && options.ListenerPid is null)
                     throw new BrokerException("the worker mode is started by 'p11proxy-broker serve' only");
@@ -84,7 +88,7 @@ namespace P11Proxy.Broker
             OutputBudget.Bytes = options.OutputMemory;
             Server.RequestBudget = new FrameBudget(options.RequestMemory);
             if (mode == "worker")
-                return WorkerMain.Run(options.Module, options.Tokens, options.Verbose, options.ListenerPid!.Value);
+                return WorkerMain.Run(options.Module, options.Tokens, options.Verbose, options.ListenerPid!.Value, options.InitializeAhead);
 
             var log = new BrokerLog(options.Verbose, quiet: mode == "stdio");
             try
@@ -139,6 +143,7 @@ namespace P11Proxy.Broker
             public uint? SocketMode { get; private set; }
             public string? SocketGroup { get; private set; }
             public int? ListenerPid { get; private set; }
+            public bool InitializeAhead { get; private set; }
 
             /// <summary>The first option given that only the listener of 'serve' understands, if any.</summary>
             public string? ListenerOptionGiven { get; private set; }
@@ -153,7 +158,7 @@ namespace P11Proxy.Broker
             private static readonly HashSet<string> ListenerOnly =
             [
                 "--socket", "--allow-uid", "--allow-gid", "--socket-mode", "--socket-group", "--max-clients",
-                "--spare-workers", "--worker-memory-mib", "--handshake-timeout-ms",
+                "--spare-workers", "--worker-memory-mib", "--handshake-timeout-ms", "--initialize-ahead",
             ];
 
             /// <summary>Throws <see cref="BrokerException"/> naming the option that is wrong.</summary>
@@ -184,6 +189,7 @@ namespace P11Proxy.Broker
                         case "--output-memory-mib": options.OutputMemory = ParseMebibytes(Next(), "--output-memory-mib"); break;
                         case "--request-memory-mib": options.RequestMemory = ParseMebibytes(Next(), "--request-memory-mib"); break;
                         case "--verbose": case "-v": options.Verbose = true; break;
+                        case "--initialize-ahead": options.InitializeAhead = true; break;
                         case "--listener-pid": options.ListenerPid = ParseCount(Next(), "--listener-pid", 1, int.MaxValue); break;
                         default: throw new BrokerException($"unknown option '{args[i]}'\n{Usage}");
                     }
@@ -242,6 +248,7 @@ namespace P11Proxy.Broker
                 AllowedUids = [ownUid, .. options.AllowedUids],
                 AllowedGids = [.. options.AllowedGids],
                 WorkerOptions = options.ModuleOptions,
+                InitializeAhead = options.InitializeAhead,
             };
 
             UnixListener? socket = activated;
@@ -257,6 +264,7 @@ namespace P11Proxy.Broker
             log.Info($"serving {options.Module} with a worker process per client" +
                      (filter.FiltersAnything ? $", tokens matching {string.Join(" or ", filter.Descriptions)}" : "") +
                      $"; at most {settings.MaxClients} clients, {settings.SpareWorkers} spare worker{(settings.SpareWorkers == 1 ? "" : "s")}" +
+                     (settings.InitializeAhead ? " (module initialised ahead)" : "") +
                      (settings.WorkerMemoryBytes > 0 ? $", {settings.WorkerMemoryBytes >> 20} MiB per worker" : ", no memory limit per worker") +
                      $", open-file limit {limitAfter}{(limitAfter != limitBefore ? $" (raised from {limitBefore})" : "")}");
             if (!listener.StartFirstWorker())

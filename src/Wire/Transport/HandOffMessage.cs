@@ -6,7 +6,7 @@ namespace P11Proxy.Wire.Transport;
 /// The messages a broker's listener and its worker processes exchange on their control socket
 /// (a SOCK_SEQPACKET pair: one message per send, never split or merged):
 /// <list type="bullet">
-/// <item>worker → listener, once: <see cref="WorkerReady"/>, the module is loaded and initialised;</item>
+/// <item>worker → listener, once: <see cref="WorkerReady"/>, the module is loaded (and initialised, if asked);</item>
 /// <item>listener → worker, once: <see cref="ClientHandOff"/>, with the client's connection
 /// attached (SCM_RIGHTS) after the listener checked the peer and answered its version handshake.</item>
 /// </list>
@@ -72,7 +72,7 @@ public static class HandOffMessage
     }
 }
 
-/// <summary>A worker has loaded and initialised the module, which took <paramref name="StartMicroseconds"/>.</summary>
+/// <summary>A worker has loaded the module (and initialised it, if it was asked to), which took <paramref name="StartMicroseconds"/>.</summary>
 public readonly record struct WorkerReady(uint StartMicroseconds);
 
 /// <summary>
