@@ -37,6 +37,9 @@ PACKAGES=(
   "iproute2:/sbin/ip"
   "valgrind:/usr/bin/valgrind"                                   # bench: instructions per call (callgrind)
   "python3:/usr/bin/python3"                                     # bench: the report
+  "systemd:/usr/bin/systemd-socket-activate"                     # socket activation test (native-tests/24)
+  "util-linux:/usr/bin/prlimit"                                  # limits and other users in tests (prlimit, setpriv)
+  "passwd:/usr/sbin/useradd"                                     # throw-away users in tests
 )
 
 ensure_packages() {

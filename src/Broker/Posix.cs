@@ -277,15 +277,16 @@ internal static unsafe partial class Posix
     private const short POSIX_SPAWN_SETSIGMASK = 0x08;
 
     /// <summary>
-    /// Starts this executable again (<c>/proc/self/exe</c>: the very image running, even if the file
-    /// was replaced since) with <paramref name="arguments"/>, <paramref name="controlFd"/> as its fd 3,
-    /// stdin and stdout on /dev/null, stderr shared (its log lines join ours) and no signal blocked.
-    /// Called from the listener's main thread only: a child's parent-death signal follows the
-    /// thread that started it.
+    /// Starts this executable again with <paramref name="arguments"/>, <paramref name="controlFd"/> as
+    /// its fd 3, stdin and stdout on /dev/null, stderr shared (its log lines join ours) and no signal
+    /// blocked. The executable is the file this process was started from (what /proc/self/exe
+    /// names, as the kernel or a tool running us, such as valgrind, reports it), or the image
+    /// itself through /proc/self/exe once that file has been replaced or removed. Called from the
+    /// listener's main thread only: a child's parent-death signal follows the thread that started it.
     /// </summary>
     public static int SpawnSelf(IReadOnlyList<string> arguments, int controlFd, IEnumerable<string> environment)
     {
-        string path = File.Exists("/proc/self/exe") ? "/proc/self/exe" : Environment.ProcessPath ?? "/proc/self/exe";
+        string path = Environment.ProcessPath is { } self && File.Exists(self) ? self : "/proc/self/exe";
         var strings = new List<nint>();
         nint Utf8(string text)
         {
