@@ -7,6 +7,9 @@
 #   -  the soft open-file limit is raised to the hard one at start
 #   -  --max-clients 2: a third client is refused with a log line, served again once one leaves
 #   -  one spare worker is kept started; --spare-workers 0 keeps none and still serves
+#   -  a spare initialises the module when its client arrives: a token created after the spare
+#      started is listed, as when the client loads SoftHSM itself; --initialize-ahead initialises
+#      spares before, and the next client sees the tokens of that moment
 #   -  SIGTERM: workers end, the socket is removed, exit status 0; SIGKILL of the listener: every
 #      worker dies with it (parent-death signal) and clients get errors, not a hang
 set -euo pipefail
@@ -189,4 +192,30 @@ ask held count private
 [ "$RV" = $CKR_DEVICE_ERROR ] || fail "after SIGKILL of the listener the client got '$REPLY'"
 client_quit held
 echo "SIGKILL of the listener: workers $workers died with it within $((i * 100)) ms; the client's next call failed (rv=$RV)"
+
+# ---- when the module is initialised (last: it adds tokens to the fixture's token directory) -----------
+# labels KEY SOCKET: the token labels a client lists through the broker on SOCKET.
+labels() { P11_KIT_SERVER_ADDRESS="unix:path=$1" pkcs11-tool --module "$OUT/p11proxy.so" -L 2>/dev/null | sed -n 's/^ *token label *: *//p' | sort | tr '\n' ' '; }
+socket=$FIXTURE_DIR/arrival.sock
+start ours "$socket"
+sleep 1 # the spare has loaded the module
+softhsm2-util --init-token --free --label p11proxy-late --so-pin "$FIXTURE_SO_PIN" --pin "$FIXTURE_PIN" >/dev/null
+direct=$(pkcs11-tool --module "$SOFTHSM_MODULE" -L 2>/dev/null | sed -n 's/^ *token label *: *//p' | sort | tr '\n' ' ')
+seen=$(labels "$socket")
+[ "$seen" = "$direct" ] || fail "through the broker: '$seen'; SoftHSM loaded directly: '$direct'"
+kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
+echo "a token created after the spare started: listed through the broker as directly ($seen)"
+
+socket=$FIXTURE_DIR/ahead.sock
+start ours "$socket" --initialize-ahead
+grep -q "1 spare worker (module initialised ahead)" "$socket.err" || fail "--initialize-ahead not reported at start"
+sleep 1
+softhsm2-util --init-token --free --label p11proxy-later --so-pin "$FIXTURE_SO_PIN" --pin "$FIXTURE_PIN" >/dev/null
+first=$(labels "$socket")
+sleep 1 # the next spare starts after this client's arrival, with the new token there
+second=$(labels "$socket")
+[[ "$first" != *p11proxy-later* ]] || fail "--initialize-ahead: the spare initialised before p11proxy-later existed lists it: $first"
+[[ "$second" == *p11proxy-later* ]] || fail "--initialize-ahead: the next spare does not list p11proxy-later: $second"
+kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
+echo "--initialize-ahead: the first client saw the tokens of when its spare started ($first), the next one the new token too"
 echo PASS
