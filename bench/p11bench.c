@@ -729,6 +729,11 @@ static int run_group(const char *self, const char *workload, const char *module_
 		host_cpu += client_cpu;
 		if (elapsed > 0) ops_per_s += (double)client_ops / elapsed;
 	}
+	for (i = 0; i < clients; i++) { /* what a failed run left */
+		char output[sizeof directory + 32];
+		snprintf(output, sizeof output, "%s/client-%d", directory, i);
+		unlink(output);
+	}
 	rmdir(directory);
 	if (failed) {
 		printf("ERROR config=%s what=clients\n", label);
