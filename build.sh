@@ -38,6 +38,9 @@ PACKAGES=(
   "valgrind:/usr/bin/valgrind"                                   # bench: instructions per call (callgrind)
   "python3:/usr/bin/python3"                                     # bench: the report
   "nginx:/usr/sbin/nginx"                                        # native-tests/21: a server whose workers lose the environment
+  "systemd:/usr/bin/systemd-socket-activate"                     # socket activation test (native-tests/24)
+  "util-linux:/usr/bin/prlimit"                                  # limits and other users in tests (prlimit, setpriv)
+  "passwd:/usr/sbin/useradd"                                     # throw-away users in tests
 )
 
 ensure_packages() {

@@ -1,93 +1,63 @@
-using System.Runtime.InteropServices;
 using P11Proxy.Wire;
 using P11Proxy.Wire.Transport;
 
 namespace P11Proxy.Broker;
 
 /// <summary>
-/// Serves the backend to clients: many over a unix socket (a thread per connection, each with its
-/// own view), or one over stdin/stdout. A client that sends garbage loses its own connection only.
+/// Serves the backend to the one client of this process: a worker's client, handed over by the
+/// listener with its version handshake done (<see cref="Listener"/>, <see cref="WorkerMain"/>), or
+/// the client on stdin/stdout. A client that sends garbage loses its connection, with a log line.
 /// </summary>
-internal sealed partial class Server
+internal sealed class Server
 {
     private readonly Backend _backend;
     private readonly TokenFilter _filter;
     private readonly BrokerLog _log;
-    private readonly HashSet<uint> _allowedUids;
-    private readonly HashSet<uint> _allowedGids;
-    private int _connections;
 
-    /// <summary>Memory for large requests of all clients at once (--request-memory-mib).</summary>
+    /// <summary>Memory for large requests of this process's client (--request-memory-mib).</summary>
     public static FrameBudget RequestBudget { get; set; } = new(DefaultRequestMemory);
 
     public const long DefaultRequestMemory = 16L << 20;
 
     /// <summary>
-    /// Large receive buffers shared by all connections and capped in total: a worker that handled
-    /// a large request gives its buffer back here, and a reader receiving the next large request
-    /// takes it, so a client streaming large requests from several threads does not allocate (and
-    /// fault in, page by page) a new buffer per request, and idle connections hold none.
+    /// Large receive buffers shared by the connection's threads and capped in total: a thread that
+    /// handled a large request gives its buffer back here, and the reader receiving the next large
+    /// request takes it, so a client streaming large requests from several threads does not
+    /// allocate (and fault in, page by page) a new buffer per request.
     /// </summary>
     public static readonly SpareBufferPool SpareBuffers = new(16 << 20);
 
-    public Server(Backend backend, TokenFilter filter, BrokerLog log, IEnumerable<uint> allowedUids, IEnumerable<uint> allowedGids)
+    public Server(Backend backend, TokenFilter filter, BrokerLog log)
     {
         _backend = backend;
         _filter = filter;
         _log = log;
-        _allowedUids = [getuid(), .. allowedUids];
-        _allowedGids = [.. allowedGids];
-    }
-
-    [LibraryImport("libc")]
-    private static partial uint getuid();
-
-    public void ServeSocket(UnixListener listener)
-    {
-        while (true)
-        {
-            int fd = listener.Accept();
-            if (fd < 0) return;
-            var peer = UnixListener.PeerOf(fd);
-            if (peer is not { } credentials || !(_allowedUids.Contains(credentials.Uid) || _allowedGids.Contains(credentials.Gid)))
-            {
-                _log.Warn(peer is { } p
-                    ? $"refused a connection from uid {p.Uid} gid {p.Gid} pid {p.Pid}: not allowed (see --allow-uid/--allow-gid)"
-                    : "refused a connection whose credentials could not be read");
-                UnixListener.Close(fd);
-                continue;
-            }
-            string name = $"client {Interlocked.Increment(ref _connections)} (uid {credentials.Uid}, pid {credentials.Pid})";
-            var channel = new RpcChannel(fd, fd, isSocket: true) { Budget = RequestBudget, LargeBuffers = SpareBuffers };
-            var thread = new Thread(() => Serve(channel, name)) { IsBackground = true, Name = name };
-            thread.Start();
-        }
     }
 
     public void ServeStdio()
     {
         // stdout carries the protocol: nothing else may ever be written to it.
         using var channel = new RpcChannel(0, 1, isSocket: false) { Budget = RequestBudget, LargeBuffers = SpareBuffers };
-        Serve(channel, "stdio client");
-    }
-
-    private void Serve(RpcChannel channel, string name)
-    {
         try
         {
             if (!channel.NegotiateAsServer(WireProfile.MaxVersion, out byte version))
-            {
-                channel.Dispose();
                 return;
-            }
-            _log.Info($"{name} connected, protocol version {version}");
-            new ClientConnection(channel, name, WireProfile.For(version), _backend, _filter, _log).Run();
+            _log.Info($"stdio client connected, protocol version {version}");
+            new ClientConnection(channel, "stdio client", WireProfile.For(version), _backend, _filter, _log).Run();
         }
         catch (TransportException e)
         {
-            _log.Warn($"{name}: {e.Message}; connection closed");
-            channel.Dispose();
+            _log.Warn($"stdio client: {e.Message}; connection closed");
         }
+    }
+
+    /// <summary>
+    /// Serves a client whose handshake the listener has answered, until it leaves;
+    /// <paramref name="finished"/> runs when the last thread serving it is done.
+    /// </summary>
+    public void ServeHandedOver(RpcChannel channel, string name, byte version, Action finished)
+    {
+        new ClientConnection(channel, name, WireProfile.For(version), _backend, _filter, _log) { Finished = finished }.Run();
     }
 }
 
@@ -126,6 +96,9 @@ internal sealed class ClientConnection
     private int _parked;
     private bool _readerActive;
     private volatile bool _closing;
+
+    /// <summary>Runs once the last thread serving the client has left (the connection is closed by then).</summary>
+    public Action? Finished { get; init; }
 
     public ClientConnection(RpcChannel channel, string name, WireProfile profile, Backend backend, TokenFilter filter, BrokerLog log)
     {
@@ -284,6 +257,7 @@ internal sealed class ClientConnection
                 cleanup.CloseClientSessions();
                 cleanup.Dispose();
                 _channel.Dispose();
+                Finished?.Invoke();
             }
         }
     }

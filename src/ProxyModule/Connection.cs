@@ -14,8 +14,11 @@ namespace P11Proxy.Module;
 /// a write lock in one system call; one waiting thread at a time reads (leader/follower), and a
 /// reply wakes only the thread it is for.
 /// </summary>
-internal sealed class Connection : IDisposable
+internal sealed partial class Connection : IDisposable
 {
+    [System.Runtime.InteropServices.LibraryImport("libc")]
+    private static partial uint getuid();
+
     private readonly Lock _writeGate = new();
     private readonly Lock _gate = new();
     private readonly WaiterTable _waiters = new();
@@ -86,10 +89,14 @@ internal sealed class Connection : IDisposable
     /// <summary>Whether the peer is our broker: 0 not known yet, 1 it is, 2 it is not (see Remote.PeerIsOurBroker).</summary>
     public int PeerKind;
 
-    /// <summary>Connects and negotiates the highest protocol version both sides speak, offering at most <paramref name="offeredVersion"/>.</summary>
-    public static Connection Open(ServerAddress address, int timeoutMilliseconds, byte offeredVersion)
+    /// <summary>
+    /// Connects and negotiates the highest protocol version both sides speak, offering at most
+    /// <paramref name="offeredVersion"/>. A broker on a unix socket must run as this user, root or
+    /// <paramref name="brokerUid"/> (<see cref="BrokerPeer"/>): nothing is sent to any other.
+    /// </summary>
+    public static Connection Open(ServerAddress address, int timeoutMilliseconds, byte offeredVersion, uint? brokerUid = null)
     {
-        var (channel, child) = OpenChannel(address);
+        var (channel, child) = OpenChannel(address, brokerUid);
         channel.ReceiveTimeoutMilliseconds = timeoutMilliseconds;
         byte version;
         try
@@ -101,7 +108,7 @@ internal sealed class Connection : IDisposable
             // Servers too old to negotiate close the connection on a non-zero version byte:
             // reconnect and offer version 0, as p11-kit's client does.
             Close(channel, child);
-            (channel, child) = OpenChannel(address);
+            (channel, child) = OpenChannel(address, brokerUid);
             channel.ReceiveTimeoutMilliseconds = timeoutMilliseconds;
             try
             {
@@ -117,12 +124,22 @@ internal sealed class Connection : IDisposable
         return new Connection(channel, child, WireProfile.For(version), address.ToString(), timeoutMilliseconds);
     }
 
-    private static (RpcChannel, SpawnedProcess?) OpenChannel(ServerAddress address)
+    private static (RpcChannel, SpawnedProcess?) OpenChannel(ServerAddress address, uint? brokerUid)
     {
         switch (address.Kind)
         {
             case AddressKind.UnixSocket:
-                return (RpcChannel.ConnectUnix(address.Path), null);
+                var socket = RpcChannel.ConnectUnix(address.Path);
+                try
+                {
+                    BrokerPeer.Check(socket.ReadFd, getuid(), brokerUid, address.Path, ModuleConfig.BrokerUidHint);
+                }
+                catch
+                {
+                    socket.Dispose();
+                    throw;
+                }
+                return (socket, null);
             case AddressKind.Command:
                 var child = SpawnedProcess.Start(address.Arguments);
                 return (child.Channel, child);

@@ -9,7 +9,8 @@ namespace P11Proxy.Module;
 ///   3. server-address in /etc/p11proxy/p11proxy.conf;
 ///   4. unix:path=$XDG_RUNTIME_DIR/p11-kit/pkcs11, p11-kit's default socket.
 /// The file format is "key = value" lines; '#' starts a comment. Keys: server-address, timeout-ms
-/// (P11PROXY_TIMEOUT_MS in the environment wins; 0 means no limit).
+/// (P11PROXY_TIMEOUT_MS in the environment wins; 0 means no limit), broker-uid (a uid besides the
+/// user's own and root that a broker on a unix socket may run as; the user's file wins).
 ///
 /// Read once per load, as p11-kit's client reads its address once per C_GetFunctionList: the
 /// first C_Initialize after the host loaded the module (C_GetFunctionList, C_GetInterface[List])
@@ -26,6 +27,12 @@ internal sealed record ModuleConfig(string Address, string Source, int TimeoutMi
 
     /// <summary>The settings of this load: read at its first C_Initialize, then kept. Called under ModuleState's gate.</summary>
     public static ModuleConfig Settled(uint uid) => _settled ??= Load(uid);
+
+    /// <summary>A further uid the broker may run as (<see cref="P11Proxy.Wire.Transport.BrokerPeer"/>); null: none.</summary>
+    public uint? BrokerUid { get; init; }
+
+    /// <summary>Where a user puts broker-uid, for messages.</summary>
+    public static string BrokerUidHint => $"{UserConfigPath} or {SystemConfigPath}";
 
     public const string SystemConfigPath = "/etc/p11proxy/p11proxy.conf";
 
@@ -62,14 +69,23 @@ internal sealed record ModuleConfig(string Address, string Source, int TimeoutMi
         }
 
         byte version = OfferedVersionFromEnvironment();
+        uint? brokerUid = null;
+        if ((Lookup(user, "broker-uid") ?? Lookup(system, "broker-uid")) is { } brokerUidText)
+        {
+            if (uint.TryParse(brokerUidText, out var parsed))
+                brokerUid = parsed;
+            else
+                Log.Error($"ignoring broker-uid '{brokerUidText}': it must be a numeric uid");
+        }
+
         string? fromEnvironment = Environment.GetEnvironmentVariable("P11_KIT_SERVER_ADDRESS");
         if (!string.IsNullOrEmpty(fromEnvironment))
-            return new ModuleConfig(fromEnvironment, "P11_KIT_SERVER_ADDRESS", timeout, version);
+            return new ModuleConfig(fromEnvironment, "P11_KIT_SERVER_ADDRESS", timeout, version) { BrokerUid = brokerUid };
         if (Lookup(user, "server-address") is { } userAddress)
-            return new ModuleConfig(userAddress, UserConfigPath, timeout, version);
+            return new ModuleConfig(userAddress, UserConfigPath, timeout, version) { BrokerUid = brokerUid };
         if (Lookup(system, "server-address") is { } systemAddress)
-            return new ModuleConfig(systemAddress, SystemConfigPath, timeout, version);
-        return new ModuleConfig(ServerAddress.ForUnixPath(ServerAddress.DefaultSocketPath(uid)), "default socket", timeout, version);
+            return new ModuleConfig(systemAddress, SystemConfigPath, timeout, version) { BrokerUid = brokerUid };
+        return new ModuleConfig(ServerAddress.ForUnixPath(ServerAddress.DefaultSocketPath(uid)), "default socket", timeout, version) { BrokerUid = brokerUid };
     }
 
     /// <summary>

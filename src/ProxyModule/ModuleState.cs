@@ -112,7 +112,7 @@ internal static partial class ModuleState
             }
             try
             {
-                connection = Connection.Open(address, config.TimeoutMilliseconds, config.OfferedVersion);
+                connection = Connection.Open(address, config.TimeoutMilliseconds, config.OfferedVersion, config.BrokerUid);
             }
             catch (TransportException e)
             {

@@ -148,7 +148,8 @@ public sealed class RpcChannel : IDisposable
         WriteAll(version);
         Span<byte> answer = stackalloc byte[1];
         if (!ReadExactly(answer))
-            throw new TransportException("the broker closed the connection during the version handshake");
+            throw new TransportException("the broker closed the connection during the version handshake " +
+                                         "(it refused this client, or it is no p11-kit RPC server; the broker's log says which)");
         if (answer[0] > offered)
             throw new TransportException($"the broker answered protocol version {answer[0]}, higher than the {offered} offered");
         return answer[0];

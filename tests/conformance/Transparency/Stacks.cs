@@ -173,6 +173,9 @@ internal sealed class BackendServer : IDisposable
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment["SOFTHSM2_CONF"] = conf;
         psi.Environment["TROUBLE_EVENT_DIR"] = events;
+        // A server runs a module instance per client (our broker's workers, p11-kit's per-connection
+        // process): each instance sees every event, as each would behind a real reader.
+        psi.Environment["TROUBLE_EVENTS"] = "per-instance";
         psi.Environment.Remove("TROUBLE_BACKEND");
         psi.Environment.Remove("P11_KIT_SERVER_ADDRESS");
         _process = new Process { StartInfo = psi };
@@ -267,7 +270,11 @@ internal static class Rows
     }
 
     /// <summary>Raises one slot event for <paramref name="slot"/> in the trouble module watching <paramref name="events"/>.</summary>
-    public static void RaiseEvent(string events, ulong slot) => File.WriteAllText(Path.Combine(events, $"event-{slot}"), "");
+    /// <summary>One slot event: a file of a new name each time (a module instance in per-instance mode reports each name once).</summary>
+    public static void RaiseEvent(string events, ulong slot) =>
+        File.WriteAllText(Path.Combine(events, $"event-{slot}.{Interlocked.Increment(ref _events)}"), "");
+
+    private static long _events;
 
     /// <summary>Runs the host in a child process (a call that may crash must not take the test run with it).</summary>
     public static string InChild(string[] arguments, Dictionary<string, string> environment)

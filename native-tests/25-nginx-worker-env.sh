@@ -88,6 +88,6 @@ served=$(openssl s_client -unix "$d/nginx/https.sock" </dev/null 2>/dev/null | o
 ours=$(openssl x509 -in "$d/cert.pem" -noout -fingerprint -sha256)
 [ "$served" = "$ours" ] || fail "nginx presented another certificate: $served, expected $ours"
 
-grep -q "pid $worker) connected" "$FIXTURE_DIR/broker.err" \
+grep -q "pid $worker) served by worker pid" "$FIXTURE_DIR/broker.err" \
   || { cat "$FIXTURE_DIR/broker.err" >&2; fail "the broker saw no connection from the worker (pid $worker)"; }
 echo "nginx worker $worker (environment without P11_KIT_SERVER_ADDRESS) served TLS with the token's key: $page"
