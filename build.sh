@@ -38,7 +38,7 @@ PACKAGES=(
   "iproute2:/sbin/ip"
   "valgrind:/usr/bin/valgrind"                                   # bench: instructions per call (callgrind)
   "python3:/usr/bin/python3"                                     # bench: the report; man/generate.py
-  "nginx:/usr/sbin/nginx"                                        # servers with their key on the token (native-tests/40)
+  "nginx:/usr/sbin/nginx"                                        # servers with their key on the token (native-tests/25, 40)
   "apache2:/usr/sbin/apache2"
   "wget:/usr/bin/wget"                                           # GnuTLS clients through p11-kit (native-tests/41)
   "man-db:/usr/bin/man"                                          # man pages checked (native-tests/42)
@@ -50,7 +50,10 @@ PACKAGES=(
   "libreswan:/usr/sbin/ipsec"                                    # IKEv2 with a token key (native-tests/45)
   "iputils-ping:/usr/bin/ping"                                   # traffic through the tunnel
   "lintian:/usr/bin/lintian"                                     # ./build.sh deb checks the package
+  "systemd:/usr/bin/systemd-socket-activate"                     # socket activation test (native-tests/24)
   "systemd:/usr/bin/systemd-analyze"                             # the packaged units are verified (native-tests/46)
+  "util-linux:/usr/bin/prlimit"                                  # limits and other users in tests (prlimit, setpriv)
+  "passwd:/usr/sbin/useradd"                                     # throw-away users in tests
 )
 
 ensure_packages() {

@@ -10,6 +10,16 @@
  *                                           runs "p11bench cold MODULE" N times, each a fresh
  *                                           process, and reports the medians (wall time measured
  *                                           from posix_spawn to waitpid, so exec is included)
+ *   p11bench --clients N [--server-pid PID] [options] WORKLOAD MODULE
+ *                                           many clients: N processes of their own (each one
+ *                                           thread, its own connection), set up one after the
+ *                                           other, started together once all are connected,
+ *                                           logged in and warmed up; reports
+ *                                           their aggregate ops/s and the percentiles over all
+ *                                           their samples. With --server-pid, also the server's
+ *                                           memory per idle client: RSS and PSS of PID and its
+ *                                           descendants with the N clients connected and idle,
+ *                                           minus the same before they connected, over N
  * options:
  *   --threads N    worker threads, each with its own session (default 1; mix always uses 2)
  *   --seconds S    measure for S seconds (default 1)
@@ -21,15 +31,19 @@
  *
  * Output: one line per measurement,
  *   RESULT config=L workload=W threads=T ops=N seconds=S ops_per_s=X p50_us=Y p99_us=Z host_cpu_us=C rss_kb=R
- * (mix adds rsa_ops_per_s; cold adds the phases). host_cpu_us is the CPU time (user + system, all
+ * (mix adds rsa_ops_per_s; cold adds the phases; --clients adds clients= and the server memory
+ * fields server_rss_kb_before/_idle, rss_per_client_kb, pss_per_client_kb). host_cpu_us is the CPU time (user + system, all
  * threads) this process used from the start of measuring until its threads were joined. One operation is the whole sequence a workload
  * names: getattr = two C_GetAttributeValue calls, find = Init + FindObjects + Final, sign =
  * SignInit + Sign, digest = DigestInit + Digest. Latency samples are kept in a reservoir of
  * RESERVOIR per thread (uniform, so percentiles stay unbiased) that is allocated and touched before
  * measuring, so the peak RSS of the host differs between modules only by what the modules use. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <pthread.h>
 #include <spawn.h>
 #include <stdint.h>
@@ -52,6 +66,8 @@ static char **current_environment(void)
 }
 
 #define RESERVOIR (1u << 18)   /* samples kept per thread: 1 MiB of uint32 nanoseconds */
+#define MEMBER_RESERVOIR (1u << 15) /* per client process of --clients: 64 of them share 2^21 */
+static uint32_t reservoir = RESERVOIR;
 #define MAX_THREADS 64
 #define DIGEST_SIZE (1u << 20)
 
@@ -74,6 +90,8 @@ static CK_OBJECT_HANDLE rsa_key, ec_key, certificate;
 static unsigned char *digest_input;
 
 static pthread_barrier_t start_barrier;
+static int member_ready_fd = -1, member_go_fd = -1; /* a client of --clients: its pipes to the parent */
+static const char *member_output;                   /* ... and where it writes its samples */
 static uint64_t start_ns;       /* set by thread 0 right after the barrier */
 static volatile int started;
 static volatile int measured_done;  /* mix: the measured thread has finished */
@@ -303,12 +321,12 @@ static uint64_t next_random(struct worker *w)
 static void keep_sample(struct worker *w, uint64_t ns)
 {
 	uint32_t value = ns > UINT32_MAX ? UINT32_MAX : (uint32_t)ns;
-	if (w->kept < RESERVOIR) {
+	if (w->kept < reservoir) {
 		w->samples[w->kept++] = value;
 	} else {
-		/* Algorithm R: the n-th sample replaces a random slot with probability RESERVOIR/n */
+		/* Algorithm R: the n-th sample replaces a random slot with probability reservoir/n */
 		uint64_t slot_index = next_random(w) % (w->ops + 1);
-		if (slot_index < RESERVOIR) w->samples[slot_index] = value;
+		if (slot_index < reservoir) w->samples[slot_index] = value;
 	}
 }
 
@@ -326,6 +344,14 @@ static void *worker_main(void *argument)
 			w->error_what = what;
 			break;
 		}
+	}
+	if (member_ready_fd >= 0 && w->index == 0) {
+		/* A client of --clients: connected, logged in and warmed up. Tell the parent, then wait
+		 * for the start (the parent closes the pipe: every client starts at once). */
+		char status = w->error == CKR_OK ? 'R' : 'E', byte;
+		if (write(member_ready_fd, &status, 1) != 1) exit(1);
+		close(member_ready_fd);
+		while (read(member_go_fd, &byte, 1) > 0) ;
 	}
 	pthread_barrier_wait(&start_barrier);
 	if (w->index == 0) {
@@ -410,8 +436,8 @@ static int run_workload(enum workload workload, const char *module_path)
 			w->ops_target = total_ops > 0 ? total_ops / count + (i < total_ops % count) : 0;
 		}
 		if (w->measured) {
-			w->samples = malloc(RESERVOIR * sizeof *w->samples);
-			memset(w->samples, 0, RESERVOIR * sizeof *w->samples);
+			w->samples = malloc(reservoir * sizeof *w->samples);
+			memset(w->samples, 0, reservoir * sizeof *w->samples);
 		}
 	}
 	for (i = 0; i < count; i++)
@@ -451,6 +477,16 @@ static int run_workload(enum workload workload, const char *module_path)
 	p11->C_CloseSession(login_session);
 	p11->C_Finalize(NULL);
 
+	if (member_output) {
+		/* For the parent: ops, elapsed time and the kept samples (raw uint32 nanoseconds). */
+		FILE *out = fopen(member_output, "wb");
+		if (!out) die("fopen member output", 0);
+		fprintf(out, "%llu %.9f %llu %llu\n", (unsigned long long)ops, elapsed, (unsigned long long)kept,
+			(unsigned long long)host_cpu);
+		fwrite(all, sizeof *all, kept, out);
+		fclose(out);
+		return 0;
+	}
 	printf("RESULT config=%s workload=%s threads=%d ops=%llu seconds=%.3f ops_per_s=%.1f p50_us=%.2f p99_us=%.2f",
 	       label, workload_names[workload], count, (unsigned long long)ops, elapsed, (double)ops / elapsed,
 	       percentile_us(all, kept, 0.50), percentile_us(all, kept, 0.99));
@@ -575,6 +611,153 @@ static int run_cold_spawn(const char *self, const char *module_path, int runs)
 	return 0;
 }
 
+/* Resident and proportional memory (KiB) of PID and every process below it. */
+static void tree_memory(pid_t root, long *rss_kb, long *pss_kb)
+{
+	pid_t pids[8192];
+	int count = 1, scanned = 0;
+	pids[0] = root;
+	*rss_kb = *pss_kb = 0;
+	while (scanned < count) {
+		char path[320], buffer[4096];
+		pid_t parent = pids[scanned++];
+		/* children of every thread of parent */
+		snprintf(path, sizeof path, "/proc/%d/task", (int)parent);
+		DIR *tasks = opendir(path);
+		struct dirent *task;
+		while (tasks && (task = readdir(tasks)) != NULL) {
+			if (task->d_name[0] == '.') continue;
+			snprintf(path, sizeof path, "/proc/%d/task/%s/children", (int)parent, task->d_name);
+			FILE *children = fopen(path, "r");
+			int child;
+			while (children && fscanf(children, "%d", &child) == 1 && count < 8192) pids[count++] = child;
+			if (children) fclose(children);
+		}
+		if (tasks) closedir(tasks);
+		snprintf(path, sizeof path, "/proc/%d/smaps_rollup", (int)parent);
+		FILE *rollup = fopen(path, "r");
+		while (rollup && fgets(buffer, sizeof buffer, rollup)) {
+			long value;
+			if (sscanf(buffer, "Rss: %ld kB", &value) == 1) *rss_kb += value;
+			else if (sscanf(buffer, "Pss: %ld kB", &value) == 1) *pss_kb += value;
+		}
+		if (rollup) fclose(rollup);
+	}
+}
+
+static int compare_u32_plain(const void *a, const void *b);
+
+/* --clients N: N client processes of one thread each, started together; see the top of the file. */
+static int run_group(const char *self, const char *workload, const char *module_path, int clients, pid_t server)
+{
+	int ready[2], go[2], i, failed = 0;
+	pid_t *children = calloc((size_t)clients, sizeof *children);
+	char seconds_text[32], warmup_text[32], ready_text[16], go_text[16], directory[] = "/tmp/p11bench.XXXXXX";
+	long rss_before = 0, pss_before = 0, rss_idle = 0, pss_idle = 0;
+
+	if (!mkdtemp(directory)) die("mkdtemp", 0);
+	if (pipe(ready) != 0 || pipe(go) != 0) die("pipe", 0);
+	/* The parent's ends must not leak into the clients: a client holding go[1] would never see the start. */
+	fcntl(ready[0], F_SETFD, FD_CLOEXEC);
+	fcntl(go[1], F_SETFD, FD_CLOEXEC);
+	if (server > 0) tree_memory(server, &rss_before, &pss_before);
+	snprintf(seconds_text, sizeof seconds_text, "%.3f", seconds);
+	snprintf(warmup_text, sizeof warmup_text, "%ld", warmup);
+	snprintf(ready_text, sizeof ready_text, "%d", ready[1]);
+	snprintf(go_text, sizeof go_text, "%d", go[0]);
+	for (i = 0; i < clients; i++) {
+		char output[sizeof directory + 32];
+		char *argv[24];
+		int a = 0;
+		snprintf(output, sizeof output, "%s/client-%d", directory, i);
+		argv[a++] = (char *)self;
+		argv[a++] = "--label"; argv[a++] = (char *)label;
+		argv[a++] = "--pin"; argv[a++] = (char *)pin;
+		argv[a++] = "--seconds"; argv[a++] = seconds_text;
+		argv[a++] = "--warmup"; argv[a++] = warmup_text;
+		if (token_label) { argv[a++] = "--token"; argv[a++] = (char *)token_label; }
+		argv[a++] = "--member-ready"; argv[a++] = ready_text;
+		argv[a++] = "--member-go"; argv[a++] = go_text;
+		argv[a++] = "--member-output"; argv[a++] = strdup(output);
+		argv[a++] = (char *)workload;
+		argv[a++] = (char *)module_path;
+		argv[a] = NULL;
+		if (posix_spawn(&children[i], self, NULL, NULL, argv, current_environment()) != 0) die("posix_spawn", 0);
+		/* One client sets up (connects, logs in, warms up) at a time: SoftHSM's file store does not
+		 * take many processes logging in to one token at once (some see no token, or CKR_GENERAL_ERROR). */
+		char status;
+		if (read(ready[0], &status, 1) != 1 || status != 'R') {
+			failed = 1;
+			clients = i + 1;
+			break;
+		}
+	}
+	close(ready[1]);
+	close(go[0]);
+	if (!failed && server > 0) {
+		usleep(200000); /* the server settles: a worker it starts to replace a spare, say */
+		tree_memory(server, &rss_idle, &pss_idle);
+	}
+	if (failed)
+		for (i = 0; i < clients; i++) kill(children[i], SIGKILL);
+	close(go[1]); /* every client starts now */
+	double ops_per_s = 0;
+	uint64_t ops = 0, kept = 0, host_cpu = 0;
+	uint32_t *all = NULL;
+	for (i = 0; i < clients; i++) {
+		int status;
+		waitpid(children[i], &status, 0);
+		if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) failed = 1;
+	}
+	for (i = 0; i < clients && !failed; i++) {
+		char output[sizeof directory + 32];
+		unsigned long long client_ops, client_kept, client_cpu;
+		double elapsed;
+		snprintf(output, sizeof output, "%s/client-%d", directory, i);
+		FILE *in = fopen(output, "rb");
+		if (!in || fscanf(in, "%llu %lf %llu %llu", &client_ops, &elapsed, &client_kept, &client_cpu) != 4 || fgetc(in) != '\n') {
+			failed = 1;
+			if (in) fclose(in);
+			break;
+		}
+		all = realloc(all, (kept + client_kept + 1) * sizeof *all);
+		if (fread(all + kept, sizeof *all, client_kept, in) != client_kept) failed = 1;
+		fclose(in);
+		unlink(output);
+		kept += client_kept;
+		ops += client_ops;
+		host_cpu += client_cpu;
+		if (elapsed > 0) ops_per_s += (double)client_ops / elapsed;
+	}
+	for (i = 0; i < clients; i++) { /* what a failed run left */
+		char output[sizeof directory + 32];
+		snprintf(output, sizeof output, "%s/client-%d", directory, i);
+		unlink(output);
+	}
+	rmdir(directory);
+	if (failed) {
+		printf("ERROR config=%s what=clients\n", label);
+		fprintf(stderr, "p11bench: a client of --clients %d failed (see its lines above)\n", clients);
+		return 1;
+	}
+	qsort(all, kept, sizeof *all, compare_u32_plain);
+	printf("RESULT config=%s workload=many-%s threads=%d clients=%d ops=%llu seconds=%.3f ops_per_s=%.1f p50_us=%.2f "
+	       "p99_us=%.2f host_cpu_us=%llu",
+	       label, workload, clients, clients, (unsigned long long)ops, seconds, ops_per_s, percentile_us(all, kept, 0.50),
+	       percentile_us(all, kept, 0.99), (unsigned long long)host_cpu);
+	if (server > 0)
+		printf(" server_rss_kb_before=%ld server_rss_kb_idle=%ld rss_per_client_kb=%.0f pss_per_client_kb=%.0f", rss_before,
+		       rss_idle, (double)(rss_idle - rss_before) / clients, (double)(pss_idle - pss_before) / clients);
+	printf("\n");
+	fflush(stdout);
+	return 0;
+}
+
+static int compare_u32_plain(const void *a, const void *b)
+{
+	return compare_u32(a, b);
+}
+
 static void usage(void)
 {
 	fprintf(stderr,
@@ -582,13 +765,15 @@ static void usage(void)
 		"                [--label L] WORKLOAD MODULE\n"
 		"       p11bench [--label L] cold MODULE\n"
 		"       p11bench [--label L] [--runs N] cold-spawn MODULE\n"
+		"       p11bench --clients N [--server-pid PID] [options] WORKLOAD MODULE\n"
 		"workloads: random32 info getattr find sign-ec sign-rsa digest-1m mix\n");
 	exit(2);
 }
 
 int main(int argc, char **argv)
 {
-	int i, runs = 5;
+	int i, runs = 5, clients = 0;
+	pid_t server_pid = 0;
 	for (i = 1; i < argc && strncmp(argv[i], "--", 2) == 0; i += 2) {
 		if (i + 1 >= argc) usage();
 		const char *option = argv[i], *value = argv[i + 1];
@@ -600,6 +785,11 @@ int main(int argc, char **argv)
 		else if (!strcmp(option, "--token")) token_label = value;
 		else if (!strcmp(option, "--label")) label = value;
 		else if (!strcmp(option, "--runs")) runs = atoi(value);
+		else if (!strcmp(option, "--clients")) clients = atoi(value);
+		else if (!strcmp(option, "--server-pid")) server_pid = (pid_t)atoi(value);
+		else if (!strcmp(option, "--member-ready")) member_ready_fd = atoi(value);
+		else if (!strcmp(option, "--member-go")) member_go_fd = atoi(value);
+		else if (!strcmp(option, "--member-output")) member_output = value;
 		else usage();
 	}
 	if (argc - i != 2) usage();
@@ -612,6 +802,17 @@ int main(int argc, char **argv)
 		if (n <= 0) die("readlink /proc/self/exe", 0);
 		self[n] = 0;
 		return run_cold_spawn(self, module_path, runs);
+	}
+	if (member_output) reservoir = MEMBER_RESERVOIR;
+	if (clients > 1) {
+		if (clients > 4096) usage();
+		char self[4096];
+		ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+		if (n <= 0) die("readlink /proc/self/exe", 0);
+		self[n] = 0;
+		for (int w = 0; w < W_MIX; w++)
+			if (!strcmp(mode, workload_names[w])) return run_group(self, mode, module_path, clients, server_pid);
+		usage();
 	}
 	for (int w = 0; w <= W_MIX; w++)
 		if (!strcmp(mode, workload_names[w])) return run_workload((enum workload)w, module_path);

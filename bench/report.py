@@ -234,6 +234,39 @@ def report(raw_path, meta_path):
     w("Spawned forms: " + "; ".join(f"{c} column = {SPAWNED_NAMES[s]}" for c, s in SPAWNED.items()) + ".")
     w("")
 
+    # Many clients at once: p11-kit's pair and ours, each with a process per client on the server.
+    many = [(f"many-{w}", int(meta.get("clients", "64"))) for w in ("random32", "sign-ec")]
+    if any(med(w, t, c, "ops_per_s") is not None for w, t in many for c in ("B", "D")):
+        clients = meta.get("clients", "64")
+        w(f"## Many clients: {clients} client processes at once")
+        w("")
+        w(f"{clients} processes, one thread and one connection each, set up one after the other (connected, logged "
+          "in, warmed up), then measured together; ops/s is their sum, p50/p99 over all their calls. Both servers "
+          "run a process per client (p11-kit server forks and execs `p11-kit-remote`; our broker hands each client "
+          "to a worker process of its own). *Per idle client*: resident (RSS) and proportional (PSS, shared pages "
+          "split between the processes that map them) memory of the server and all its processes with the clients "
+          "connected and idle, minus the same before they connected, over the number of clients (medians over the "
+          "rounds).")
+        w("")
+        w("| workload | clients | B: ops/s · p50 / p99 µs | D: ops/s · p50 / p99 µs | D/B ops/s · p50 · p99 | "
+          "B per idle client, RSS / PSS MiB | D per idle client, RSS / PSS MiB |")
+        w("|---|---:|---:|---:|---:|---:|---:|")
+        for workload, threads in many:
+            cells = []
+            for c in ("B", "D"):
+                ops = med(workload, threads, c, "ops_per_s")
+                cells.append("—" if ops is None else f"{fmt_ops(ops)} · {fmt_us(med(workload, threads, c, 'p50_us'))} / "
+                                                     f"{fmt_us(med(workload, threads, c, 'p99_us'))}")
+            ratio = (f"{fmt_ratio(paired(workload, threads, 'D', 'B', 'ops_per_s'))} · "
+                     f"{fmt_ratio(paired(workload, threads, 'D', 'B', 'p50_us'))} · "
+                     f"{fmt_ratio(paired(workload, threads, 'D', 'B', 'p99_us'))}")
+            memory = []
+            for c in ("B", "D"):
+                rss, pss = med(workload, threads, c, "rss_per_client_kb"), med(workload, threads, c, "pss_per_client_kb")
+                memory.append("—" if rss is None or pss is None else f"{rss / 1024:.1f} / {pss / 1024:.1f}")
+            w(f"| {workload[len('many-'):]} | {threads} | " + " | ".join(cells) + f" | {ratio} | " + " | ".join(memory) + " |")
+        w("")
+
     # The floor under any RPC: raw socket round trips measured in the same run.
     floor48, floor1m = med("roundtrip-48", 1, "floor", "p50_us"), med("roundtrip-1m", 1, "floor", "p50_us")
     if floor48 is not None:

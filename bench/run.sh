@@ -17,8 +17,8 @@
 # call, client side and server side, each by subtracting a short run from a long one.
 #
 # Knobs (environment): BENCH_ROUNDS (5), BENCH_SECONDS per measurement (1.2), BENCH_COLD_RUNS
-# processes per cold measurement (5), BENCH_PROFILE=0 to skip callgrind/strace, BENCH_RESULTS
-# (bench/results/latest.md). Timings are never pass/fail: only a configuration that fails to run
+# processes per cold measurement (5), BENCH_CLIENTS processes in the many-clients workloads (64),
+# BENCH_PROFILE=0 to skip callgrind/strace, BENCH_RESULTS (bench/results/latest.md). Timings are never pass/fail: only a configuration that fails to run
 # makes this script exit non-zero (after writing the report).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -115,8 +115,11 @@ run_host() {
   status=$?
   set -e
   if [ -n "$server_before" ]; then
-    # p11-kit server's per-connection child counts once it is reaped, just after the host left.
-    for i in $(seq 1 100); do pgrep -P "$server_pid" >/dev/null || break; sleep 0.01; done
+    # The process that served the connection (p11-kit server's per-connection child, our broker's
+    # worker) counts once it is reaped, just after the host left; our broker keeps a spare worker.
+    local idle_children=0
+    case $config in D|E) idle_children=1 ;; esac
+    for i in $(seq 1 300); do [ "$(pgrep -cP "$server_pid" || true)" -le $idle_children ] && break; sleep 0.01; done
     server_cpu="server_cpu_us=$(( ($(cpu_ticks "$server_pid") - server_before) * 1000000 / CLOCK_TICKS )) "
   fi
   if [ $status -eq 0 ] && grep -q '^RESULT ' "$FIXTURE_DIR/run.out"; then
@@ -129,6 +132,13 @@ run_host() {
     tail -5 "$FIXTURE_DIR/run.err" >&2 || true
   fi
 }
+
+# Many clients: CLIENTS processes of one thread each, set up one after the other and measured at
+# once (aggregate ops/s, percentiles over all their calls), with the server's memory per idle
+# client; p11-kit's pair (B) against ours (D): both servers run a process per client.
+CLIENTS=${BENCH_CLIENTS:-64}
+MANY_WORKLOADS=(random32 sign-ec)
+MANY_CONFIGS=(B D)
 
 # The workloads: "name threads" pairs, all run for MEASURE_SECONDS.
 WORKLOADS=(
@@ -150,6 +160,12 @@ for round in $(seq 1 "$ROUNDS"); do
     read -r workload threads <<<"$entry"
     for config in "${CONFIGS[@]}"; do
       run_host "$config" "$round" --threads "$threads" --seconds "$MEASURE_SECONDS" "$workload"
+    done
+  done
+  for workload in "${MANY_WORKLOADS[@]}"; do
+    for config in "${MANY_CONFIGS[@]}"; do
+      run_host "$config" "$round" --clients "$CLIENTS" --server-pid "$(config_server_pid "$config")" \
+        --seconds "$MEASURE_SECONDS" "$workload"
     done
   done
   for config in "${CONFIGS[@]}" "${SPAWNED[@]}"; do
@@ -306,6 +322,7 @@ ELAPSED=$(( $(date +%s) - START_TIME ))
   echo "rounds=$ROUNDS"
   echo "seconds=$MEASURE_SECONDS"
   echo "cold_runs=$COLD_RUNS"
+  echo "clients=$CLIENTS"
   echo "load_before=$LOAD_BEFORE"
   echo "load_after=$(cut -d' ' -f1-3 /proc/loadavg)"
   echo "load_after_timing=$LOAD_AFTER"

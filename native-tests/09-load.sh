@@ -11,6 +11,10 @@ cc -O2 -Wall -o "$FIXTURE_DIR/threadhost" "$(dirname "$0")/hosts/threadhost.c" -
 fixture_start_broker
 broker=${FIXTURE_PIDS[-1]}
 export P11_KIT_SERVER_ADDRESS=$FIXTURE_ADDRESS
+# Each client has a SoftHSM instance of its own in its worker, as it would loaded directly, and
+# SoftHSM's file store does not take processes logging in at the same moment: the hosts take turns
+# for their set-up (hostsetup.h), then call concurrently.
+export HOST_SETUP_LOCK=$FIXTURE_DIR/setup.lock
 rss() { awk '/^VmRSS/ { print $2 }' "/proc/$broker/status"; }
 round() {
   local pids=() i status=0

@@ -7,8 +7,15 @@
  *
  * Environment (read at C_Initialize):
  *   TROUBLE_BACKEND     the real module (default /usr/lib/softhsm/libsofthsm2.so)
- *   TROUBLE_EVENT_DIR   a directory; each file "event-<slot>" dropped there is one slot event for that
- *                       slot, consumed (removed) by the C_WaitForSlotEvent that reports it
+ *   TROUBLE_EVENT_DIR   a directory; each file "event-<slot>" (or "event-<slot>.<anything>", so that
+ *                       several events of one slot can be pending) dropped there is one slot event for
+ *                       that slot, consumed (removed) by the C_WaitForSlotEvent that reports it
+ *   TROUBLE_EVENTS      "per-instance": events behave as a real reader's do behind pcscd, where every
+ *                       module instance (every process that initialised the module) sees each event:
+ *                       an instance reports each event file created after its C_Initialize once, and
+ *                       leaves the file in place (the test removes it). Within one instance one
+ *                       C_WaitForSlotEvent consumes an event, as PKCS#11 has one event queue per
+ *                       instance. Without it, the first waiter of any instance consumes it.
  *
  * C_Sign triggers (the data to sign starts with):
  *   "TROUBLE:ABORT"  abort()                  "TROUBLE:SEGV"  a write through a NULL pointer
@@ -28,6 +35,7 @@
 #include <p11-kit/pkcs11.h>
 
 #define LEAK_BYTES (50u << 20)
+static char *volatile leaked;         /* the last leaked block (see trouble_Sign) */
 
 static CK_FUNCTION_LIST backend;      /* the real module's functions */
 static CK_FUNCTION_LIST exported;     /* ours: the real ones with C_Sign, C_WaitForSlotEvent, ... replaced */
@@ -37,6 +45,54 @@ static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 static int initialized;               /* under gate */
 static int waiters;                   /* threads inside C_WaitForSlotEvent, under gate */
 static char event_dir[4096];
+static int per_instance;              /* TROUBLE_EVENTS=per-instance */
+#define MAX_SEEN 256
+static char seen[MAX_SEEN][256];      /* per-instance: event files this instance has reported (or found at start) */
+static int seen_count;
+
+static int was_seen(const char *name)
+{
+	int i;
+	for (i = 0; i < seen_count; i++)
+		if (strcmp(seen[i], name) == 0)
+			return 1;
+	return 0;
+}
+
+static void mark_seen(const char *name)
+{
+	if (seen_count < MAX_SEEN)
+		snprintf(seen[seen_count++], sizeof seen[0], "%s", name);
+}
+
+/* "event-<slot>" or "event-<slot>.<anything>": the slot in *slot. */
+static int parse_event(const char *name, CK_SLOT_ID *slot)
+{
+	char *end;
+	unsigned long number;
+	if (strncmp(name, "event-", 6) != 0 || name[6] < '0' || name[6] > '9')
+		return 0;
+	number = strtoul(name + 6, &end, 10);
+	if (*end != '\0' && *end != '.')
+		return 0;
+	*slot = number;
+	return 1;
+}
+
+/* per-instance: events already there when this instance starts happened before it. */
+static void mark_existing_events(void)
+{
+	DIR *dir;
+	struct dirent *entry;
+	CK_SLOT_ID slot;
+	seen_count = 0;
+	if (event_dir[0] == '\0' || (dir = opendir(event_dir)) == NULL)
+		return;
+	while ((entry = readdir(dir)) != NULL)
+		if (parse_event(entry->d_name, &slot))
+			mark_seen(entry->d_name);
+	closedir(dir);
+}
 
 static int starts_with(CK_BYTE_PTR data, CK_ULONG length, const char *prefix)
 {
@@ -61,6 +117,9 @@ static CK_RV trouble_Sign(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG 
 		if (leak == NULL)
 			return CKR_HOST_MEMORY;
 		memset(leak, 0x5a, LEAK_BYTES); /* resident, not just reserved */
+		/* Kept where the compiler must assume it is read: a block that is allocated, written and
+		 * dropped may otherwise be optimised away altogether (gcc -O2 does). */
+		leaked = leak;
 	}
 	return backend.C_Sign(session, data, length, signature, signature_length);
 }
@@ -76,13 +135,17 @@ static int take_event(CK_SLOT_ID *slot)
 		return 0;
 	while (!found && (entry = readdir(dir)) != NULL) {
 		char path[sizeof event_dir + 300];
-		unsigned long number;
-		char *end;
-		if (strncmp(entry->d_name, "event-", 6) != 0)
+		CK_SLOT_ID number;
+		if (!parse_event(entry->d_name, &number))
 			continue;
-		number = strtoul(entry->d_name + 6, &end, 10);
-		if (*end != '\0')
+		if (per_instance) {
+			if (was_seen(entry->d_name))
+				continue;
+			mark_seen(entry->d_name);
+			*slot = number;
+			found = 1;
 			continue;
+		}
 		snprintf(path, sizeof path, "%s/%s", event_dir, entry->d_name);
 		if (unlink(path) == 0) { /* another waiter may have taken it first */
 			*slot = number;
@@ -137,11 +200,15 @@ static CK_RV trouble_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR slot, CK_VO
 static CK_RV trouble_Initialize(CK_VOID_PTR args)
 {
 	const char *dir = getenv("TROUBLE_EVENT_DIR");
+	const char *mode = getenv("TROUBLE_EVENTS");
 	CK_RV rv = backend.C_Initialize(args);
 	if (rv != CKR_OK)
 		return rv;
 	pthread_mutex_lock(&gate);
 	snprintf(event_dir, sizeof event_dir, "%s", dir ? dir : "");
+	per_instance = mode != NULL && strcmp(mode, "per-instance") == 0;
+	if (per_instance)
+		mark_existing_events();
 	initialized = 1;
 	pthread_mutex_unlock(&gate);
 	return CKR_OK;

@@ -6,8 +6,9 @@ namespace P11Proxy.Broker;
 
 /// <summary>
 /// The real PKCS#11 module the broker serves: loaded once, through its 3.0 interface when it has
-/// one, initialised with OS locking, finalised at exit. Only this class and the dispatcher touch
-/// its function table.
+/// one, initialised with OS locking (at once, or later: a spare worker loads the module ahead and
+/// initialises it when its client arrives), finalised at exit. Only this class and the dispatcher
+/// touch its function table.
 /// </summary>
 internal sealed unsafe class Backend : IDisposable
 {
@@ -26,7 +27,30 @@ internal sealed unsafe class Backend : IDisposable
     public CK_FUNCTION_LIST_3_0* Functions { get; }
     public bool Has30 { get; }
 
+    /// <summary>Loads the module and initialises it.</summary>
     public static Backend Load(string path)
+    {
+        var backend = Open(path);
+        backend.Initialize();
+        return backend;
+    }
+
+    /// <summary>Whether C_Initialize has succeeded (and C_Finalize is owed).</summary>
+    public bool Initialized { get; private set; }
+
+    /// <summary>C_Initialize with OS locking; throws <see cref="BrokerException"/> saying why it failed.</summary>
+    public void Initialize()
+    {
+        var args = new CK_C_INITIALIZE_ARGS { flags = (nuint)CKF_OS_LOCKING_OK };
+        var init = Functions->C_Initialize(&args);
+        if (init != (nuint)CKR_OK && init != (nuint)CKR_CRYPTOKI_ALREADY_INITIALIZED)
+            throw new BrokerException($"{Path}: C_Initialize failed ({Pkcs11Names.ReturnValue(init) ?? init.ToString()}); " +
+                                      "check the module's own configuration (e.g. SOFTHSM2_CONF for SoftHSM)");
+        Initialized = true;
+    }
+
+    /// <summary>Loads the module and finds its function table, without initialising it.</summary>
+    public static Backend Open(string path)
     {
         if (!File.Exists(path))
             throw new BrokerException($"module {path} does not exist; pass the path of a PKCS#11 module with --module");
@@ -69,18 +93,23 @@ internal sealed unsafe class Backend : IDisposable
             functions = (CK_FUNCTION_LIST_3_0*)list;
         }
 
-        var args = new CK_C_INITIALIZE_ARGS { flags = (nuint)CKF_OS_LOCKING_OK };
-        var init = functions->C_Initialize(&args);
-        if (init != (nuint)CKR_OK && init != (nuint)CKR_CRYPTOKI_ALREADY_INITIALIZED)
-            throw new BrokerException($"{path}: C_Initialize failed ({Pkcs11Names.ReturnValue(init) ?? init.ToString()}); " +
-                                      "check the module's own configuration (e.g. SOFTHSM2_CONF for SoftHSM)");
         return new Backend(path, library, functions, has30);
+    }
+
+    private SlotEvents? _events;
+
+    /// <summary>The backend's slot events, shared by all its clients (a broker has one token filter).</summary>
+    public SlotEvents Events(TokenFilter filter, BrokerLog log)
+    {
+        lock (this) return _events ??= new SlotEvents(this, filter, log);
     }
 
     public void Dispose()
     {
         // The library stays mapped: modules often register atexit handlers and threads.
-        Functions->C_Finalize(null);
+        if (Initialized)
+            Functions->C_Finalize(null);
+        Initialized = false;
     }
 }
 

@@ -3,11 +3,15 @@ using System.Text;
 namespace P11Proxy.Broker;
 
 /// <summary>
-/// Log lines on stderr: "p11proxy-broker: LEVEL message". Call tracing with --verbose names the
-/// call, slot or session, CK_RV and duration, never argument values (PINs, data, keys).
+/// Log lines on stderr: "p11proxy-broker: LEVEL: message", or "p11proxy-broker worker PID: LEVEL:
+/// message" from a worker process (workers share the listener's stderr). Call tracing with
+/// --verbose names the call, slot or session, CK_RV and duration, never argument values (PINs,
+/// data, keys).
 /// </summary>
-internal sealed class BrokerLog(bool verbose, bool quiet = false)
+internal sealed class BrokerLog(bool verbose, bool quiet = false, string? source = null)
 {
+    private readonly string _prefix = source is null ? "p11proxy-broker" : $"p11proxy-broker {source}";
+
     private readonly object _gate = new();
 
     public bool Verbose { get; } = verbose;
@@ -27,7 +31,7 @@ internal sealed class BrokerLog(bool verbose, bool quiet = false)
 
     private void Write(string level, string message)
     {
-        var line = Encoding.UTF8.GetBytes($"p11proxy-broker: {level}: {message}\n");
+        var line = Encoding.UTF8.GetBytes($"{_prefix}: {level}: {message}\n");
         lock (_gate)
         {
             try

@@ -2,79 +2,116 @@ using System.Runtime.InteropServices;
 using P11Proxy.Broker;
 using P11Proxy.Wire.Transport;
 
-// p11proxy-broker: loads one PKCS#11 module and serves it over p11-kit's RPC protocol.
+// p11proxy-broker: serves a PKCS#11 module over p11-kit's RPC protocol, a module instance per client.
 return BrokerMain.Run(args);
 
 namespace P11Proxy.Broker
 {
-    internal static partial class BrokerMain
+    internal static class BrokerMain
     {
         private const string Usage = """
             usage: p11proxy-broker serve --module PATH [--socket PATH] [--token URI]... [--allow-uid UID]... [--allow-gid GID]...
+                                         [--socket-mode MODE] [--socket-group GROUP] [--max-clients N] [--spare-workers N]
+                                         [--worker-memory-mib N] [--handshake-timeout-ms N] [--initialize-ahead]
                                          [--output-memory-mib N] [--request-memory-mib N] [--verbose]
                    p11proxy-broker stdio --module PATH [--token URI]... [--output-memory-mib N] [--request-memory-mib N] [--verbose]
 
               serve   listen on a unix socket (default $XDG_RUNTIME_DIR/p11-kit/pkcs11) and print
-                      P11_KIT_SERVER_ADDRESS=... for clients
+                      P11_KIT_SERVER_ADDRESS=... for clients. The listener never loads the module: each
+                      client is served by a worker process of its own (its own module instance, login,
+                      session objects and slot events; a crash, hang or leak of the module stays there)
               stdio   serve one client on stdin/stdout, e.g. P11_KIT_SERVER_ADDRESS='|p11proxy-broker stdio --module ...'
               --token URI      only tokens matching a PKCS#11 URI are visible (repeatable)
-              --allow-uid/gid  peers besides the broker's own user that may connect (serve)
+              --allow-uid/gid  peers besides the broker's own user that may connect (serve); the socket's
+                               mode follows (see --socket-mode)
+              --socket-mode MODE, --socket-group GROUP
+                               the socket's mode and group (serve). Default: 0600 without allow lists; with one
+                               --allow-gid the socket is that group's, 0660; with --allow-uid or several groups
+                               0666. Directories the broker creates for the socket follow (0700, 0710, 0711).
+                               Peers are admitted by their credentials either way
+              --max-clients N  clients served at once (serve; default 256); more are refused with a log line
+              --spare-workers N
+                               workers kept started, module loaded, for the next clients (serve; default 1;
+                               0 starts each worker when its client arrives)
+              --initialize-ahead
+                               spares also call C_Initialize before their client arrives (serve): for modules
+                               whose C_Initialize is slow (a network HSM's). The client then sees the tokens of
+                               when its spare started, not of when it connected
+              --worker-memory-mib N
+                               a worker whose resident memory exceeds N MiB is stopped with a log line; its
+                               client's calls fail with CKR_DEVICE_ERROR (serve; default: no limit)
+              --handshake-timeout-ms N
+                               a connection that has not sent its version byte within N ms is closed (serve;
+                               default 5000)
               --output-memory-mib N
                                memory for large call outputs (64 KiB or more: random bytes, ciphertexts,
-                               attribute values) of all clients at once, default 8; each output counts
+                               attribute values) of one client at once, default 8; each output counts
                                twice (the module's buffer and the reply), so one output is at most N/2 MiB.
                                An output that does not fit fails with CKR_DEVICE_MEMORY and a log line
               --request-memory-mib N
                                memory for large requests (1 MiB or more: data to digest, sign or encrypt in
-                               one call) of all clients at once, default 16; a request waits for room, and
+                               one call) of one client at once, default 16; a request waits for room, and
                                one larger than N MiB (or that waited 10 s) closes its connection with a log line
               --verbose        trace every call: name, slot/session, result, duration (never PINs or data)
             """;
 
-        [LibraryImport("libc")]
-        private static partial uint getuid();
+        /// <summary>Exit status for a mistake the user can fix: an option, or an unusable socket path.</summary>
+        private const int UsageError = 2;
 
         public static int Run(string[] args)
         {
             if (args.Length == 0 || args[0] is "-h" or "--help")
             {
                 Console.Error.WriteLine(Usage);
-                return args.Length == 0 ? 2 : 0;
+                return args.Length == 0 ? UsageError : 0;
             }
             string mode = args[0];
             Options options;
             try
             {
+                if (mode is not ("serve" or "stdio" or "worker"))
+                    throw new BrokerException($"unknown mode '{mode}' (use serve or stdio)\n{Usage}");
                 options = Options.Parse(args);
+                if (options.Module is null)
+                    throw new BrokerException("--module PATH is required: the PKCS#11 module to serve, e.g. /usr/lib/softhsm/libsofthsm2.so");
+                if (mode == "stdio" && options.ListenerOptionGiven is { } listenerOnly)
+                    throw new BrokerException($"{listenerOnly} applies to 'serve' only");
+                if (mode == "worker" && options.ListenerPid is null)
+                    throw new BrokerException("the worker mode is started by 'p11proxy-broker serve' only");
             }
             catch (BrokerException e)
             {
                 // A mistyped option is the user's to fix: a message, not a stack trace.
                 Console.Error.WriteLine($"p11proxy-broker: {e.Message}");
-                return 2;
+                return UsageError;
             }
             OutputBudget.Bytes = options.OutputMemory;
             Server.RequestBudget = new FrameBudget(options.RequestMemory);
+            if (mode == "worker")
+                return WorkerMain.Run(options.Module, options.Tokens, options.Verbose, options.ListenerPid!.Value, options.InitializeAhead);
+
             var log = new BrokerLog(options.Verbose, quiet: mode == "stdio");
             try
             {
-                if (mode is not ("serve" or "stdio"))
-                    throw new BrokerException($"unknown mode '{mode}' (use serve or stdio)\n{Usage}");
-                if (options.Module is not { } module)
-                    throw new BrokerException("--module PATH is required: the PKCS#11 module to serve, e.g. /usr/lib/softhsm/libsofthsm2.so");
                 var filter = TokenFilter.Parse(options.Tokens);
-                // Before the module is loaded: its allocations from the start follow the same rule.
-                NativeHeap.KeepLargeBlocksOutOfThreadHeaps();
-                using var backend = Backend.Load(module);
-                log.Info($"serving {module}{(backend.Has30 ? " (PKCS#11 3.0 interface)" : "")}" +
-                         (filter.FiltersAnything ? $", tokens matching {string.Join(" or ", filter.Descriptions)}" : ""));
-                var server = new Server(backend, filter, log, options.AllowedUids, options.AllowedGids);
                 if (mode == "stdio")
                 {
-                    server.ServeStdio();
+                    // Before the module is loaded: its allocations from the start follow the same rule.
+                    NativeHeap.KeepLargeBlocksOutOfThreadHeaps();
+                    using var backend = Backend.Load(options.Module);
+                    log.Info($"serving {options.Module}{(backend.Has30 ? " (PKCS#11 3.0 interface)" : "")}" +
+                             (filter.FiltersAnything ? $", tokens matching {string.Join(" or ", filter.Descriptions)}" : ""));
+                    new Server(backend, filter, log).ServeStdio();
                     return 0;
                 }
-                return Serve(server, options.Socket ?? ServerAddress.DefaultSocketPath(getuid()), log);
+                if (!File.Exists(options.Module))
+                    throw new BrokerException($"module {options.Module} does not exist; pass the path of a PKCS#11 module with --module");
+                return Serve(options, filter, log);
+            }
+            catch (SocketPlaceException e)
+            {
+                log.Error(e.Message);
+                return UsageError;
             }
             catch (BrokerException e)
             {
@@ -99,6 +136,30 @@ namespace P11Proxy.Broker
             public List<uint> AllowedGids { get; } = new();
             public long OutputMemory { get; private set; } = OutputBudget.DefaultBytes;
             public long RequestMemory { get; private set; } = Server.DefaultRequestMemory;
+            public int MaxClients { get; private set; } = 256;
+            public int SpareWorkers { get; private set; } = 1;
+            public long WorkerMemory { get; private set; }
+            public int HandshakeTimeout { get; private set; } = 5000;
+            public uint? SocketMode { get; private set; }
+            public string? SocketGroup { get; private set; }
+            public int? ListenerPid { get; private set; }
+            public bool InitializeAhead { get; private set; }
+
+            /// <summary>The first option given that only the listener of 'serve' understands, if any.</summary>
+            public string? ListenerOptionGiven { get; private set; }
+
+            /// <summary>
+            /// Every option that is not the listener's, as given: the options a worker is started
+            /// with (the module and how to serve it), so an option added for the module side
+            /// reaches the workers without anything else to change.
+            /// </summary>
+            public List<string> ModuleOptions { get; } = new();
+
+            private static readonly HashSet<string> ListenerOnly =
+            [
+                "--socket", "--allow-uid", "--allow-gid", "--socket-mode", "--socket-group", "--max-clients",
+                "--spare-workers", "--worker-memory-mib", "--handshake-timeout-ms", "--initialize-ahead",
+            ];
 
             /// <summary>Throws <see cref="BrokerException"/> naming the option that is wrong.</summary>
             public static Options Parse(string[] args)
@@ -106,6 +167,7 @@ namespace P11Proxy.Broker
                 var options = new Options();
                 for (int i = 1; i < args.Length; i++)
                 {
+                    int first = i;
                     string Next() => i + 1 < args.Length ? args[++i] : throw new BrokerException($"{args[i]} needs a value\n{Usage}");
                     switch (args[i])
                     {
@@ -114,73 +176,138 @@ namespace P11Proxy.Broker
                         case "--token": options.Tokens.Add(Next()); break;
                         case "--allow-uid": options.AllowedUids.Add(ParseId(Next(), "--allow-uid")); break;
                         case "--allow-gid": options.AllowedGids.Add(ParseId(Next(), "--allow-gid")); break;
+                        case "--socket-mode":
+                            options.SocketMode = SocketAccess.TryParseMode(Next(), out uint socketMode) && (socketMode & 0b110_000_000) == 0b110_000_000
+                                ? socketMode
+                                : throw new BrokerException($"--socket-mode takes an octal mode such as 0660 that leaves the owner read and write, not '{args[i]}'");
+                            break;
+                        case "--socket-group": options.SocketGroup = Next(); break;
+                        case "--max-clients": options.MaxClients = ParseCount(Next(), "--max-clients", 1, 65536); break;
+                        case "--spare-workers": options.SpareWorkers = ParseCount(Next(), "--spare-workers", 0, 64); break;
+                        case "--worker-memory-mib": options.WorkerMemory = ParseMebibytes(Next(), "--worker-memory-mib", minimum: 16); break;
+                        case "--handshake-timeout-ms": options.HandshakeTimeout = ParseCount(Next(), "--handshake-timeout-ms", 100, 600_000); break;
                         case "--output-memory-mib": options.OutputMemory = ParseMebibytes(Next(), "--output-memory-mib"); break;
                         case "--request-memory-mib": options.RequestMemory = ParseMebibytes(Next(), "--request-memory-mib"); break;
                         case "--verbose": case "-v": options.Verbose = true; break;
+                        case "--initialize-ahead": options.InitializeAhead = true; break;
+                        case "--listener-pid": options.ListenerPid = ParseCount(Next(), "--listener-pid", 1, int.MaxValue); break;
                         default: throw new BrokerException($"unknown option '{args[i]}'\n{Usage}");
                     }
+                    if (ListenerOnly.Contains(args[first]))
+                        options.ListenerOptionGiven ??= args[first];
+                    else if (args[first] != "--listener-pid")
+                        options.ModuleOptions.AddRange(args[first..(i + 1)]);
                 }
                 return options;
             }
 
             /// <summary>1 MiB to 64 GiB: a budget of 0 would refuse every large output, which no one means.</summary>
-            private static long ParseMebibytes(string text, string option) =>
-                long.TryParse(text, out var mib) && mib is >= 1 and <= 65536
+            private static long ParseMebibytes(string text, string option, int minimum = 1) =>
+                long.TryParse(text, out var mib) && mib >= minimum && mib <= 65536
                     ? mib << 20
-                    : throw new BrokerException($"{option} takes a number of MiB from 1 to 65536, not '{text}'");
+                    : throw new BrokerException($"{option} takes a number of MiB from {minimum} to 65536, not '{text}'");
+
+            private static int ParseCount(string text, string option, int minimum, int maximum) =>
+                int.TryParse(text, out var n) && n >= minimum && n <= maximum
+                    ? n
+                    : throw new BrokerException($"{option} takes a number from {minimum} to {maximum}, not '{text}'");
 
             private static uint ParseId(string text, string option) =>
                 uint.TryParse(text, out var id) ? id : throw new BrokerException($"{option} takes a numeric id, not '{text}'");
         }
 
-        private static int Serve(Server server, string socketPath, BrokerLog log)
+        private static int Serve(Options options, TokenFilter filter, BrokerLog log)
         {
+            var (limitBefore, limitAfter) = Posix.RaiseOpenFileLimit();
+            uint ownUid = Posix.getuid();
+            uint? socketGroup = null;
+            if (options.SocketGroup is { } groupText)
+                socketGroup = uint.TryParse(groupText, out var gid) ? gid
+                    : Posix.GroupId(groupText) ?? throw new SocketPlaceException($"--socket-group: no group named '{groupText}'");
+            var access = SocketAccess.For(ownUid, options.AllowedUids, options.AllowedGids, options.SocketMode, socketGroup);
+            string socketPath = Path.GetFullPath(options.Socket ?? ServerAddress.DefaultSocketPath(ownUid));
+
+            // The path first (a mistake there is reported before the module is loaded), then the
+            // first worker (a module that cannot start is reported before the socket appears).
             var activated = UnixListener.FromSystemd(socketPath);
-            if (activated is not null)
+            if (activated is null)
             {
-                log.Info($"listening on the socket systemd passed ({socketPath})");
-                return ServeUntilSignal(server, activated, socketPath, log, removeSocket: false);
+                var prepared = UnixSocketPlace.Prepare(socketPath, access);
+                foreach (var directory in prepared.CreatedDirectories)
+                    log.Info($"created {directory} (mode {SocketAccess.Octal(access.DirectoryMode)})");
+                if (prepared.ReplacedStaleSocket)
+                    log.Info($"replaced a stale socket at {socketPath} (nothing answered on it)");
             }
-            string directory = Path.GetDirectoryName(Path.GetFullPath(socketPath))!;
-            if (!Directory.Exists(directory))
-                Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-            if (File.Exists(socketPath) || Directory.Exists(socketPath))
+            var settings = new ListenerSettings
             {
-                // A stale socket from a broker that died; a live one would still accept connections.
-                try
-                {
-                    using var probe = RpcChannel.ConnectUnix(socketPath);
-                    throw new BrokerException($"another server is already listening on {socketPath}; stop it or choose --socket");
-                }
-                catch (TransportException)
-                {
-                    File.Delete(socketPath);
-                }
-            }
-            var listener = UnixListener.Listen(socketPath);
-            File.SetUnixFileMode(socketPath, UnixFileMode.UserRead | UnixFileMode.UserWrite);
-            Console.Out.WriteLine($"P11_KIT_SERVER_ADDRESS={ServerAddress.ForUnixPath(socketPath)}; export P11_KIT_SERVER_ADDRESS;");
-            Console.Out.WriteLine($"P11_KIT_SERVER_PID={Environment.ProcessId}; export P11_KIT_SERVER_PID;");
-            Console.Out.Flush();
-            return ServeUntilSignal(server, listener, socketPath, log, removeSocket: true);
-        }
+                MaxClients = options.MaxClients,
+                SpareWorkers = options.SpareWorkers,
+                WorkerMemoryBytes = options.WorkerMemory,
+                HandshakeTimeoutMilliseconds = options.HandshakeTimeout,
+                OpenFileLimit = limitAfter,
+                AllowedUids = [ownUid, .. options.AllowedUids],
+                AllowedGids = [.. options.AllowedGids],
+                WorkerOptions = options.ModuleOptions,
+                InitializeAhead = options.InitializeAhead,
+            };
 
-        private static int ServeUntilSignal(Server server, UnixListener listener, string socketPath, BrokerLog log, bool removeSocket)
-        {
-
-            using var stop = new ManualResetEventSlim();
+            UnixListener? socket = activated;
+            var listener = new Listener(settings, log);
             void Shutdown(PosixSignalContext context)
             {
                 context.Cancel = true;
-                log.Info($"received {context.Signal}, shutting down");
-                listener.Dispose();
+                listener.RequestStop(context.Signal.ToString());
             }
             using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Shutdown);
             using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, Shutdown);
-            server.ServeSocket(listener);
-            listener.Dispose();
-            if (removeSocket)
-                try { File.Delete(socketPath); } catch (IOException) { }
+
+            log.Info($"serving {options.Module} with a worker process per client" +
+                     (filter.FiltersAnything ? $", tokens matching {string.Join(" or ", filter.Descriptions)}" : "") +
+                     $"; at most {settings.MaxClients} clients, {settings.SpareWorkers} spare worker{(settings.SpareWorkers == 1 ? "" : "s")}" +
+                     (settings.InitializeAhead ? " (module initialised ahead)" : "") +
+                     (settings.WorkerMemoryBytes > 0 ? $", {settings.WorkerMemoryBytes >> 20} MiB per worker" : ", no memory limit per worker") +
+                     $", open-file limit {limitAfter}{(limitAfter != limitBefore ? $" (raised from {limitBefore})" : "")}");
+            if (!listener.StartFirstWorker())
+                return 1;
+
+            FileIdentity? own = null;
+            if (activated is null)
+            {
+                socket = UnixListener.Listen(socketPath);
+                try
+                {
+                    own = UnixSocketPlace.Secure(socketPath, access);
+                }
+                catch
+                {
+                    socket.Dispose();
+                    throw;
+                }
+                log.Info($"listening on {socketPath}: {access.Description}");
+            }
+            else
+            {
+                log.Info($"listening on the socket systemd passed ({socketPath})");
+            }
+            foreach (var obstacle in UnixSocketPlace.Obstacles(socketPath, ownUid, options.AllowedUids, options.AllowedGids))
+                log.Warn(obstacle);
+            if (activated is null)
+            {
+                Console.Out.WriteLine($"P11_KIT_SERVER_ADDRESS={ServerAddress.ForUnixPath(socketPath)}; export P11_KIT_SERVER_ADDRESS;");
+                Console.Out.WriteLine($"P11_KIT_SERVER_PID={Environment.ProcessId}; export P11_KIT_SERVER_PID;");
+                Console.Out.Flush();
+            }
+            try
+            {
+                listener.Run(socket!);
+            }
+            finally
+            {
+                socket!.Dispose();
+                // Only our own socket: if another broker took the path meanwhile, its socket stays.
+                if (own is { } identity && !UnixSocketPlace.RemoveIfOwn(socketPath, identity))
+                    log.Info($"left {socketPath} in place: it is no longer the socket this broker created");
+            }
             return 0;
         }
     }

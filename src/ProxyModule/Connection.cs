@@ -14,8 +14,11 @@ namespace P11Proxy.Module;
 /// a write lock in one system call; one waiting thread at a time reads (leader/follower), and a
 /// reply wakes only the thread it is for.
 /// </summary>
-internal sealed class Connection : IDisposable
+internal sealed partial class Connection : IDisposable
 {
+    [System.Runtime.InteropServices.LibraryImport("libc")]
+    private static partial uint getuid();
+
     private readonly Lock _writeGate = new();
     private readonly Lock _gate = new();
     private readonly WaiterTable _waiters = new();
@@ -25,6 +28,16 @@ internal sealed class Connection : IDisposable
     private readonly SpawnedProcess? _child;
     private uint _nextCode = 0x0f;
     private bool _broken;
+
+    /// <summary>
+    /// Set by C_Finalize before it closes the connection: a call still waiting then (a thread in
+    /// C_WaitForSlotEvent) returns CKR_CRYPTOKI_NOT_INITIALIZED, as PKCS#11 has C_Finalize end such
+    /// a wait, not CKR_DEVICE_ERROR.
+    /// </summary>
+    private bool _finalized;
+
+    /// <summary>What a call cut short by the connection's end returns.</summary>
+    private ulong Ended => Volatile.Read(ref _finalized) ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_DEVICE_ERROR;
 
     private readonly int _timeoutMilliseconds;
 
@@ -73,22 +86,29 @@ internal sealed class Connection : IDisposable
 
     public bool Broken => Volatile.Read(ref _broken);
 
-    /// <summary>Connects and negotiates the highest protocol version both sides speak.</summary>
-    public static Connection Open(ServerAddress address, int timeoutMilliseconds)
+    /// <summary>Whether the peer is our broker: 0 not known yet, 1 it is, 2 it is not (see Remote.PeerIsOurBroker).</summary>
+    public int PeerKind;
+
+    /// <summary>
+    /// Connects and negotiates the highest protocol version both sides speak, offering at most
+    /// <paramref name="offeredVersion"/>. A broker on a unix socket must run as this user, root or
+    /// <paramref name="brokerUid"/> (<see cref="BrokerPeer"/>): nothing is sent to any other.
+    /// </summary>
+    public static Connection Open(ServerAddress address, int timeoutMilliseconds, byte offeredVersion, uint? brokerUid = null)
     {
-        var (channel, child) = OpenChannel(address);
+        var (channel, child) = OpenChannel(address, brokerUid);
         channel.ReceiveTimeoutMilliseconds = timeoutMilliseconds;
         byte version;
         try
         {
-            version = channel.NegotiateAsClient(OfferedVersion());
+            version = channel.NegotiateAsClient(offeredVersion);
         }
         catch (TransportException)
         {
             // Servers too old to negotiate close the connection on a non-zero version byte:
             // reconnect and offer version 0, as p11-kit's client does.
             Close(channel, child);
-            (channel, child) = OpenChannel(address);
+            (channel, child) = OpenChannel(address, brokerUid);
             channel.ReceiveTimeoutMilliseconds = timeoutMilliseconds;
             try
             {
@@ -104,28 +124,22 @@ internal sealed class Connection : IDisposable
         return new Connection(channel, child, WireProfile.For(version), address.ToString(), timeoutMilliseconds);
     }
 
-    /// <summary>
-    /// The highest protocol version to offer: WireProfile.MaxVersion, or lower when
-    /// P11PROXY_PROTOCOL_VERSION says so (to interoperate with a peer that mishandles newer ones,
-    /// and to test every version against our own broker).
-    /// </summary>
-    private static byte OfferedVersion()
-    {
-        string? text = Environment.GetEnvironmentVariable("P11PROXY_PROTOCOL_VERSION");
-        if (string.IsNullOrEmpty(text))
-            return WireProfile.MaxVersion;
-        if (byte.TryParse(text, out byte version) && version <= WireProfile.MaxVersion)
-            return version;
-        Log.Error($"ignoring P11PROXY_PROTOCOL_VERSION={text}: it must be 0 to {WireProfile.MaxVersion}");
-        return WireProfile.MaxVersion;
-    }
-
-    private static (RpcChannel, SpawnedProcess?) OpenChannel(ServerAddress address)
+    private static (RpcChannel, SpawnedProcess?) OpenChannel(ServerAddress address, uint? brokerUid)
     {
         switch (address.Kind)
         {
             case AddressKind.UnixSocket:
-                return (RpcChannel.ConnectUnix(address.Path), null);
+                var socket = RpcChannel.ConnectUnix(address.Path);
+                try
+                {
+                    BrokerPeer.Check(socket.ReadFd, getuid(), brokerUid, address.Path, ModuleConfig.BrokerUidHint);
+                }
+                catch
+                {
+                    socket.Dispose();
+                    throw;
+                }
+                return (socket, null);
             case AddressKind.Command:
                 var child = SpawnedProcess.Start(address.Arguments);
                 return (child.Channel, child);
@@ -158,7 +172,7 @@ internal sealed class Connection : IDisposable
             return CKR_HOST_MEMORY;
         }
         if (Volatile.Read(ref _broken))
-            return CKR_DEVICE_REMOVED;
+            return Volatile.Read(ref _finalized) ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_DEVICE_REMOVED;
 
         bool timed = call.Id != RpcCallId.C_WaitForSlotEvent;
         long deadline = maxWaitMilliseconds < 0 ? long.MaxValue : Environment.TickCount64 + maxWaitMilliseconds;
@@ -217,6 +231,8 @@ internal sealed class Connection : IDisposable
 
     private ulong Fail(RpcCall call, string why)
     {
+        if (Volatile.Read(ref _finalized))
+            return CKR_CRYPTOKI_NOT_INITIALIZED; // closed by C_Finalize: nothing was lost
         if (!Volatile.Read(ref _broken))
             Log.Error($"{call.Name}: lost the broker at {Address}: {why}");
         Volatile.Write(ref _broken, true);
@@ -287,7 +303,7 @@ internal sealed class Connection : IDisposable
                     if (Volatile.Read(ref _broken) || remaining <= 0)
                     {
                         RemoveWaiter(code, timed);
-                        return CKR_DEVICE_ERROR;
+                        return Ended;
                     }
                     readTimeout = TryClaimReader(deadline);
                     if (readTimeout == 0)
@@ -418,6 +434,9 @@ internal sealed class Connection : IDisposable
     public ulong FinalizeAndClose(CallContext context, int waitMilliseconds)
     {
         ulong rv = Volatile.Read(ref _broken) ? CKR_OK : Exchange(context, waitMilliseconds);
+        // Our broker answered the client's waits before this reply; any call still waiting (a
+        // broker that did not, or could not) is woken by the close and returns as C_Finalize dictates.
+        Volatile.Write(ref _finalized, true);
         Dispose();
         return rv;
     }
