@@ -37,7 +37,7 @@ PACKAGES=(
   "wpasupplicant:/usr/sbin/wpa_supplicant"
   "iproute2:/sbin/ip"
   "valgrind:/usr/bin/valgrind"                                   # bench: instructions per call (callgrind)
-  "python3:/usr/bin/python3"                                     # bench: the report; man/generate.py
+  "python3:/usr/bin/python3"                                     # bench: the report; man/generate.py (also at build time: --help)
   "nginx:/usr/sbin/nginx"                                        # servers with their key on the token (native-tests/25, 40)
   "apache2:/usr/sbin/apache2"
   "wget:/usr/bin/wget"                                           # GnuTLS clients through p11-kit (native-tests/41)

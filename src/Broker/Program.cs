@@ -9,51 +9,8 @@ namespace P11Proxy.Broker
 {
     internal static class BrokerMain
     {
-        private const string Usage = """
-            usage: p11proxy-broker serve --module PATH [--socket PATH] [--token URI]... [--allow-uid UID]... [--allow-gid GID]...
-                                         [--socket-mode MODE] [--socket-group GROUP] [--max-clients N] [--spare-workers N]
-                                         [--worker-memory-mib N] [--handshake-timeout-ms N] [--initialize-ahead]
-                                         [--output-memory-mib N] [--request-memory-mib N] [--verbose]
-                   p11proxy-broker stdio --module PATH [--token URI]... [--output-memory-mib N] [--request-memory-mib N] [--verbose]
-
-              serve   listen on a unix socket (default $XDG_RUNTIME_DIR/p11-kit/pkcs11) and print
-                      P11_KIT_SERVER_ADDRESS=... for clients. The listener never loads the module: each
-                      client is served by a worker process of its own (its own module instance, login,
-                      session objects and slot events; a crash, hang or leak of the module stays there)
-              stdio   serve one client on stdin/stdout, e.g. P11_KIT_SERVER_ADDRESS='|p11proxy-broker stdio --module ...'
-              --token URI      only tokens matching a PKCS#11 URI are visible (repeatable)
-              --allow-uid/gid  peers besides the broker's own user that may connect (serve); the socket's
-                               mode follows (see --socket-mode)
-              --socket-mode MODE, --socket-group GROUP
-                               the socket's mode and group (serve). Default: 0600 without allow lists; with one
-                               --allow-gid the socket is that group's, 0660; with --allow-uid or several groups
-                               0666. Directories the broker creates for the socket follow (0700, 0710, 0711).
-                               Peers are admitted by their credentials either way
-              --max-clients N  clients served at once (serve; default 256); more are refused with a log line
-              --spare-workers N
-                               workers kept started, module loaded, for the next clients (serve; default 1;
-                               0 starts each worker when its client arrives)
-              --initialize-ahead
-                               spares also call C_Initialize before their client arrives (serve): for modules
-                               whose C_Initialize is slow (a network HSM's). The client then sees the tokens of
-                               when its spare started, not of when it connected
-              --worker-memory-mib N
-                               a worker whose resident memory exceeds N MiB is stopped with a log line; its
-                               client's calls fail with CKR_DEVICE_ERROR (serve; default: no limit)
-              --handshake-timeout-ms N
-                               a connection that has not sent its version byte within N ms is closed (serve;
-                               default 5000)
-              --output-memory-mib N
-                               memory for large call outputs (64 KiB or more: random bytes, ciphertexts,
-                               attribute values) of one client at once, default 8; each output counts
-                               twice (the module's buffer and the reply), so one output is at most N/2 MiB.
-                               An output that does not fit fails with CKR_DEVICE_MEMORY and a log line
-              --request-memory-mib N
-                               memory for large requests (1 MiB or more: data to digest, sign or encrypt in
-                               one call) of one client at once, default 16; a request waits for room, and
-                               one larger than N MiB (or that waited 10 s) closes its connection with a log line
-              --verbose        trace every call: name, slot/session, result, duration (never PINs or data)
-            """;
+        /// <summary>Rendered from man/reference.json at build time (see Broker.csproj).</summary>
+        private const string Usage = BrokerUsage.Text;
 
         /// <summary>Exit status for a mistake the user can fix: an option, or an unusable socket path.</summary>
         private const int UsageError = 2;
@@ -62,7 +19,8 @@ namespace P11Proxy.Broker
         {
             if (args.Length == 0 || args[0] is "-h" or "--help")
             {
-                Console.Error.WriteLine(Usage);
+                // --help is asked for: standard output, so it can be paged; without arguments it is a mistake.
+                (args.Length == 0 ? Console.Error : Console.Out).WriteLine(Usage);
                 return args.Length == 0 ? UsageError : 0;
             }
             string mode = args[0];
