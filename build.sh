@@ -38,7 +38,7 @@ PACKAGES=(
   "iproute2:/sbin/ip"
   "valgrind:/usr/bin/valgrind"                                   # bench: instructions per call (callgrind)
   "python3:/usr/bin/python3"                                     # bench: the report; man/generate.py (also at build time: --help)
-  "nginx:/usr/sbin/nginx"                                        # servers with their key on the token (native-tests/25, 40)
+  "nginx:/usr/sbin/nginx"                                        # servers with their key on the token (native-tests/40)
   "apache2:/usr/sbin/apache2"
   "wget:/usr/bin/wget"                                           # GnuTLS clients through p11-kit (native-tests/41)
   "man-db:/usr/bin/man"                                          # man pages checked (native-tests/42)

@@ -6,13 +6,21 @@
 # Workers run as www-data, as Debian's packages run them.
 #
 #   direct  the engine loads SoftHSM itself (the reference: a failure here is not ours). SoftHSM
-#           reads its token files in every worker, so they are copied to a www-data directory,
-#           and nginx must pass SOFTHSM2_CONF on with `env` (it empties its workers' environment).
+#           reads its token files in every worker, as www-data, so they are copied to a www-data
+#           directory.
 #   broker  the engine loads out/p11proxy.so; one p11proxy-broker (root) serves the token with
-#           --allow-uid 33. nginx gets NO `env` line: its workers, re-initialising the module with
-#           an emptied environment, must still find the broker the master found. httpd's www-data
+#           --allow-uid 33. nginx.conf has no `env` line (neither run has one): the worker, whose
+#           environment nginx empties and in which libp11 initialises the module again, must still
+#           find the broker the master found (the module settles its address once per load). The
+#           broker's log must show that worker's own connection (its pid, uid 33) on a socket path
+#           made for this run, which only the master's environment names. httpd's www-data
 #           children must be admitted by the broker's allow list alone: no chmod of the socket or
-#           its directory, which the broker creates itself.
+#           its directory, which the broker creates itself; the log must show a child's connection
+#           (its pid, uid 33).
+# This took over issue 14's native-tests/25-nginx-worker-env.sh (nginx, no `env` line, the broker
+# seeing the worker's connection), here as www-data with the server's own keys. Its check of
+# /proc/WORKER/environ is not carried over: it could not fail, as nginx's process title
+# overwrites that area in master and worker alike.
 set -euo pipefail
 OUT=${1:-out}
 . "$(dirname "$0")/lib.sh"
@@ -71,21 +79,28 @@ check_https() {
 # broker_signatures: how many C_Sign calls the broker has answered with CKR_OK so far.
 broker_signatures() { grep -cE 'C_Sign(Final)? .*CKR_OK' "$d/broker.err" || true; }
 
+# broker_served_www PID...: the broker's log shows a client of uid www-data with one of these pids.
+broker_served_www() {
+  local pid
+  for pid in "$@"; do
+    grep -qE "\(uid $WWW_UID, gid [0-9]+, pid $pid\) served by worker pid" "$d/broker.err" && return 0
+  done
+  return 1
+}
+
 # --- nginx -----------------------------------------------------------------------------------
 # nginx MODE: one master (root) with one www-data worker, two TLS servers (RSA, EC).
 nginx_run() {
-  local mode=$1 prefix="$d/nginx-$1" rsa_port ec_port pid env_line="" status=0 signed
+  local mode=$1 prefix="$d/nginx-$1" rsa_port ec_port pid status=0 signed
   mkdir -p "$prefix/logs"
   rsa_port=$(fixture_free_port)
   ec_port=$(fixture_free_port)
-  [ "$mode" = direct ] && env_line="env SOFTHSM2_CONF;"
   cat > "$prefix/nginx.conf" <<EOF
 user www-data;
 worker_processes 1;
 daemon off;
 pid $prefix/nginx.pid;
 error_log $prefix/logs/error.log info;
-$env_line
 events { worker_connections 64; }
 http {
   access_log $prefix/logs/access.log;
@@ -107,15 +122,19 @@ http {
 EOF
   echo "== nginx $mode"
   signed=$(broker_signatures)
-  local softhsm_conf=$d/softhsm2.conf address=""
-  [ "$mode" = direct ] && softhsm_conf=$WWW/softhsm2.conf
-  [ "$mode" = broker ] && address=$BROKER_ADDRESS
+  local softhsm_conf=$WWW/softhsm2.conf address=""
+  [ "$mode" = broker ] && { softhsm_conf=$d/softhsm2.conf; address=$BROKER_ADDRESS; }
   env SOFTHSM2_CONF="$softhsm_conf" OPENSSL_CONF="$d/openssl-$mode.cnf" ${address:+P11_KIT_SERVER_ADDRESS=$address} \
     timeout 120 "$NGINX" -p "$prefix" -c "$prefix/nginx.conf" >"$prefix/logs/stdout" 2>&1 &
   pid=$!
   FIXTURE_PIDS+=($pid)
   fixture_wait_port "$rsa_port" "$pid" "nginx ($mode)"
   fixture_wait_port "$ec_port" "$pid" "nginx ($mode)"
+  # timeout -> master (root) -> worker (www-data)
+  local master worker
+  master=$(pgrep -P "$pid" -x nginx | head -1)
+  worker=$(pgrep -P "$master" -x nginx | head -1)
+  [ -n "$worker" ] || fail "nginx $mode: no worker process under master ${master:-?}"
   ( check_https "nginx $mode" "$rsa_port" rsa && check_https "nginx $mode" "$ec_port" ec ) || status=$?
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
@@ -124,11 +143,15 @@ EOF
     grep -E 'emerg|alert|crit|error|^p11proxy:' "$prefix/logs/error.log" | tail -8 >&2 || true
     fail "nginx $mode: see above"
   fi
-  grep -q '^user www-data;' "$prefix/nginx.conf" && ! grep -q '^env ' <<<"$(grep -v SOFTHSM2_CONF "$prefix/nginx.conf")" \
+  grep -q '^user www-data;' "$prefix/nginx.conf" && ! grep -q '^ *env ' "$prefix/nginx.conf" \
     || fail "nginx $mode: the configuration passes an environment variable on to the workers"
   if [ "$mode" = broker ]; then
     [ "$(broker_signatures)" -ge $((signed + 2)) ] || fail "nginx broker: the broker did not make the two signatures"
-    echo "nginx broker: the broker made $(($(broker_signatures) - signed)) signatures; nginx.conf has no env line"
+    broker_served_www "$worker" \
+      || fail "nginx broker: the broker's log shows no connection of the worker (pid $worker, uid $WWW_UID): $(grep 'served by worker' "$d/broker.err" | tail -3)"
+    echo "nginx broker: worker $worker (www-data) connected to the broker itself:" \
+      "'$(grep -oE "client [0-9]+ \(uid $WWW_UID, gid [0-9]+, pid $worker\) served by worker pid [0-9]+" "$d/broker.err" | head -1)';" \
+      "the broker made $(($(broker_signatures) - signed)) signatures; nginx.conf has no env line"
   fi
 }
 
@@ -190,8 +213,10 @@ EOF
   fixture_wait_port "$ec_port" "$pid" "httpd ($mode)"
   ( check_https "httpd $mode" "$rsa_port" rsa && check_https "httpd $mode" "$ec_port" ec ) || status=$?
   # The handshakes ran in the children: check they are www-data (and not the root parent).
-  local children
-  children=$(ps -o user= --ppid "$(pgrep -P "$pid" -x apache2 | head -1)" 2>/dev/null | sort -u | tr '\n' ' ')
+  local parent children child_pids
+  parent=$(pgrep -P "$pid" -x apache2 | head -1)
+  children=$(ps -o user= --ppid "$parent" 2>/dev/null | sort -u | tr '\n' ' ')
+  child_pids=$(ps -o pid= --ppid "$parent" 2>/dev/null | xargs)
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   if [ $status -ne 0 ]; then
@@ -202,7 +227,11 @@ EOF
   [ "$children" = "www-data " ] || fail "httpd $mode: the children ran as '$children', not www-data"
   if [ "$mode" = broker ]; then
     [ "$(broker_signatures)" -ge $((signed + 2)) ] || fail "httpd broker: the broker did not make the two signatures"
-    echo "httpd broker: children run as www-data; the broker made $(($(broker_signatures) - signed)) signatures for them"
+    # shellcheck disable=SC2086 # one pid per word
+    broker_served_www $child_pids \
+      || fail "httpd broker: the broker's log shows no connection of a child (pids $child_pids, uid $WWW_UID): $(grep 'served by worker' "$d/broker.err" | tail -3)"
+    echo "httpd broker: children (pids $child_pids) run as www-data, admitted by --allow-uid $WWW_UID alone;" \
+      "the broker made $(($(broker_signatures) - signed)) signatures for them"
   fi
 }
 
