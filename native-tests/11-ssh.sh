@@ -8,8 +8,6 @@ OUT=${1:-out}
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/fixture-clients.sh"
 MODULE=$(readlink -f "$OUT/p11proxy.so")
-SSHD=/usr/sbin/sshd
-[ -x "$SSHD" ] || fail "no $SSHD (package openssh-server; ./build.sh installs it)"
 command -v ssh >/dev/null || fail "no ssh (package openssh-client)"
 
 fixture_clients_token ssh
@@ -37,28 +35,7 @@ list_keys() {
 }
 
 # sshd on 127.0.0.1 with its own host key and configuration, root logins by public key only.
-[ -d /run/sshd ] || { mkdir -m 0755 /run/sshd; fixture_on_exit "rmdir /run/sshd"; }
-ssh-keygen -q -t ed25519 -N '' -f "$d/host_key" || fail "cannot make a host key"
-PORT=$(fixture_free_port)
-cat > "$d/sshd_config" <<EOF
-Port $PORT
-ListenAddress 127.0.0.1
-HostKey $d/host_key
-PidFile none
-AuthorizedKeysFile $d/authorized_keys
-StrictModes no
-UsePAM no
-PermitRootLogin prohibit-password
-AuthenticationMethods publickey
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAcceptedAlgorithms rsa-sha2-512,rsa-sha2-256,ecdsa-sha2-nistp256
-LogLevel VERBOSE
-EOF
-"$SSHD" -t -f "$d/sshd_config" || fail "sshd rejects the test configuration"
-"$SSHD" -D -e -f "$d/sshd_config" 2>"$d/sshd.log" &
-FIXTURE_PIDS+=($!)
-fixture_wait_port "$PORT" "$!" sshd
+fixture_clients_sshd "PubkeyAcceptedAlgorithms rsa-sha2-512,rsa-sha2-256,ecdsa-sha2-nistp256"
 
 # The PIN comes from an askpass program (no terminal: setsid -w), which records that it was asked.
 cat > "$d/askpass" <<EOF
@@ -79,7 +56,7 @@ login() {
   local before
   before=$(grep -c 'Accepted publickey' "$d/sshd.log" || true)
   out=$(SSH_ASKPASS="$d/askpass" SSH_ASKPASS_REQUIRE=force DISPLAY=:0 timeout 60 setsid -w \
-        ssh -F /dev/null -I "$MODULE" -p "$PORT" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+        ssh -F /dev/null -I "$MODULE" -p "$SSHD_PORT" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
             -o PreferredAuthentications=publickey -o ConnectTimeout=20 \
             root@127.0.0.1 echo token-login-ok </dev/null 2>"$d/ssh.err") \
     || fail "$name: ssh -I failed: $(tail -5 "$d/ssh.err"); sshd: $(tail -5 "$d/sshd.log")"

@@ -15,19 +15,7 @@ ENGINE=/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so
 fixture_clients_token openssl
 fixture_clients_brokers
 d=$FIXTURE_DIR
-cat > "$d/openssl.cnf" <<EOF
-openssl_conf = openssl_init
-[openssl_init]
-engines = engine_section
-[engine_section]
-pkcs11 = pkcs11_section
-[pkcs11_section]
-engine_id = pkcs11
-dynamic_path = $ENGINE
-MODULE_PATH = $MODULE
-PIN = $FIXTURE_PIN
-init = 0
-EOF
+fixture_clients_engine_conf "$d/openssl.cnf" "$MODULE" 0
 # s_server ends when its stdin ends: give it a pipe nobody writes to.
 mkfifo "$d/server-stdin"
 exec 7<>"$d/server-stdin"
@@ -76,11 +64,7 @@ elif ! grep -qx '  pkcs11' <<<"$out"; then
   echo "curl part skipped: this curl does not offer OpenSSL engines (--engine list: $(tr '\n' ' ' <<<"$out"))"
 else
   CURL_OK=1
-  WWW_PORT=$(fixture_free_port)
-  timeout 200 openssl s_server -accept "127.0.0.1:$WWW_PORT" -www -cert "$d/server.pem" -key "$d/server-key.pem" \
-    -Verify 1 -CAfile "$d/ca.pem" <&7 >"$d/s_server-www.log" 2>&1 &
-  FIXTURE_PIDS+=($!)
-  fixture_wait_port "$WWW_PORT" "$!" "s_server -www"
+  fixture_clients_s_server_www
 fi
 
 for broker in broker p11kit-server; do

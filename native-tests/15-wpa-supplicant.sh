@@ -29,15 +29,7 @@ fixture_install
 # Two namespaces, a veth pair between them: authenticator side and supplicant side.
 AUTH=p11a$$
 SUPP=p11s$$
-ip netns add "$AUTH" || fail "cannot create network namespace $AUTH"
-fixture_on_exit "ip netns del $AUTH"
-ip netns add "$SUPP" || fail "cannot create network namespace $SUPP"
-fixture_on_exit "ip netns del $SUPP"
-ip link add "$AUTH" type veth peer name "$SUPP" || fail "cannot create a veth pair"
-ip link set "$AUTH" netns "$AUTH"
-ip link set "$SUPP" netns "$SUPP"
-ip -n "$AUTH" link set lo up && ip -n "$AUTH" link set "$AUTH" up
-ip -n "$SUPP" link set lo up && ip -n "$SUPP" link set "$SUPP" up
+fixture_netns_pair "$AUTH" "$SUPP"
 
 printf '* TLS\n' > "$d/eap_user"
 cat > "$d/hostapd.conf" <<EOF

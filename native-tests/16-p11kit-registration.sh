@@ -44,13 +44,7 @@ printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR
 export SOFTHSM2_CONF="$d/no-tokens.conf"
 unset OPENSSL_CONF
 
-mkfifo "$d/server-stdin"
-exec 7<>"$d/server-stdin"
-WWW_PORT=$(fixture_free_port)
-timeout 250 openssl s_server -accept "127.0.0.1:$WWW_PORT" -www -cert "$d/server.pem" -key "$d/server-key.pem" \
-  -Verify 1 -CAfile "$d/ca.pem" <&7 >"$d/s_server.log" 2>&1 &
-FIXTURE_PIDS+=($!)
-fixture_wait_port "$WWW_PORT" "$!" "s_server -www"
+fixture_clients_s_server_www
 
 exercise() {
   local name=$1 out block

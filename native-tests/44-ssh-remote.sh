@@ -14,8 +14,6 @@ OUT=${1:-out}
 . "$(dirname "$0")/fixture-clients.sh"
 MODULE=$(readlink -f "$OUT/p11proxy.so")
 BROKER=$(readlink -f "$OUT/p11proxy-broker")
-SSHD=/usr/sbin/sshd
-[ -x "$SSHD" ] || fail "no $SSHD (package openssh-server; ./build.sh installs it)"
 
 fixture_clients_token sshremote
 d=$FIXTURE_DIR
@@ -32,35 +30,15 @@ echo "direct: $(head -1 <<<"$out"); signature verifies"
 rm -f "$d/sig1"
 
 # The HSM host: sshd with its own host key, root logins by public key only.
-[ -d /run/sshd ] || { mkdir -m 0755 /run/sshd; fixture_on_exit "rmdir /run/sshd"; }
-ssh-keygen -q -t ed25519 -N '' -f "$d/host_key" || fail "cannot make a host key"
 ssh-keygen -q -t ed25519 -N '' -f "$d/client_key" -C p11proxy-client || fail "cannot make a client key"
-PORT=$(fixture_free_port)
-cat > "$d/sshd_config" <<EOF
-Port $PORT
-ListenAddress 127.0.0.1
-HostKey $d/host_key
-PidFile none
-AuthorizedKeysFile $d/authorized_keys
-StrictModes no
-UsePAM no
-PermitRootLogin prohibit-password
-AuthenticationMethods publickey
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-LogLevel VERBOSE
-EOF
 # The pinned command: the broker, the module and the one token this key may reach. SOFTHSM2_CONF
 # only because SoftHSM stands in for the HSM (a real HSM's module needs none).
 printf 'restrict,command="SOFTHSM2_CONF=%s exec %s stdio --module %s --token pkcs11:token=%s" %s\n' \
   "$SOFTHSM2_CONF" "$BROKER" "$SOFTHSM_MODULE" "$FIXTURE_LABEL" "$(cat "$d/client_key.pub")" > "$d/authorized_keys"
-"$SSHD" -t -f "$d/sshd_config" || fail "sshd rejects the test configuration"
-timeout 250 "$SSHD" -D -e -f "$d/sshd_config" 2>"$d/sshd.log" &
-FIXTURE_PIDS+=($!)
-fixture_wait_port "$PORT" "$!" sshd
-printf '[127.0.0.1]:%s %s\n' "$PORT" "$(cut -d' ' -f1,2 "$d/host_key.pub")" > "$d/known_hosts"
+fixture_clients_sshd
+printf '[127.0.0.1]:%s %s\n' "$SSHD_PORT" "$(cut -d' ' -f1,2 "$d/host_key.pub")" > "$d/known_hosts"
 
-SSH="ssh -F /dev/null -i $d/client_key -p $PORT -o UserKnownHostsFile=$d/known_hosts -o StrictHostKeyChecking=yes -o BatchMode=yes"
+SSH="ssh -F /dev/null -i $d/client_key -p $SSHD_PORT -o UserKnownHostsFile=$d/known_hosts -o StrictHostKeyChecking=yes -o BatchMode=yes"
 # The client asks for the other token and another module: the pinned command must win.
 export P11_KIT_SERVER_ADDRESS="|$SSH root@127.0.0.1 p11proxy-broker stdio --module /usr/lib/softhsm/libsofthsm2.so --token pkcs11:token=p11proxy-other"
 

@@ -47,15 +47,9 @@ openssl pkcs12 -export -inkey "$d/ipsec-right-key.pem" -in "$d/ipsec-right.pem" 
 # Two namespaces joined by a veth pair.
 LEFT=p11l$$
 RIGHT=p11r$$
-ip netns add "$LEFT" || fail "cannot create network namespace $LEFT"
-fixture_on_exit "ip netns del $LEFT"
-ip netns add "$RIGHT" || fail "cannot create network namespace $RIGHT"
-fixture_on_exit "ip netns del $RIGHT"
-ip link add "$LEFT" type veth peer name "$RIGHT" || fail "cannot create a veth pair"
-ip link set "$LEFT" netns "$LEFT"
-ip link set "$RIGHT" netns "$RIGHT"
-ip -n "$LEFT" addr add "$LEFT_IP/24" dev "$LEFT" && ip -n "$LEFT" link set "$LEFT" up && ip -n "$LEFT" link set lo up
-ip -n "$RIGHT" addr add "$RIGHT_IP/24" dev "$RIGHT" && ip -n "$RIGHT" link set "$RIGHT" up && ip -n "$RIGHT" link set lo up
+fixture_netns_pair "$LEFT" "$RIGHT"
+ip -n "$LEFT" addr add "$LEFT_IP/24" dev "$LEFT" || fail "cannot address $LEFT"
+ip -n "$RIGHT" addr add "$RIGHT_IP/24" dev "$RIGHT" || fail "cannot address $RIGHT"
 ip netns exec "$LEFT" ping -c 1 -W 5 "$RIGHT_IP" >/dev/null || fail "the namespaces cannot reach each other"
 
 LEFT_ID="O=p11proxy tests, CN=p11proxy ipsec left"

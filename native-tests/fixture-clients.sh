@@ -178,9 +178,10 @@ subjectAltName=IP:127.0.0.1,DNS:localhost'
   EC_SERVER_URI="pkcs11:token=$FIXTURE_LABEL;object=ec-server;type=private"
 }
 
-# fixture_clients_engine_conf FILE MODULE: an OpenSSL configuration loading libp11's pkcs11
-# engine on MODULE with the token's PIN (what nginx, httpd, openssl and curl read via OPENSSL_CONF);
-# init = 1: nginx loads keys from the engine without initialising it itself.
+# fixture_clients_engine_conf FILE MODULE [INIT]: an OpenSSL configuration loading libp11's pkcs11
+# engine on MODULE with the token's PIN (what nginx, httpd, openssl and curl read via OPENSSL_CONF).
+# INIT (default 1) is the engine's `init`: 1 for nginx, which loads keys from the engine without
+# initialising it itself; 0 leaves that to the program (openssl -engine, curl --engine).
 fixture_clients_engine_conf() {
   cat > "$1" <<EOF
 openssl_conf = openssl_init
@@ -193,6 +194,67 @@ engine_id = pkcs11
 dynamic_path = /usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so
 MODULE_PATH = $2
 PIN = $FIXTURE_PIN
-init = 1
+init = ${3:-1}
 EOF
+}
+
+# fixture_clients_s_server_www: openssl s_server -www on 127.0.0.1:$WWW_PORT with the test CA's
+# server certificate (a file key), demanding a client certificate from the test CA (-Verify 1);
+# the page it serves describes the client certificate it got. Log: $FIXTURE_DIR/s_server-www.log.
+# s_server ends when its standard input ends, so it reads a pipe nobody writes to (fd 7).
+fixture_clients_s_server_www() {
+  local d=$FIXTURE_DIR
+  [ -p "$d/server-stdin" ] || mkfifo "$d/server-stdin"
+  exec 7<>"$d/server-stdin"
+  WWW_PORT=$(fixture_free_port)
+  timeout 250 openssl s_server -accept "127.0.0.1:$WWW_PORT" -www -cert "$d/server.pem" -key "$d/server-key.pem" \
+    -Verify 1 -CAfile "$d/ca.pem" <&7 >"$d/s_server-www.log" 2>&1 &
+  FIXTURE_PIDS+=($!)
+  fixture_wait_port "$WWW_PORT" "$!" "s_server -www"
+}
+
+# fixture_clients_sshd [CONFIG LINE]...: an sshd of the test's own on 127.0.0.1:$SSHD_PORT (own
+# host key $FIXTURE_DIR/host_key, own configuration, keys from $FIXTURE_DIR/authorized_keys,
+# public-key logins only, root included), log in $FIXTURE_DIR/sshd.log; extra configuration
+# lines as arguments.
+fixture_clients_sshd() {
+  local d=$FIXTURE_DIR sshd=/usr/sbin/sshd
+  [ -x "$sshd" ] || fail "no $sshd (package openssh-server; ./build.sh installs it)"
+  [ -d /run/sshd ] || { mkdir -m 0755 /run/sshd; fixture_on_exit "rmdir /run/sshd"; }
+  ssh-keygen -q -t ed25519 -N '' -f "$d/host_key" || fail "cannot make a host key"
+  SSHD_PORT=$(fixture_free_port)
+  cat > "$d/sshd_config" <<EOF
+Port $SSHD_PORT
+ListenAddress 127.0.0.1
+HostKey $d/host_key
+PidFile none
+AuthorizedKeysFile $d/authorized_keys
+StrictModes no
+UsePAM no
+PermitRootLogin prohibit-password
+AuthenticationMethods publickey
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+LogLevel VERBOSE
+EOF
+  [ $# -eq 0 ] || printf '%s\n' "$@" >> "$d/sshd_config"
+  "$sshd" -t -f "$d/sshd_config" || fail "sshd rejects the test configuration"
+  timeout 250 "$sshd" -D -e -f "$d/sshd_config" 2>"$d/sshd.log" &
+  FIXTURE_PIDS+=($!)
+  fixture_wait_port "$SSHD_PORT" "$!" sshd
+}
+
+# fixture_netns_pair A B: network namespaces A and B (deleted at exit) joined by a veth pair whose
+# ends are named A (in namespace A) and B (in namespace B); both ends and both loopbacks up.
+fixture_netns_pair() {
+  local a=$1 b=$2
+  ip netns add "$a" || fail "cannot create network namespace $a"
+  fixture_on_exit "ip netns del $a"
+  ip netns add "$b" || fail "cannot create network namespace $b"
+  fixture_on_exit "ip netns del $b"
+  ip link add "$a" type veth peer name "$b" || fail "cannot create a veth pair"
+  ip link set "$a" netns "$a"
+  ip link set "$b" netns "$b"
+  ip -n "$a" link set lo up && ip -n "$a" link set "$a" up || fail "cannot bring up $a's links"
+  ip -n "$b" link set lo up && ip -n "$b" link set "$b" up || fail "cannot bring up $b's links"
 }
