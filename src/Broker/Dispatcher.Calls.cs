@@ -94,26 +94,7 @@ internal sealed unsafe partial class Dispatcher
             case Id.C_SeedRandom: return SessionData((s, d, n) => F->C_SeedRandom(s, d, n));
             case Id.C_GenerateRandom: return GenerateRandom();
             case Id.C_WaitForSlotEvent: return WaitForSlotEvent();
-            case Id.C_MessageEncryptInit: return Init((s, m, k) => F->C_MessageEncryptInit(s, m, k));
-            case Id.C_EncryptMessage: return MessageOneShot((s, p, pn, a, an, i, n, o, on) => F->C_EncryptMessage(s, p, pn, a, an, i, n, o, on));
-            case Id.C_EncryptMessageBegin: return SessionDataData((s, a, an, b, bn) => F->C_EncryptMessageBegin(s, a, an, b, bn));
-            case Id.C_EncryptMessageNext: return MessageNext((s, p, pn, i, n, o, on, fl) => F->C_EncryptMessageNext(s, p, pn, i, n, o, on, fl));
-            case Id.C_MessageEncryptFinal: return SessionOnly(s => F->C_MessageEncryptFinal(s));
-            case Id.C_MessageDecryptInit: return Init((s, m, k) => F->C_MessageDecryptInit(s, m, k));
-            case Id.C_DecryptMessage: return MessageOneShot((s, p, pn, a, an, i, n, o, on) => F->C_DecryptMessage(s, p, pn, a, an, i, n, o, on));
-            case Id.C_DecryptMessageBegin: return SessionDataData((s, a, an, b, bn) => F->C_DecryptMessageBegin(s, a, an, b, bn));
-            case Id.C_DecryptMessageNext: return MessageNext((s, p, pn, i, n, o, on, fl) => F->C_DecryptMessageNext(s, p, pn, i, n, o, on, fl));
-            case Id.C_MessageDecryptFinal: return SessionOnly(s => F->C_MessageDecryptFinal(s));
-            case Id.C_MessageSignInit: return Init((s, m, k) => F->C_MessageSignInit(s, m, k));
-            case Id.C_SignMessage: return SignMessage();
-            case Id.C_SignMessageBegin: return SessionData((s, d, n) => F->C_SignMessageBegin(s, d, n));
-            case Id.C_SignMessageNext: return SignMessageNext();
-            case Id.C_MessageSignFinal: return SessionOnly(s => F->C_MessageSignFinal(s));
-            case Id.C_MessageVerifyInit: return Init((s, m, k) => F->C_MessageVerifyInit(s, m, k));
-            case Id.C_VerifyMessage: return VerifyMessage(next: false);
-            case Id.C_VerifyMessageBegin: return SessionData((s, d, n) => F->C_VerifyMessageBegin(s, d, n));
-            case Id.C_VerifyMessageNext: return VerifyMessage(next: true);
-            case Id.C_MessageVerifyFinal: return SessionOnly(s => F->C_MessageVerifyFinal(s));
+            case >= Id.C_MessageEncryptInit and <= Id.C_MessageVerifyFinal: return MessageCall(id);
             default: return Malformed;
         }
     }
@@ -127,10 +108,6 @@ internal sealed unsafe partial class Dispatcher
     private delegate nuint ToDataCall(nuint session, byte* output, nuint* outputLength);
     private delegate nuint DataToDataCall(nuint session, byte* input, nuint inputLength, byte* output, nuint* outputLength);
     private delegate nuint InitCall(nuint session, CK_MECHANISM* mechanism, nuint key);
-    private delegate nuint MessageOneShotCall(nuint session, void* parameter, nuint parameterLength, byte* associated, nuint associatedLength,
-        byte* input, nuint inputLength, byte* output, nuint* outputLength);
-    private delegate nuint MessageNextCall(nuint session, void* parameter, nuint parameterLength, byte* input, nuint inputLength,
-        byte* output, nuint* outputLength, nuint flags);
 
     private ulong SessionOnly(SessionCall call)
     {
@@ -752,79 +729,5 @@ internal sealed unsafe partial class Dispatcher
         _reply.WriteMechanismUpdate(mechanism == null ? 0 : mechanism->mechanism, MechanismNative.UpdateOf(mechanism));
         _reply.WriteULong(key);
         return CKR_OK;
-    }
-
-    // ---- PKCS #11 3.0 message-based calls ---------------------------------------------------------------
-
-    private ulong MessageOneShot(MessageOneShotCall call)
-    {
-        if (!ReadSession(out var session, out ulong rv)) return rv;
-        if (!ReadInput(out var parameter, out var parameterLength) || !ReadInput(out var associated, out var associatedLength) ||
-            !ReadInput(out var input, out var inputLength))
-            return Malformed;
-        rv = ReadOutputCapacity(out uint capacity);
-        if (rv != CKR_OK) return rv;
-        if (!Done) return Malformed;
-        rv = CallWithOutput(capacity, (o, n) => call(session, parameter, parameterLength, associated, associatedLength, input, inputLength, o, n),
-            out var buffer, out var length);
-        return ReplyOutput(rv, buffer, length);
-    }
-
-    private ulong MessageNext(MessageNextCall call)
-    {
-        if (!ReadSession(out var session, out ulong rv)) return rv;
-        if (!ReadInput(out var parameter, out var parameterLength) || !ReadInput(out var input, out var inputLength))
-            return Malformed;
-        rv = ReadOutputCapacity(out uint capacity);
-        if (rv != CKR_OK) return rv;
-        if (!ReadULong(out var flags) || !Done) return Malformed;
-        rv = CallWithOutput(capacity, (o, n) => call(session, parameter, parameterLength, input, inputLength, o, n, flags),
-            out var buffer, out var length);
-        return ReplyOutput(rv, buffer, length);
-    }
-
-    private ulong SignMessage()
-    {
-        if (!ReadSession(out var session, out ulong rv)) return rv;
-        if (!ReadInput(out var parameter, out var parameterLength) || !ReadInput(out var data, out var dataLength))
-            return Malformed;
-        rv = ReadOutputCapacity(out uint capacity);
-        if (rv != CKR_OK) return rv;
-        if (!Done) return Malformed;
-        rv = CallWithOutput(capacity, (o, n) => F->C_SignMessage(session, parameter, parameterLength, data, dataLength, o, n),
-            out var buffer, out var length);
-        return ReplyOutput(rv, buffer, length);
-    }
-
-    private ulong SignMessageNext()
-    {
-        if (!ReadSession(out var session, out ulong rv)) return rv;
-        if (!ReadInput(out var parameter, out var parameterLength) || !ReadInput(out var data, out var dataLength) ||
-            !_request.TryReadByte(out byte wanted))
-            return Malformed;
-        rv = ReadOutputCapacity(out uint capacity);
-        if (rv != CKR_OK) return rv;
-        if (!Done) return Malformed;
-        if (wanted == 0)
-        {
-            rv = F->C_SignMessageNext(session, parameter, parameterLength, data, dataLength, null, null);
-            return ReplyOutput(rv, null, 0);
-        }
-        rv = CallWithOutput(capacity, (o, n) => F->C_SignMessageNext(session, parameter, parameterLength, data, dataLength, o, n),
-            out var buffer, out var length);
-        return ReplyOutput(rv, buffer, length);
-    }
-
-    private ulong VerifyMessage(bool next)
-    {
-        if (!ReadSession(out var session, out ulong rv)) return rv;
-        if (!ReadInput(out var parameter, out var parameterLength) || !ReadInput(out var data, out var dataLength) ||
-            !ReadInput(out var signature, out var signatureLength) || !Done)
-            return Malformed;
-        rv = next
-            ? F->C_VerifyMessageNext(session, parameter, parameterLength, data, dataLength, signature, signatureLength)
-            : F->C_VerifyMessage(session, parameter, parameterLength, data, dataLength, signature, signatureLength);
-        if (rv == CKR_OK) BeginReply();
-        return rv;
     }
 }

@@ -580,7 +580,7 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_EncryptMessageBegin(nuint session, void* parameter, nuint parameterLength, byte* associated, nuint associatedLength)
     {
-        try { return Done(nameof(C_EncryptMessageBegin), Remote.DataData(Id.C_EncryptMessageBegin, session, (byte*)parameter, parameterLength, associated, associatedLength)); }
+        try { return Done(nameof(C_EncryptMessageBegin), Remote.MessageBegin(Id.C_EncryptMessageBegin, session, parameter, parameterLength, associated, associatedLength)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_EncryptMessageBegin), e); }
     }
 
@@ -617,7 +617,7 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_DecryptMessageBegin(nuint session, void* parameter, nuint parameterLength, byte* associated, nuint associatedLength)
     {
-        try { return Done(nameof(C_DecryptMessageBegin), Remote.DataData(Id.C_DecryptMessageBegin, session, (byte*)parameter, parameterLength, associated, associatedLength)); }
+        try { return Done(nameof(C_DecryptMessageBegin), Remote.MessageBegin(Id.C_DecryptMessageBegin, session, parameter, parameterLength, associated, associatedLength)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_DecryptMessageBegin), e); }
     }
 
@@ -654,7 +654,7 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_SignMessageBegin(nuint session, void* parameter, nuint parameterLength)
     {
-        try { return Done(nameof(C_SignMessageBegin), Remote.Data(Id.C_SignMessageBegin, session, (byte*)parameter, parameterLength)); }
+        try { return Done(nameof(C_SignMessageBegin), Remote.SignOrVerifyMessageBegin(Id.C_SignMessageBegin, session, parameter, parameterLength)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_SignMessageBegin), e); }
     }
 
@@ -691,7 +691,7 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_VerifyMessageBegin(nuint session, void* parameter, nuint parameterLength)
     {
-        try { return Done(nameof(C_VerifyMessageBegin), Remote.Data(Id.C_VerifyMessageBegin, session, (byte*)parameter, parameterLength)); }
+        try { return Done(nameof(C_VerifyMessageBegin), Remote.SignOrVerifyMessageBegin(Id.C_VerifyMessageBegin, session, parameter, parameterLength)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_VerifyMessageBegin), e); }
     }
 

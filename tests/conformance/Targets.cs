@@ -102,14 +102,16 @@ internal sealed class Server : IDisposable
     private readonly System.Text.StringBuilder _log = new();
     public string Socket { get; }
     public string Log { get { lock (_log) return _log.ToString(); } }
+    public bool Running => !_process.HasExited;
 
-    public Server(string what, string file, string[] args, string conf, string socket)
+    public Server(string what, string file, string[] args, string conf, string socket, IReadOnlyDictionary<string, string>? env = null)
     {
         Socket = socket;
         var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment["SOFTHSM2_CONF"] = conf;
         psi.Environment.Remove("P11_KIT_SERVER_ADDRESS");
+        foreach (var (name, value) in env ?? new Dictionary<string, string>()) psi.Environment[name] = value;
         _process = new Process { StartInfo = psi };
         _process.OutputDataReceived += (_, e) => { if (e.Data != null) lock (_log) _log.AppendLine(e.Data); };
         _process.ErrorDataReceived += (_, e) => { if (e.Data != null) lock (_log) _log.AppendLine(e.Data); };
