@@ -26,7 +26,12 @@ internal sealed unsafe class Backend : IDisposable
     public CK_FUNCTION_LIST_3_0* Functions { get; }
     public bool Has30 { get; }
 
-    public static Backend Load(string path)
+    /// <summary>
+    /// Loads and initialises the module; <paramref name="initReserved"/>, when given, is its
+    /// C_Initialize pReserved string (NUL-terminated, kept for the life of the process: a module
+    /// may hold on to it).
+    /// </summary>
+    public static Backend Load(string path, string? initReserved = null)
     {
         if (!File.Exists(path))
             throw new BrokerException($"module {path} does not exist; pass the path of a PKCS#11 module with --module");
@@ -69,12 +74,24 @@ internal sealed unsafe class Backend : IDisposable
             functions = (CK_FUNCTION_LIST_3_0*)list;
         }
 
-        var args = new CK_C_INITIALIZE_ARGS { flags = (nuint)CKF_OS_LOCKING_OK };
+        var args = new CK_C_INITIALIZE_ARGS { flags = (nuint)CKF_OS_LOCKING_OK, pReserved = NulTerminated(initReserved) };
         var init = functions->C_Initialize(&args);
         if (init != (nuint)CKR_OK && init != (nuint)CKR_CRYPTOKI_ALREADY_INITIALIZED)
             throw new BrokerException($"{path}: C_Initialize failed ({Pkcs11Names.ReturnValue(init) ?? init.ToString()}); " +
-                                      "check the module's own configuration (e.g. SOFTHSM2_CONF for SoftHSM)");
+                                      "check the module's own configuration (e.g. SOFTHSM2_CONF for SoftHSM" +
+                                      (initReserved is null
+                                          ? "; a module that takes its configuration in pReserved, such as NSS softoken, needs --init-reserved)"
+                                          : ", and the --init-reserved string)"));
         return new Backend(path, library, functions, has30);
+    }
+
+    private static void* NulTerminated(string? text)
+    {
+        if (text is null) return null;
+        var bytes = System.Text.Encoding.UTF8.GetBytes(text);
+        var copy = (byte*)NativeMemory.AllocZeroed((nuint)bytes.Length + 1);
+        bytes.CopyTo(new Span<byte>(copy, bytes.Length));
+        return copy;
     }
 
     public void Dispose()

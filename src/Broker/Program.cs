@@ -10,13 +10,19 @@ namespace P11Proxy.Broker
     internal static partial class BrokerMain
     {
         private const string Usage = """
-            usage: p11proxy-broker serve --module PATH [--socket PATH] [--token URI]... [--allow-uid UID]... [--allow-gid GID]...
-                                         [--output-memory-mib N] [--request-memory-mib N] [--verbose]
-                   p11proxy-broker stdio --module PATH [--token URI]... [--output-memory-mib N] [--request-memory-mib N] [--verbose]
+            usage: p11proxy-broker serve --module PATH [--init-reserved STRING] [--socket PATH] [--token URI]...
+                                         [--allow-uid UID]... [--allow-gid GID]... [--output-memory-mib N]
+                                         [--request-memory-mib N] [--verbose]
+                   p11proxy-broker stdio --module PATH [--init-reserved STRING] [--token URI]... [--output-memory-mib N]
+                                         [--request-memory-mib N] [--verbose]
 
               serve   listen on a unix socket (default $XDG_RUNTIME_DIR/p11-kit/pkcs11) and print
                       P11_KIT_SERVER_ADDRESS=... for clients
               stdio   serve one client on stdin/stdout, e.g. P11_KIT_SERVER_ADDRESS='|p11proxy-broker stdio --module ...'
+              --init-reserved STRING
+                               handed to the module's C_Initialize as pReserved, for modules that take
+                               their configuration there (NSS softoken: its database, e.g.
+                               "configdir='sql:/path/to/db' certPrefix='' keyPrefix='' secmod='secmod.db' flags=")
               --token URI      only tokens matching a PKCS#11 URI are visible (repeatable)
               --allow-uid/gid  peers besides the broker's own user that may connect (serve)
               --output-memory-mib N
@@ -65,7 +71,7 @@ namespace P11Proxy.Broker
                 var filter = TokenFilter.Parse(options.Tokens);
                 // Before the module is loaded: its allocations from the start follow the same rule.
                 NativeHeap.KeepLargeBlocksOutOfThreadHeaps();
-                using var backend = Backend.Load(module);
+                using var backend = Backend.Load(module, options.InitReserved);
                 log.Info($"serving {module}{(backend.Has30 ? " (PKCS#11 3.0 interface)" : "")}" +
                          (filter.FiltersAnything ? $", tokens matching {string.Join(" or ", filter.Descriptions)}" : ""));
                 var server = new Server(backend, filter, log, options.AllowedUids, options.AllowedGids);
@@ -93,6 +99,7 @@ namespace P11Proxy.Broker
         {
             public string? Module { get; private set; }
             public string? Socket { get; private set; }
+            public string? InitReserved { get; private set; }
             public bool Verbose { get; private set; }
             public List<string> Tokens { get; } = new();
             public List<uint> AllowedUids { get; } = new();
@@ -111,6 +118,7 @@ namespace P11Proxy.Broker
                     {
                         case "--module": options.Module = Next(); break;
                         case "--socket": options.Socket = Next(); break;
+                        case "--init-reserved": options.InitReserved = Next(); break;
                         case "--token": options.Tokens.Add(Next()); break;
                         case "--allow-uid": options.AllowedUids.Add(ParseId(Next(), "--allow-uid")); break;
                         case "--allow-gid": options.AllowedGids.Add(ParseId(Next(), "--allow-gid")); break;
