@@ -200,6 +200,12 @@ internal sealed unsafe partial class Dispatcher
             return Malformed;
         // The backend was initialised once at start-up; each client only starts its own view.
         _client.Initialized = true;
+        // A client that may be ours (no frame options) is told what p11proxy offers beyond
+        // p11-kit's protocol; p11-kit's client (options: its module name) sees today's reply.
+        bool typed = _clientMayBeOurs;
+        _client.Profile = _client.Profile.WithTypedMessageParameters(typed);
+        if (typed) _replyOptions = AnnouncementBytes;
+        if (_log.Verbose) Note(typed ? " (typed message parameters announced)" : "");
         BeginReply();
         return CKR_OK;
     }

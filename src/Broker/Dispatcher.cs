@@ -42,11 +42,22 @@ internal sealed unsafe partial class Dispatcher : IDisposable
 
     /// <summary>
     /// Handles one request body and leaves the reply in <paramref name="reply"/>. Returns false when
-    /// the request was malformed: the connection must then be closed.
+    /// the request was malformed: the connection must then be closed. <paramref name="clientMayBeOurs"/>
+    /// says whether the request's frame came without options (p11-kit's client always puts its
+    /// module's name there, ours nothing), which decides at C_Initialize whether p11proxy's
+    /// capabilities are announced in <see cref="ReplyOptions"/> (see <see cref="Capabilities"/>).
     /// </summary>
-    public bool Handle(ReadOnlyMemory<byte> body, out WireWriter reply)
+    public bool Handle(ReadOnlyMemory<byte> body, bool clientMayBeOurs, out WireWriter reply)
     {
         reply = _reply.Writer;
+        _clientMayBeOurs = clientMayBeOurs;
+        _replyOptions = default;
+        var profile = _client.Profile;
+        if (!ReferenceEquals(_request.Profile, profile))
+        {
+            _request.Profile = profile;
+            _reply.Profile = profile;
+        }
         var status = _request.Parse(body, MessageKind.Request);
         if (status != ParseStatus.Ok)
         {
@@ -90,6 +101,11 @@ internal sealed unsafe partial class Dispatcher : IDisposable
     }
 
     private string _traceDetail = "";
+    private bool _clientMayBeOurs;
+    private byte[]? _replyOptions;
+
+    /// <summary>What goes in the options field of the reply just built (empty but for an announcing C_Initialize).</summary>
+    public ReadOnlySpan<byte> ReplyOptions => _replyOptions;
 
     /// <summary>Adds slot/session details to the verbose trace line; never values or PINs.</summary>
     private void Note(string detail)
@@ -271,7 +287,7 @@ internal sealed unsafe partial class Dispatcher : IDisposable
 
     // ---- reply encoding helpers ----------------------------------------------------------------------
 
-    private void BeginReply() => _reply.Begin(_request.Call!, MessageKind.Response);
+    private void BeginReply() => _reply.Begin(_request.Call!, MessageKind.Response, _request.TypedForm);
 
     /// <summary>'ay' reply after a call that filled a buffer, with p11-kit's conventions for sizes.</summary>
     private ulong ReplyOutput(ulong rv, byte* buffer, nuint length)

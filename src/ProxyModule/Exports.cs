@@ -164,7 +164,7 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_CloseSession(nuint session)
     {
-        try { return Done(nameof(C_CloseSession), Remote.Plain(Id.C_CloseSession, session)); }
+        try { return Done(nameof(C_CloseSession), Remote.CloseSession(session)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_CloseSession), e); }
     }
 
@@ -565,7 +565,7 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_MessageEncryptInit(nuint session, CK_MECHANISM* mechanism, nuint key)
     {
-        try { return Done(nameof(C_MessageEncryptInit), Remote.Init(Id.C_MessageEncryptInit, session, mechanism, key)); }
+        try { return Done(nameof(C_MessageEncryptInit), Remote.MessageCryptInit(Id.C_MessageEncryptInit, session, mechanism, key)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_MessageEncryptInit), e); }
     }
 
@@ -595,14 +595,14 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_MessageEncryptFinal(nuint session)
     {
-        try { return Done(nameof(C_MessageEncryptFinal), Remote.Plain(Id.C_MessageEncryptFinal, session)); }
+        try { return Done(nameof(C_MessageEncryptFinal), Remote.MessageCryptFinal(Id.C_MessageEncryptFinal, session)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_MessageEncryptFinal), e); }
     }
 
     [UnmanagedCallersOnly]
     public static nuint C_MessageDecryptInit(nuint session, CK_MECHANISM* mechanism, nuint key)
     {
-        try { return Done(nameof(C_MessageDecryptInit), Remote.Init(Id.C_MessageDecryptInit, session, mechanism, key)); }
+        try { return Done(nameof(C_MessageDecryptInit), Remote.MessageCryptInit(Id.C_MessageDecryptInit, session, mechanism, key)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_MessageDecryptInit), e); }
     }
 
@@ -632,7 +632,7 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_MessageDecryptFinal(nuint session)
     {
-        try { return Done(nameof(C_MessageDecryptFinal), Remote.Plain(Id.C_MessageDecryptFinal, session)); }
+        try { return Done(nameof(C_MessageDecryptFinal), Remote.MessageCryptFinal(Id.C_MessageDecryptFinal, session)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_MessageDecryptFinal), e); }
     }
 

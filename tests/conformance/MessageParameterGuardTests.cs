@@ -26,7 +26,7 @@ public sealed class MessageParameterGuardTests
     private string _recording = "";
     private string _dir = "";
 
-    private const ulong CKR_OK = 0, CKR_MECHANISM_PARAM_INVALID = 0x71, CKF_END_OF_MESSAGE = 1;
+    private const ulong CKR_OK = 0, CKR_MECHANISM_INVALID = 0x70, CKR_MECHANISM_PARAM_INVALID = 0x71, CKF_END_OF_MESSAGE = 1;
     private const ulong CKM_AES_GCM = 0x1087, CKG_GENERATE_RANDOM = 3;
     private const ulong DatabaseSlot = 2; // softoken: 1 is the generic crypto token, 2 the database token
 
@@ -95,11 +95,18 @@ public sealed class MessageParameterGuardTests
         ("low page", 0x1000, 0x2000),
     ];
 
+    /// <summary>
+    /// p11-kit's client puts its module name in every frame's options ("client"): the broker offers it
+    /// nothing and refuses to start an operation whose parameters it cannot carry. A client with no
+    /// options (ours, or an older p11proxy module) is offered typed parameters; one that still sends
+    /// p11-kit's form may start the operation, but its raw parameters are refused all the same.
+    /// </summary>
     [Test]
     public void RawParametersNeverReachTheModule([Values("client", "")] string frameOptions)
     {
-        // p11-kit's client puts its module name in every frame's options; test both that and an empty field.
         using var client = RawClient.Connect(_broker.Socket, Encoding.ASCII.GetBytes(frameOptions));
+        bool p11KitClient = frameOptions.Length > 0;
+        ulong initResult = p11KitClient ? CKR_MECHANISM_INVALID : CKR_OK;
         ulong session = client.OpenSession(DatabaseSlot);
         ulong key = client.CreateAesKey(session);
         int recordedBefore = Recorded().Length;
@@ -141,13 +148,15 @@ public sealed class MessageParameterGuardTests
                 }
             }
             Assert.That(client.Call(RawClient.MessageEncryptInit, "uMu", b => b.U64(session).U32((uint)CKM_AES_GCM).Byte(0).U64(key)),
-                Is.EqualTo(CKR_OK), "C_MessageEncryptInit(CKM_AES_GCM)");
+                Is.EqualTo(initResult), "C_MessageEncryptInit(CKM_AES_GCM)");
             Refused(encrypt);
-            Assert.That(client.Call(RawClient.MessageEncryptFinal, "u", b => b.U64(session)), Is.EqualTo(CKR_OK), "C_MessageEncryptFinal");
+            if (!p11KitClient)
+                Assert.That(client.Call(RawClient.MessageEncryptFinal, "u", b => b.U64(session)), Is.EqualTo(CKR_OK), "C_MessageEncryptFinal");
             Assert.That(client.Call(RawClient.MessageDecryptInit, "uMu", b => b.U64(session).U32((uint)CKM_AES_GCM).Byte(0).U64(key)),
-                Is.EqualTo(CKR_OK), "C_MessageDecryptInit(CKM_AES_GCM)");
+                Is.EqualTo(initResult), "C_MessageDecryptInit(CKM_AES_GCM)");
             Refused(decrypt);
-            Assert.That(client.Call(RawClient.MessageDecryptFinal, "u", b => b.U64(session)), Is.EqualTo(CKR_OK), "C_MessageDecryptFinal");
+            if (!p11KitClient)
+                Assert.That(client.Call(RawClient.MessageDecryptFinal, "u", b => b.U64(session)), Is.EqualTo(CKR_OK), "C_MessageDecryptFinal");
             Refused(signVerify);
         }
         Assert.That(refusals, Is.Empty, "each call refused with CKR_MECHANISM_PARAM_INVALID");
@@ -156,18 +165,81 @@ public sealed class MessageParameterGuardTests
         Assert.That(LogShows("C_EncryptMessage: refused a 48-byte message parameter sent as raw bytes"), Is.True,
             $"the broker's log line; its log: {_broker.Log}");
 
+        if (p11KitClient)
+            Assert.That(LogShows("C_MessageEncryptInit: CKM_AES_GCM takes per-message parameters that hold pointers"), Is.True,
+                $"the broker's log line for the refused operation; its log: {_broker.Log}");
+
         // Control: the recording sees calls that do reach the module (an absent parameter does).
-        Assert.That(client.Call(RawClient.MessageEncryptInit, "uMu", b => b.U64(session).U32((uint)CKM_AES_GCM).Byte(0).U64(key)), Is.EqualTo(CKR_OK));
         client.Call(RawClient.EncryptMessage, "uayayayfy", b => b.U64(session).Null().Array("aad"u8.ToArray()).Array(new byte[20]).U32(64));
         Assert.That(Recorded().Skip(recordedBefore), Is.EqualTo(new[] { "C_EncryptMessage parameter=(nil) length=0" }),
             "the recording module logs the calls that reach it");
-        client.Call(RawClient.MessageEncryptFinal, "u", b => b.U64(session));
 
         // The same connection and a new one are still served.
         Assert.That(client.Call(RawClient.GetInfo, "", _ => { }), Is.EqualTo(CKR_OK), "C_GetInfo on the same connection");
         using var other = RawClient.Connect(_broker.Socket, "client"u8.ToArray());
         Assert.That(other.Call(RawClient.GetInfo, "", _ => { }), Is.EqualTo(CKR_OK), "C_GetInfo on another connection");
         Assert.That(_broker.Running, Is.True, "the broker is still running");
+    }
+}
+
+/// <summary>
+/// What p11-kit-client.so sees of our broker's start: the bytes p11-kit's server sends (its version
+/// byte, then an empty C_Initialize reply with an empty options field), nothing of p11proxy's own.
+/// A client that sends no options (ours) gets the announcement in the reply's options.
+/// </summary>
+[TestFixture]
+[NonParallelizable]
+public sealed class BrokerHandshakeTests
+{
+    [Test]
+    public void P11KitsClientSeesTodaysBytesAndOursIsOffered()
+    {
+        string dir = Directory.CreateTempSubdirectory("p11handshake-").FullName;
+        string socket = Path.Combine(dir, "broker.sock");
+        using var db = new SoftokenDb("handshake");
+        try
+        {
+            using var broker = new Server("p11proxy-broker serve", Paths.Broker(),
+                ["serve", "--module", SoftokenDb.Module, "--init-reserved", db.InitString, "--socket", socket], "/nonexistent", socket);
+            var emptyInitializeReply = "00000001" + "00000000";
+            // p11-kit-client.so: version 2, options "client" in every frame.
+            Assert.That(RawHandshake(socket, "client"u8.ToArray()), Is.EqualTo("02" + "00000010" + "00000000" + "00000008" + emptyInitializeReply));
+            // A remote: module of p11-kit-proxy: options are the module's name.
+            Assert.That(RawHandshake(socket, "my-token"u8.ToArray()), Is.EqualTo("02" + "00000010" + "00000000" + "00000008" + emptyInitializeReply));
+            // Ours: no options, and the announcement comes back in the reply's options.
+            var announcement = Convert.ToHexString("p11proxy-capabilities: typed-message-parameters/1"u8);
+            Assert.That(RawHandshake(socket, []), Is.EqualTo("02" + "00000010" + $"{announcement.Length / 2:X8}" + "00000008" + announcement + emptyInitializeReply));
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+
+    /// <summary>Everything the broker sends in answer to the version byte and a C_Initialize request (code 0x10), as hex.</summary>
+    private static string RawHandshake(string path, byte[] options)
+    {
+        using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        socket.Connect(new UnixDomainSocketEndPoint(path));
+        socket.ReceiveTimeout = 20000;
+        var body = new Body().U32(1).Signature("ayyay").Array(Encoding.ASCII.GetBytes("PRIVATE-GNOME-KEYRING-PKCS11-PROTOCOL-V-1"))
+            .Byte(0).Array([0]).ToArray();
+        var request = new List<byte> { 2 };
+        request.AddRange(FakeConnection.Header(0x10, (uint)options.Length, (uint)body.Length));
+        request.AddRange(options);
+        request.AddRange(body);
+        socket.Send(request.ToArray());
+        var received = new List<byte>();
+        var buffer = new byte[4096];
+        // The version byte and a 12-byte header tell how much follows.
+        while (received.Count < 13 || received.Count < 13 + (int)BinaryPrimitives.ReadUInt32BigEndian(received.ToArray().AsSpan(5)) +
+               (int)BinaryPrimitives.ReadUInt32BigEndian(received.ToArray().AsSpan(9)))
+        {
+            int got = socket.Receive(buffer);
+            if (got == 0) break;
+            received.AddRange(buffer[..got]);
+        }
+        return Convert.ToHexString(received.ToArray());
     }
 }
 

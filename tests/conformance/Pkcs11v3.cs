@@ -27,6 +27,9 @@ internal sealed unsafe class Module3 : IDisposable
         SignMessageBeginIndex = 84, SignMessageNextIndex = 85, MessageSignFinalIndex = 86, MessageVerifyInitIndex = 87,
         VerifyMessageIndex = 88, VerifyMessageBeginIndex = 89, VerifyMessageNextIndex = 90, MessageVerifyFinalIndex = 91;
 
+    /// <summary>sizeof(CK_TOKEN_INFO), sizeof(CK_INFO) on LP64 (what the C compiler says of NSS's header).</summary>
+    private const int TokenInfoSize = 208, InfoSize = 88;
+
     public const ulong CKR_OK = 0, CKF_SERIAL_SESSION = 4, CKF_RW_SESSION = 2, CKF_OS_LOCKING_OK = 2, CKU_USER = 1;
 
     private readonly nint _library;
@@ -154,7 +157,7 @@ internal sealed unsafe class Module3 : IDisposable
     /// <summary>The slot whose token carries <paramref name="label"/>.</summary>
     public ulong SlotOf(string label)
     {
-        var info = new byte[160]; // CK_TOKEN_INFO on LP64
+        var info = new byte[TokenInfoSize];
         foreach (var slot in SlotList())
         {
             fixed (byte* p = info)

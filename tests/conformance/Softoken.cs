@@ -62,3 +62,131 @@ internal static class NativeHelpers
         }
     }
 }
+
+/// <summary>
+/// NSS softoken loaded directly in this process, initialised once with its own database for the
+/// whole run and never finalised (several fixtures use it; a module has one state per process).
+/// The database token is labelled <see cref="TokenLabel"/> and has user PIN <see cref="Pin"/>.
+/// </summary>
+internal static class SoftokenDirect
+{
+    public const string TokenLabel = "conf";
+    public const string Pin = "1234";
+
+    private static readonly object Gate = new();
+    private static SoftokenDb? _db;
+    private static Module3? _module;
+
+    public static SoftokenDb Db
+    {
+        get { Load(); return _db!; }
+    }
+
+
+    /// <summary>The module through its 3.0 function list, initialised.</summary>
+    public static Module3 Module
+    {
+        get { Load(); return _module!; }
+    }
+
+    private static void Load()
+    {
+        lock (Gate)
+        {
+            if (_module is not null) return;
+            _db = new SoftokenDb("direct", Pin, TokenLabel);
+            _module = Module3.Load(SoftokenDb.Module);
+            ulong rv = _module.Initialize(_db.InitString);
+            Assert.That(rv, Is.EqualTo(Module3.CKR_OK), $"softoken C_Initialize with its database: 0x{rv:x}");
+            AppDomain.CurrentDomain.ProcessExit += (_, _) => _db.Dispose();
+        }
+    }
+}
+
+/// <summary>
+/// One way of reaching NSS softoken: directly, or through a stack we build or interoperate with.
+/// The p11-kit stacks get softoken through native/recordingmodule.c, which hands it its database
+/// string (`p11-kit server --provider` has no way to pass one, and root's p11-kit reads module
+/// configs with x-init-reserved only from /etc); our broker gets it with --init-reserved.
+/// </summary>
+internal sealed class SoftokenStack : IDisposable
+{
+    public static readonly string[] Names =
+        ["direct", "p11kit-server", "p11kit-remote", "broker-socket", "broker-stdio", "p11kit-client-broker", "broker-v1", "broker-v0"];
+
+    public string Name { get; }
+    public SoftokenDb? Db { get; private set; }
+    public string ModulePath { get; private set; } = "";
+    public string Address { get; private set; } = "";
+    private Server? _server;
+    private string? _dir;
+
+    public SoftokenStack(string name) => Name = name;
+
+    public bool IsDirect => Name == "direct";
+
+    /// <summary>A p11-kit 0.24 peer or protocol version 0 on one side: no PKCS #11 3.0 calls travel.</summary>
+    public bool Protocol0 => Name is "p11kit-server" or "p11kit-remote" or "broker-v0";
+
+    /// <summary>p11-kit 0.24's client module offers no 3.0 interface at all.</summary>
+    public bool No30Interface => Name == "p11kit-client-broker";
+
+    /// <summary>Starts the server side and sets the environment the module to load needs.</summary>
+    public void Start()
+    {
+        if (IsDirect)
+        {
+            ModulePath = SoftokenDb.Module;
+            return;
+        }
+        Db = new SoftokenDb(Name, SoftokenDirect.Pin, SoftokenDirect.TokenLabel);
+        _dir = Directory.CreateTempSubdirectory($"p11softoken-{Name}-").FullName;
+        string socket = Path.Combine(_dir, "server.sock");
+        string shim = NativeHelpers.SharedLibrary("recordingmodule.c");
+        var shimEnv = new Dictionary<string, string>
+        {
+            ["RECORDING_MODULE_TARGET"] = SoftokenDb.Module,
+            ["RECORDING_MODULE_INIT_RESERVED"] = Db.InitString,
+        };
+        foreach (var (name, value) in shimEnv) NativeEnv.Set(name, value); // children of '|' addresses inherit them
+        string broker = Name.Contains("broker") ? Paths.Broker() : "";
+        string[] brokerArgs = ["--module", SoftokenDb.Module, "--init-reserved", Db.InitString];
+        switch (Name)
+        {
+            case "p11kit-server":
+                _server = new Server("p11-kit server", "p11-kit",
+                    ["server", "-f", "-n", socket, "--provider", shim, $"pkcs11:token={SoftokenDirect.TokenLabel}"], "/nonexistent", socket, shimEnv);
+                Address = "unix:path=" + socket;
+                break;
+            case "p11kit-remote":
+                Address = $"|p11-kit remote {shim}";
+                break;
+            case "broker-stdio":
+                // The address is split as p11-kit splits it: inside double quotes the string's single quotes stay.
+                Address = $"|{broker} stdio --module {SoftokenDb.Module} --init-reserved \"{Db.InitString}\"";
+                break;
+            default:
+                _server = new Server("p11proxy-broker serve", broker, ["serve", .. brokerArgs, "--socket", socket], "/nonexistent", socket);
+                Address = "unix:path=" + socket;
+                break;
+        }
+        NativeEnv.Set("P11_KIT_SERVER_ADDRESS", Address);
+        if (Name is "broker-v1" or "broker-v0") NativeEnv.Set("P11PROXY_PROTOCOL_VERSION", Name == "broker-v1" ? "1" : "0");
+        else NativeEnv.Unset("P11PROXY_PROTOCOL_VERSION");
+        ModulePath = Name == "p11kit-client-broker" ? Paths.P11KitClient : Paths.Module();
+    }
+
+    public string ServerLog => _server?.Log ?? "";
+
+    public void Dispose()
+    {
+        _server?.Dispose();
+        _server = null;
+        NativeEnv.Unset("P11_KIT_SERVER_ADDRESS");
+        NativeEnv.Unset("P11PROXY_PROTOCOL_VERSION");
+        NativeEnv.Unset("RECORDING_MODULE_TARGET");
+        NativeEnv.Unset("RECORDING_MODULE_INIT_RESERVED");
+        Db?.Dispose();
+        if (_dir is not null) try { Directory.Delete(_dir, true); } catch (IOException) { }
+    }
+}
