@@ -449,9 +449,14 @@ internal sealed unsafe partial class Dispatcher
 
     private ulong SessionCancel()
     {
-        if (!ReadSession(out var session, out ulong rv)) return rv;
-        if (!ReadULong(out var flags) || !Done) return Malformed;
-        rv = F->C_SessionCancel(session, flags);
+        if (!ReadULong(out var session) || !ReadULong(out var flags) || !Done) return Malformed;
+        if (_log.Verbose) Note($" session={session}");
+        // A handle this client does not own goes to the module as CK_INVALID_HANDLE, which names
+        // no session: the client gets the module's own answer for an unknown session (NSS softoken
+        // says CKR_OPERATION_CANCEL_FAILED, not CKR_SESSION_HANDLE_INVALID) and no other client's
+        // session is touched.
+        if (!_client.Owns(session)) session = (nuint)CK_INVALID_HANDLE;
+        ulong rv = F->C_SessionCancel(session, flags);
         if (rv == CKR_OK) BeginReply();
         return rv;
     }

@@ -430,12 +430,15 @@ public sealed class SoftokenMessageTests(string name)
         {
             $"C_LoginUser 0x{m.LoginUser(session, CKU_USER, SoftokenDirect.Pin, "someone"):x}",
             $"C_SessionCancel own session 0x{m.SessionCancel(session, CKF_MESSAGE_ENCRYPT):x}",
+            // A handle no session has: softoken says CKR_OPERATION_CANCEL_FAILED, and so must the stack.
+            $"C_SessionCancel unknown handle 0x{m.SessionCancel(0x7777_0000, CKF_MESSAGE_ENCRYPT):x}",
         });
         if (_stack.Protocol0)
         {
             Assert.That(target.Select(s => s.Split("0x")[1]), Has.All.EqualTo("54"), $"{name}: not in protocol version 0");
             return;
         }
+        Assert.That(direct[2], Is.EqualTo("C_SessionCancel unknown handle 0x202"), "softoken's answer");
         Assert.That(target, Is.EqualTo(direct), name);
     }
 
