@@ -339,12 +339,18 @@ internal sealed unsafe partial class Dispatcher
         CK_MECHANISM_INFO info = default;
         rv = F->C_GetMechanismInfo(slot, type, &info);
         if (rv != CKR_OK) return rv;
+        // Protocol version 0 has no message-based calls: a client of it (p11-kit 0.24's, a 2.40
+        // module) is not told of them, as a 3.0 module's 2.40 function list does not tell them.
+        if (_request.Profile.Version == 0) info.flags &= ~(nuint)MessageMechanismFlags;
         BeginReply();
         _reply.WriteULong(info.ulMinKeySize);
         _reply.WriteULong(info.ulMaxKeySize);
         _reply.WriteULong(info.flags);
         return CKR_OK;
     }
+
+    /// <summary>CKF_MESSAGE_ENCRYPT, _DECRYPT, _SIGN, _VERIFY and CKF_MULTI_MESSAGE.</summary>
+    private const ulong MessageMechanismFlags = CKF_MESSAGE_ENCRYPT | CKF_MESSAGE_DECRYPT | CKF_MESSAGE_SIGN | CKF_MESSAGE_VERIFY | CKF_MULTI_MESSAGE;
 
     private ulong InitToken(bool padded)
     {

@@ -130,6 +130,37 @@ internal static unsafe class Exports
         catch (Exception e) { return Log.Unexpected(nameof(C_GetMechanismInfo), e); }
     }
 
+    // The 2.40 function list shows a 2.40 library, as NSS softoken's does: no message-based
+    // functions (their mechanism flags dropped) and a Cryptoki version of at most 2.40.
+
+    /// <summary>CKF_MESSAGE_ENCRYPT, _DECRYPT, _SIGN, _VERIFY and CKF_MULTI_MESSAGE: no 2.40 meaning.</summary>
+    private const ulong MessageMechanismFlags = CKF_MESSAGE_ENCRYPT | CKF_MESSAGE_DECRYPT | CKF_MESSAGE_SIGN | CKF_MESSAGE_VERIFY | CKF_MULTI_MESSAGE;
+
+    [UnmanagedCallersOnly]
+    public static nuint C_GetMechanismInfo240(nuint slot, nuint type, CK_MECHANISM_INFO* info)
+    {
+        try
+        {
+            ulong rv = Remote.GetMechanismInfo(slot, type, info);
+            if (rv == CKR_OK) info->flags &= ~(nuint)MessageMechanismFlags;
+            return Done(nameof(C_GetMechanismInfo), rv);
+        }
+        catch (Exception e) { return Log.Unexpected(nameof(C_GetMechanismInfo), e); }
+    }
+
+    [UnmanagedCallersOnly]
+    public static nuint C_GetInfo240(CK_INFO* info)
+    {
+        try
+        {
+            ulong rv = Remote.GetInfo(info);
+            if (rv == CKR_OK && (info->cryptokiVersion.major > 2 || (info->cryptokiVersion.major == 2 && info->cryptokiVersion.minor > 40)))
+                info->cryptokiVersion = new CK_VERSION { major = 2, minor = 40 };
+            return Done(nameof(C_GetInfo), rv);
+        }
+        catch (Exception e) { return Log.Unexpected(nameof(C_GetInfo), e); }
+    }
+
     [UnmanagedCallersOnly]
     public static nuint C_InitToken(nuint slot, byte* pin, nuint pinLength, byte* label)
     {

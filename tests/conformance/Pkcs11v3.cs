@@ -49,11 +49,14 @@ internal sealed unsafe class Module3 : IDisposable
         Has30 = has30;
     }
 
-    /// <summary>Loads <paramref name="path"/> and takes its "PKCS 11" 3.0 interface, or its 2.40 list.</summary>
-    public static Module3 Load(string path)
+    /// <summary>
+    /// Loads <paramref name="path"/> and takes its "PKCS 11" 3.0 interface, or its 2.40 list (also
+    /// when <paramref name="list240"/>: what a 2.40 application gets from C_GetFunctionList).
+    /// </summary>
+    public static Module3 Load(string path, bool list240 = false)
     {
         nint library = NativeLibrary.Load(path);
-        if (NativeLibrary.TryGetExport(library, "C_GetInterface", out var getInterface))
+        if (!list240 && NativeLibrary.TryGetExport(library, "C_GetInterface", out var getInterface))
         {
             var name = "PKCS 11\0"u8;
             ushort version = 3; // CK_VERSION { 3, 0 }
@@ -136,6 +139,14 @@ internal sealed unsafe class Module3 : IDisposable
         {
             if (text != 0) Marshal.FreeCoTaskMem(text);
         }
+    }
+
+    /// <summary>C_GetInfo: the CK_RV and the Cryptoki version the library reports.</summary>
+    public (ulong Rv, byte Major, byte Minor) CryptokiVersion()
+    {
+        var info = stackalloc byte[InfoSize]; // the Cryptoki version comes first
+        ulong rv = ((delegate* unmanaged<byte*, ulong>)Entry(GetInfoIndex))(info);
+        return (rv, info[0], info[1]);
     }
 
     public ulong Finalize()

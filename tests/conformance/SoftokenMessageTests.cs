@@ -462,6 +462,32 @@ public sealed class SoftokenMessageTests(string name)
         }
     }
 
+    /// <summary>
+    /// Softoken shows a 2.40 library through its 2.40 function list (C_GetFunctionList): Cryptoki
+    /// 2.40, and mechanism flags without CKF_MESSAGE_*. Our module's 2.40 list does the same, its
+    /// 3.0 list shows what the backend's 3.0 list says.
+    /// </summary>
+    [Test]
+    public void The240ListShowsA240Library()
+    {
+        if (_stack.IsDirect || _stack.No30Interface) return;
+        var direct240 = Module3.Load(SoftokenDb.Module, list240: true);
+        var target240 = Module3.Load(_stack.ModulePath, list240: true);
+        Assert.That(direct240.Has30 || target240.Has30, Is.False);
+        Assert.That(direct240.CryptokiVersion(), Is.EqualTo((CKR_OK, (byte)2, (byte)40)), "softoken's 2.40 list");
+        Assert.That(Direct.CryptokiVersion(), Is.EqualTo((CKR_OK, (byte)3, (byte)0)), "softoken's 3.0 list");
+        Assert.That(target240.CryptokiVersion(), Is.EqualTo(direct240.CryptokiVersion()), $"{name}: 2.40 list");
+        if (Knows30Calls)
+            Assert.That(_target.CryptokiVersion(), Is.EqualTo(Direct.CryptokiVersion()), $"{name}: 3.0 list");
+        foreach (ulong mechanism in new[] { CKM_AES_GCM, CKM_CHACHA20_POLY1305 })
+        {
+            var direct = direct240.MechanismInfo(_directSlot, mechanism);
+            Assert.That(direct.Flags & 0x3e, Is.Zero, "softoken's 2.40 list: no message flags");
+            if (Hidden(mechanism)) continue;
+            Assert.That(target240.MechanismInfo(_slot, mechanism), Is.EqualTo(direct), $"{name}: 0x{mechanism:x} through the 2.40 list");
+        }
+    }
+
     [Test]
     public void AParameterOfAnotherSizeIsRefusedBeforeItTravels()
     {
