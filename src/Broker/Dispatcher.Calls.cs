@@ -540,12 +540,14 @@ internal sealed unsafe partial class Dispatcher
         if (!ReadSession(out var session, out ulong rv)) return rv;
         if (!ReadULong(out var handle)) return Malformed;
         if (!_request.TryReadAttributeBuffer(MaxOutputBuffer, out var buffers) || !Done) return Malformed;
-        // Large claimed buffers are not allocated on the client's word: a size query first tells
-        // what the values need, and no more than that (nor more than claimed) is allocated.
+        // A size query first tells what the values need: no more than that (nor more than claimed)
+        // is allocated on the client's word, and a value that does not fit the client's buffer gets
+        // none. A module is never handed a buffer smaller than its value: NSS softoken (3.87) writes
+        // such a value whole past the buffer's end and answers CKR_OK.
         long claimed = 0;
         foreach (var buffer in buffers) claimed += buffer.Length;
         nuint[]? needed = null;
-        if (claimed > DirectAllocationLimit)
+        if (claimed > 0)
         {
             var query = BufferTemplate(buffers, null, sizesOnly: true);
             F->C_GetAttributeValue(session, handle, query, (nuint)buffers.Length);
@@ -556,7 +558,10 @@ internal sealed unsafe partial class Dispatcher
         if (!_arena.TryReserveLarge(ValueBytes(buffers, needed)))
             return CKR_DEVICE_MEMORY;
         var template = BufferTemplate(buffers, needed, sizesOnly: false);
+        Span<nuint> given = buffers.Length <= 64 ? stackalloc nuint[buffers.Length] : new nuint[buffers.Length];
+        for (int i = 0; i < buffers.Length; i++) given[i] = template[i].ulValueLen;
         rv = F->C_GetAttributeValue(session, handle, template, (nuint)buffers.Length);
+        rv = FitValues(buffers, needed, template, given, rv);
         // These codes still carry per-attribute results, so they travel inside a normal reply.
         if (rv != CKR_OK && rv != CKR_ATTRIBUTE_SENSITIVE && rv != CKR_ATTRIBUTE_TYPE_INVALID && rv != CKR_BUFFER_TOO_SMALL)
             return rv;
@@ -567,6 +572,32 @@ internal sealed unsafe partial class Dispatcher
         _reply.WriteULong(rv);
         return CKR_OK;
     }
+
+    /// <summary>
+    /// After the call: a value that did not fit the client's buffer (it got none) is
+    /// CK_UNAVAILABLE_INFORMATION and the call CKR_BUFFER_TOO_SMALL, as a module answers for a buffer
+    /// too small; a length larger than the buffer the module was given (a module out of step, or
+    /// a value that grew since the size query) is treated the same, and never read.
+    /// </summary>
+    private static ulong FitValues(WireAttributeBuffer[] buffers, nuint[]? needed, CK_ATTRIBUTE* template, ReadOnlySpan<nuint> given, ulong rv)
+    {
+        bool tooSmall = false;
+        for (int i = 0; i < buffers.Length; i++)
+        {
+            if (buffers[i].Length == 0 || buffers[i].Nested is not null) continue;
+            bool noBuffer = DoesNotFit(buffers[i], needed?[i]);
+            if (noBuffer || (template[i].ulValueLen != NativeTemplates.Unavailable && template[i].ulValueLen > given[i]))
+            {
+                template[i].ulValueLen = NativeTemplates.Unavailable;
+                tooSmall = true;
+            }
+        }
+        return tooSmall && rv == CKR_OK ? CKR_BUFFER_TOO_SMALL : rv;
+    }
+
+    /// <summary>Whether the size query showed a value larger than the client's buffer for it.</summary>
+    private static bool DoesNotFit(WireAttributeBuffer buffer, nuint? needed) =>
+        needed is { } known && known != NativeTemplates.Unavailable && known > buffer.Length;
 
     /// <summary>
     /// The backend's template for a C_GetAttributeValue request. <paramref name="sizesOnly"/> leaves
@@ -587,8 +618,8 @@ internal sealed unsafe partial class Dispatcher
                 template[i].ulValueLen = (nuint)(nested.Length * sizeof(CK_ATTRIBUTE));
                 continue;
             }
-            if (sizesOnly)
-                continue;
+            if (sizesOnly || DoesNotFit(buffers[i], needed?[i]))
+                continue; // no buffer: the module reports only the length (made unavailable afterwards)
             nuint size = ValueSize(buffers[i], needed?[i]);
             // A client buffer stays a buffer (non-NULL) even when nothing needs to go into it.
             template[i].pValue = _arena.Alloc(Math.Max(size, 1));
@@ -609,7 +640,8 @@ internal sealed unsafe partial class Dispatcher
         {
             if (buffers[i].Length == 0)
                 continue;
-            total += buffers[i].Nested is { } nested ? ValueBytes(nested, null) : Math.Max(ValueSize(buffers[i], needed?[i]), 1);
+            total += buffers[i].Nested is { } nested ? ValueBytes(nested, null)
+                : DoesNotFit(buffers[i], needed?[i]) ? 0 : Math.Max(ValueSize(buffers[i], needed?[i]), 1);
         }
         return total;
     }

@@ -164,7 +164,7 @@ internal sealed unsafe partial class Dispatcher
             buffer = (byte*)_arena.Alloc(1);
             rv = call(buffer, &size);
             length = size;
-            return rv;
+            return Written(rv, 0, ref length);
         }
         size = Math.Min((nuint)capacity, inputLength + 64 * 1024);
         buffer = (byte*)_arena.TryAllocLarge(size);
@@ -173,9 +173,10 @@ internal sealed unsafe partial class Dispatcher
             length = 0;
             return CKR_DEVICE_MEMORY;
         }
+        nuint allocated = size;
         rv = call(buffer, &size);
         length = size;
-        return rv;
+        return Written(rv, allocated, ref length);
     }
 
     // ---- encryption and decryption -------------------------------------------------------------------

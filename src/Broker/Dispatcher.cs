@@ -202,7 +202,7 @@ internal sealed unsafe partial class Dispatcher : IDisposable
             buffer = (byte*)_arena.Alloc(1);
             rv = call(buffer, &size);
             length = size;
-            return rv;
+            return Written(rv, 0, ref length);
         }
         size = capacity;
         if (capacity > DirectAllocationLimit)
@@ -222,9 +222,23 @@ internal sealed unsafe partial class Dispatcher : IDisposable
             length = 0;
             return CKR_DEVICE_MEMORY;
         }
+        nuint allocated = size;
         rv = call(buffer, &size);
         length = size;
-        return rv;
+        return Written(rv, allocated, ref length);
+    }
+
+    /// <summary>
+    /// A module that reports success with more output than the buffer it was given holds is out of
+    /// step: the reply must not read past the buffer (it would send the client broker memory).
+    /// </summary>
+    private ulong Written(ulong rv, nuint allocated, ref nuint length)
+    {
+        if (rv != CKR_OK || length <= allocated)
+            return rv;
+        _log.Warn($"{_client.Peer}: {_request.Call!.Name}: the module reported {length} bytes in a buffer of {allocated}; CKR_DEVICE_ERROR");
+        length = 0;
+        return CKR_DEVICE_ERROR;
     }
 
     private ulong ReadMechanism(out CK_MECHANISM* mechanism)
@@ -303,7 +317,11 @@ internal sealed unsafe partial class Dispatcher : IDisposable
     {
         if (length > WireWriter.MaxArrayLength)
         {
-            _reply.Writer.Fail();
+            // A length the wire cannot carry: as a size answer, the largest it can (the call's CK_RV
+            // still travels: NSS softoken answers a too-small buffer for C_Sign with
+            // CKR_BUFFER_TOO_SMALL and an uninitialised length); as data, nothing.
+            if (rv == CKR_BUFFER_TOO_SMALL || buffer == null) _reply.WriteByteArrayLengthOnly(WireWriter.MaxArrayLength);
+            else _reply.Writer.Fail();
             return;
         }
         if (rv == CKR_BUFFER_TOO_SMALL || buffer == null)

@@ -1,3 +1,6 @@
+using Net.Pkcs11Interop.Common;
+using Net.Pkcs11Interop.HighLevelAPI;
+
 namespace P11Proxy.Conformance;
 
 /// <summary>
@@ -82,6 +85,61 @@ internal static class SoftokenDirect
         get { Load(); return _db!; }
     }
 
+    private static IPkcs11Library? _lib;
+    private static ISlot? _slot;
+
+    /// <summary>
+    /// The same softoken through Pkcs11Interop (its 2.40 function list), for the 2.40 scenarios of
+    /// ConformanceTests. Initialised already (by <see cref="Module"/>), so Pkcs11Interop's
+    /// C_Initialize gets CKR_CRYPTOKI_ALREADY_INITIALIZED, which it accepts; never disposed, since
+    /// its C_Finalize would end softoken for every user in this process.
+    /// </summary>
+    public static IPkcs11Library Lib
+    {
+        get
+        {
+            lock (Gate)
+            {
+                Load();
+                _lib ??= Reference.Factories.Pkcs11LibraryFactory.LoadPkcs11Library(Reference.Factories, SoftokenDb.Module, AppType.MultiThreaded);
+                return _lib;
+            }
+        }
+    }
+
+    public static ISlot Slot
+    {
+        get
+        {
+            var lib = Lib;
+            lock (Gate) return _slot ??= Target.FindSlot(lib, "softoken/direct");
+        }
+    }
+
+    /// <summary>
+    /// The mechanisms of softoken's database token that p11-kit 0.24.1's client carries (protocol
+    /// version 0). Measured: softoken's list through p11-kit-client.so 0.24.1 against our broker;
+    /// our module offering version 0 lists exactly the same.
+    /// </summary>
+    public static readonly HashSet<ulong> CarriedByP11Kit024 =
+    [
+        0x0, 0x1, 0x10, 0x100, 0x101, 0x103, 0x1040, 0x1041, 0x1042, 0x1080, 0x1081, 0x1083, 0x11, 0x12, 0x120, 0x121, 0x123,
+        0x130, 0x131, 0x132, 0x134, 0x140, 0x141, 0x143, 0x20, 0x2000, 0x201, 0x211, 0x221, 0x251, 0x261, 0x271, 0x3, 0x350,
+        0x4, 0x40, 0x41, 0x42, 0x5, 0x6, 0x9, 0xd,
+    ];
+
+    /// <summary>
+    /// What version 1 carries of that list (p11-kit 0.25.0-0.25.5's tables, as our module offering
+    /// version 1 applies them): AES/DES IV modes, CTR, GCM, CMAC, ECDH, the PSS family, SHA-224.
+    /// </summary>
+    public static readonly HashSet<ulong> CarriedByP11Kit025 =
+    [
+        0x0, 0x1, 0x10, 0x100, 0x101, 0x103, 0x1040, 0x1041, 0x1042, 0x1043, 0x1044, 0x1045, 0x1046, 0x1050, 0x1080, 0x1081,
+        0x1082, 0x1083, 0x1084, 0x1085, 0x1086, 0x1087, 0x1089, 0x108a, 0x108b, 0x11, 0x12, 0x120, 0x121, 0x122, 0x123, 0x125,
+        0x130, 0x131, 0x132, 0x133, 0x134, 0x135, 0x136, 0x140, 0x141, 0x143, 0x20, 0x2000, 0x201, 0x21, 0x211, 0x221, 0x222,
+        0x251, 0x252, 0x256, 0x257, 0x261, 0x262, 0x271, 0x272, 0x3, 0x350, 0x4, 0x40, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46,
+        0x47, 0x5, 0x6, 0x9, 0xd, 0xe,
+    ];
 
     /// <summary>The module through its 3.0 function list, initialised.</summary>
     public static Module3 Module
