@@ -37,6 +37,7 @@ PACKAGES=(
   "iproute2:/sbin/ip"
   "valgrind:/usr/bin/valgrind"                                   # bench: instructions per call (callgrind)
   "python3:/usr/bin/python3"                                     # bench: the report
+  "nginx:/usr/sbin/nginx"                                        # native-tests/21: a server whose workers lose the environment
 )
 
 ensure_packages() {

@@ -94,6 +94,14 @@ internal sealed unsafe class Backend : IDisposable
         return copy;
     }
 
+    private SlotEvents? _events;
+
+    /// <summary>The backend's slot events, shared by all its clients (a broker has one token filter).</summary>
+    public SlotEvents Events(TokenFilter filter, BrokerLog log)
+    {
+        lock (this) return _events ??= new SlotEvents(this, filter, log);
+    }
+
     public void Dispose()
     {
         // The library stays mapped: modules often register atexit handlers and threads.

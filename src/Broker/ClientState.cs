@@ -26,6 +26,45 @@ internal sealed class ClientState
     /// </summary>
     public WireProfile Profile { get; set; } = WireProfile.V0;
 
+    private EventQueue? _events;
+
+    /// <summary>Its slot events from C_Initialize until C_Finalize or disconnecting.</summary>
+    public EventQueue? Events => Volatile.Read(ref _events);
+
+    public void SetEvents(EventQueue queue) => Volatile.Write(ref _events, queue);
+
+    /// <summary>The queue, taken once (C_Finalize and disconnecting may race).</summary>
+    public EventQueue? TakeEvents() => Interlocked.Exchange(ref _events, null);
+
+    /// <summary>
+    /// Per session, the hash of the last request of a protocol-0 client that asked for no output
+    /// room and was performed for real because nothing remained to output (see
+    /// Dispatcher.CallWithOutput): the same request next on that session is the second pass of a
+    /// two-pass caller and is answered alike. Any other request of the session drops it.
+    /// </summary>
+    private Dictionary<nuint, byte[]>? _zeroOutputRequests;
+
+    public void RememberZeroOutputRequest(nuint session, byte[] requestHash)
+    {
+        lock (_gate) (_zeroOutputRequests ??= new())[session] = requestHash;
+    }
+
+    /// <summary>Whether the request is a repeat of the remembered one; the memory is dropped either way.</summary>
+    public bool TakeZeroOutputRepeat(nuint session, ReadOnlySpan<byte> request)
+    {
+        byte[]? remembered;
+        lock (_gate)
+        {
+            if (_zeroOutputRequests is null || !_zeroOutputRequests.Remove(session, out remembered)) return false;
+        }
+        return System.Security.Cryptography.SHA256.HashData(request).AsSpan().SequenceEqual(remembered);
+    }
+
+    public bool HasZeroOutputRequest(nuint session)
+    {
+        lock (_gate) return _zeroOutputRequests is { Count: > 0 } && _zeroOutputRequests.ContainsKey(session);
+    }
+
     public void AddSession(nuint session, nuint slot)
     {
         lock (_gate) _sessionSlots[session] = slot;
@@ -42,6 +81,7 @@ internal sealed class ClientState
         bool removed;
         lock (_gate)
         {
+            _zeroOutputRequests?.Remove(session);
             removed = _sessionSlots.Remove(session);
             _messages.Remove(session, out messages);
         }
@@ -62,6 +102,7 @@ internal sealed class ClientState
         {
             all = _sessionSlots.Keys.ToArray();
             _sessionSlots.Clear();
+            _zeroOutputRequests?.Clear();
             messages = _messages.Values.ToArray();
             _messages.Clear();
         }

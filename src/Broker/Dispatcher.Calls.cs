@@ -152,7 +152,7 @@ internal sealed unsafe partial class Dispatcher
         rv = ReadOutputCapacity(out uint capacity);
         if (rv != CKR_OK) return rv;
         if (!Done) return Malformed;
-        rv = CallWithOutput(capacity, (o, n) => call(session, o, n), out var buffer, out var length);
+        rv = CallWithOutput(capacity, (o, n) => call(session, o, n), out var buffer, out var length, session);
         return ReplyOutput(rv, buffer, length);
     }
 
@@ -163,7 +163,7 @@ internal sealed unsafe partial class Dispatcher
         rv = ReadOutputCapacity(out uint capacity);
         if (rv != CKR_OK) return rv;
         if (!Done) return Malformed;
-        rv = CallWithOutput(capacity, (o, n) => call(session, input, inputLength, o, n), out var buffer, out var length);
+        rv = CallWithOutput(capacity, (o, n) => call(session, input, inputLength, o, n), out var buffer, out var length, session);
         return ReplyOutput(rv, buffer, length);
     }
 
@@ -195,9 +195,13 @@ internal sealed unsafe partial class Dispatcher
     {
         if (!_request.TryReadByteArray(out bool present, out var handshake, out _) || !present ||
             !handshake.Data.Span.SequenceEqual(CallTable.Handshake) ||
-            !_request.TryReadByte(out _) ||
-            !_request.TryReadByteArray(out _, out _, out _) || !Done)
+            !_request.TryReadByte(out byte hasReserved) ||
+            !_request.TryReadByteArray(out bool reservedPresent, out var reserved, out _) || !Done)
             return Malformed;
+        // pReserved, when given, is a string (p11-kit's client reads it as one): anything else is
+        // garbage, refused as a module loaded directly refuses it.
+        if (hasReserved != 0 && !(reservedPresent && ReservedString.IsText(reserved.Data.Span)))
+            return CKR_ARGUMENTS_BAD;
         // The backend was initialised once at start-up; each client only starts its own view.
         _client.Initialized = true;
         // A client that may be ours (no frame options) is told what p11proxy offers beyond
@@ -206,6 +210,7 @@ internal sealed unsafe partial class Dispatcher
         _client.Profile = _client.Profile.WithTypedMessageParameters(typed);
         if (typed) _replyOptions = AnnouncementBytes;
         if (_log.Verbose) Note(typed ? " (typed message parameters announced)" : "");
+        if (_client.Events is null) _client.SetEvents(_events.Subscribe(_client.Peer));
         BeginReply();
         return CKR_OK;
     }
@@ -213,6 +218,9 @@ internal sealed unsafe partial class Dispatcher
     private ulong Finalize()
     {
         if (!Done) return Malformed;
+        // A thread of this client waiting for a slot event returns now, as C_Finalize makes it
+        // return in a module loaded directly (its reply goes out before this one).
+        if (_client.TakeEvents() is { } events) _events.Unsubscribe(events, CKR_CRYPTOKI_NOT_INITIALIZED);
         CloseClientSessions();
         _client.Initialized = false;
         BeginReply();
@@ -225,12 +233,18 @@ internal sealed unsafe partial class Dispatcher
         CK_INFO info = default;
         ulong rv = F->C_GetInfo(&info);
         if (rv != CKR_OK) return rv;
+        // The broker names itself, as p11-kit's server does (see Identity): with the backend's own
+        // CK_INFO a host that also loads the backend would take the two for one module.
+        Span<byte> manufacturer = stackalloc byte[32];
+        Span<byte> description = stackalloc byte[32];
+        Pkcs11Abi.WritePadded(manufacturer, Identity.Manufacturer);
+        Pkcs11Abi.WritePadded(description, Identity.BrokerDescription);
         BeginReply();
         _reply.WriteVersion(info.cryptokiVersion.major, info.cryptokiVersion.minor);
-        WriteSpace(info.manufacturerID, 32);
+        _reply.WriteSpaceString(manufacturer);
         _reply.WriteULong(info.flags);
-        WriteSpace(info.libraryDescription, 32);
-        _reply.WriteVersion(info.libraryVersion.major, info.libraryVersion.minor);
+        _reply.WriteSpaceString(description);
+        _reply.WriteVersion(Identity.VersionMajor, Identity.VersionMinor);
         return CKR_OK;
     }
 
@@ -397,6 +411,10 @@ internal sealed unsafe partial class Dispatcher
     {
         if (!ReadVisibleSlot(out var slot, out ulong rv)) return rv;
         if (!Done) return Malformed;
+        // The backend judges the slot id, as its own C_CloseAllSessions would.
+        CK_SLOT_INFO info = default;
+        rv = F->C_GetSlotInfo(slot, &info);
+        if (rv != CKR_OK) return rv;
         // Only this client's sessions: the backend's C_CloseAllSessions would close everyone's.
         foreach (var session in _client.SessionsOn(slot))
         {
@@ -468,8 +486,12 @@ internal sealed unsafe partial class Dispatcher
     }
 
     /// <summary>
-    /// The length of C_GenerateRandom is an input, so a 0 here is a request for no bytes, not a size
-    /// query: p11-kit 0.24 clients send it that way for a zero-length buffer.
+    /// The length of C_GenerateRandom is an input: the capacity is what the client asked for. From
+    /// version 1 on, capacity 0 is a NULL buffer (a zero-length one travels as 0xffffffff): the
+    /// backend is given NULL and judges it. Version 0 sends a zero-length buffer as 0 too, and
+    /// cannot tell it from NULL: there it is taken for the zero-length buffer, the call a caller
+    /// makes on purpose (pkcs11-tool --test does), so C_GenerateRandom(NULL, n) through p11-kit
+    /// 0.24's client succeeds with no bytes instead of CKR_ARGUMENTS_BAD.
     /// </summary>
     private ulong GenerateRandom()
     {
@@ -477,6 +499,11 @@ internal sealed unsafe partial class Dispatcher
         rv = ReadOutputCapacity(out uint capacity);
         if (rv != CKR_OK) return rv;
         if (!Done) return Malformed;
+        if (capacity == 0 && _request.Profile.Version >= 1)
+        {
+            rv = F->C_GenerateRandom(session, null, 0);
+            return ReplyOutput(rv, null, 0);
+        }
         // The length is what the client asked for, not a guess: it is allocated as asked.
         nuint length = capacity == RpcMessageWriter.ZeroLengthBuffer ? 0 : capacity;
         var buffer = (byte*)_arena.TryAllocLarge(length);
@@ -488,21 +515,13 @@ internal sealed unsafe partial class Dispatcher
     private ulong WaitForSlotEvent()
     {
         if (!ReadULong(out var flags) || !Done) return Malformed;
-        while (true)
-        {
-            nuint slot = 0;
-            ulong rv = F->C_WaitForSlotEvent(flags, &slot, null);
-            if (rv != CKR_OK) return rv;
-            // Events on hidden tokens are not this client's business.
-            if (!_filter.IsVisible(F, slot))
-            {
-                if ((flags & (nuint)CKF_DONT_BLOCK) != 0) return CKR_NO_EVENT;
-                continue;
-            }
-            BeginReply();
-            _reply.WriteULong(slot);
-            return CKR_OK;
-        }
+        // Every client is given every event (SlotEvents): one client's wait never takes another's.
+        if (_client.Events is not { } events) return CKR_CRYPTOKI_NOT_INITIALIZED;
+        ulong rv = _events.Wait(events, flags, MayBlock, out var slot);
+        if (rv != CKR_OK) return rv;
+        BeginReply();
+        _reply.WriteULong(slot);
+        return CKR_OK;
     }
 
     // ---- objects ------------------------------------------------------------------------------------------
@@ -557,7 +576,8 @@ internal sealed unsafe partial class Dispatcher
         // One template can name the same large value many times: the budget is for all of them.
         if (!_arena.TryReserveLarge(ValueBytes(buffers, needed)))
             return CKR_DEVICE_MEMORY;
-        var template = BufferTemplate(buffers, needed, sizesOnly: false);
+        // An empty template is an empty array, not NULL (see ReadTemplate).
+        var template = buffers.Length == 0 ? _arena.Alloc<CK_ATTRIBUTE>(1) : BufferTemplate(buffers, needed, sizesOnly: false);
         Span<nuint> given = buffers.Length <= 64 ? stackalloc nuint[buffers.Length] : new nuint[buffers.Length];
         for (int i = 0; i < buffers.Length; i++) given[i] = template[i].ulValueLen;
         rv = F->C_GetAttributeValue(session, handle, template, (nuint)buffers.Length);
@@ -675,10 +695,11 @@ internal sealed unsafe partial class Dispatcher
         if (!_request.TryReadULongBuffer(out uint capacity) || !Done) return Malformed;
         if (capacity > MaxOutputBuffer / 8) return CKR_DEVICE_MEMORY;
         // C_FindObjects may return fewer handles than asked (callers loop until 0), so a huge
-        // capacity is served in bounded batches rather than allocated.
+        // capacity is served in bounded batches rather than allocated. Capacity 0 is a NULL array
+        // (the wire has no other form for it): the backend judges it, as with p11-kit's server.
         uint batch = Math.Min(capacity, 4096u);
         nuint found = 0;
-        nuint* handles = _arena.Alloc<nuint>((int)Math.Max(batch, 1u));
+        nuint* handles = capacity == 0 ? null : _arena.Alloc<nuint>((int)batch);
         rv = F->C_FindObjects(session, handles, batch, &found);
         if (rv != CKR_OK) return rv;
         if (found > batch) return CKR_GENERAL_ERROR;
@@ -733,7 +754,7 @@ internal sealed unsafe partial class Dispatcher
         rv = ReadOutputCapacity(out uint capacity);
         if (rv != CKR_OK) return rv;
         if (!Done) return Malformed;
-        rv = CallWithOutput(capacity, (o, n) => F->C_WrapKey(session, mechanism, wrappingKey, key, o, n), out var buffer, out var length);
+        rv = CallWithOutput(capacity, (o, n) => F->C_WrapKey(session, mechanism, wrappingKey, key, o, n), out var buffer, out var length, session);
         return ReplyOutput(rv, buffer, length);
     }
 

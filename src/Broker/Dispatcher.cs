@@ -28,7 +28,17 @@ internal sealed unsafe partial class Dispatcher : IDisposable
     private readonly RpcMessageReader _request;
     private readonly RpcMessageWriter _reply;
     private readonly NativeArena _arena = new();
+    private readonly SlotEvents _events;
     private CK_FUNCTION_LIST_3_0* F => _backend.Functions;
+
+    /// <summary>False while the connection's reader runs a call that may block: it must not (see ClientConnection).</summary>
+    public bool MayBlock { get; set; } = true;
+
+    /// <summary>The request being handled, whole (see <see cref="ReadSession"/>).</summary>
+    private ReadOnlyMemory<byte> _body;
+
+    /// <summary>The request repeats a protocol-0 zero-output request already performed (see <see cref="CallWithOutput"/>).</summary>
+    private bool _zeroOutputRepeat;
 
     public Dispatcher(Backend backend, TokenFilter filter, ClientState client, BrokerLog log, WireProfile profile)
     {
@@ -38,6 +48,7 @@ internal sealed unsafe partial class Dispatcher : IDisposable
         _log = log;
         _request = new RpcMessageReader(profile);
         _reply = new RpcMessageWriter(profile, 4096);
+        _events = backend.Events(filter, log);
     }
 
     /// <summary>
@@ -67,6 +78,8 @@ internal sealed unsafe partial class Dispatcher : IDisposable
         var call = _request.Call!;
         long started = _log.Verbose ? Stopwatch.GetTimestamp() : 0;
         ulong rv;
+        _body = body;
+        _zeroOutputRepeat = false;
         try
         {
             rv = Dispatch(call.Id);
@@ -80,6 +93,7 @@ internal sealed unsafe partial class Dispatcher : IDisposable
         finally
         {
             _arena.Reset();
+            _body = default;
         }
         if (rv == Malformed)
         {
@@ -141,6 +155,8 @@ internal sealed unsafe partial class Dispatcher : IDisposable
         if (!ReadULong(out session)) { rv = Malformed; return false; }
         if (_log.Verbose) Note($" session={session}"); // formatted only for the trace: no string per call otherwise
         if (!_client.Owns(session)) { rv = CKR_SESSION_HANDLE_INVALID; return false; }
+        if (_request.Profile.Version == 0 && _client.HasZeroOutputRequest(session))
+            _zeroOutputRepeat = _client.TakeZeroOutputRepeat(session, _body.Span);
         return true;
     }
 
@@ -186,14 +202,39 @@ internal sealed unsafe partial class Dispatcher : IDisposable
     /// allocated from a large capacity the client merely claims: above a small limit the backend is
     /// asked for the size first, and only what it needs (at most the capacity) is allocated.
     /// </summary>
-    private ulong CallWithOutput(uint capacity, OutputCall call, out byte* buffer, out nuint length)
+    private ulong CallWithOutput(uint capacity, OutputCall call, out byte* buffer, out nuint length) =>
+        CallWithOutput(capacity, call, out buffer, out length, session: null);
+
+    /// <summary>
+    /// As above, for a call on <paramref name="session"/>. Protocol 0 has no form for a non-NULL
+    /// output buffer of length 0: p11-kit 0.24's client sends it as capacity 0, like a size query.
+    /// When the backend says nothing remains to output, the call is therefore performed for real
+    /// with a zero-length buffer (a caller with one sees the operation end, as direct); a caller
+    /// that only asked the size then repeats the same request with its zero-length buffer, and that
+    /// repeat, next on the session, is answered alike without being performed twice.
+    /// </summary>
+    private ulong CallWithOutput(uint capacity, OutputCall call, out byte* buffer, out nuint length, nuint? session)
     {
         buffer = null;
         nuint size = 0;
         ulong rv;
+        bool protocol0 = _request.Profile.Version == 0 && session is not null;
         if (capacity == 0)
         {
+            if (protocol0 && _zeroOutputRepeat)
+            {
+                buffer = (byte*)_arena.Alloc(1);
+                length = 0;
+                return CKR_OK;
+            }
             rv = call(null, &size);
+            if (protocol0 && rv == CKR_OK && size == 0)
+            {
+                buffer = (byte*)_arena.Alloc(1);
+                rv = call(buffer, &size);
+                if (rv == CKR_OK && size == 0)
+                    _client.RememberZeroOutputRequest(session!.Value, System.Security.Cryptography.SHA256.HashData(_body.Span));
+            }
             length = size;
             return rv;
         }
@@ -257,7 +298,9 @@ internal sealed unsafe partial class Dispatcher : IDisposable
         count = 0;
         if (!_request.TryReadAttributeArray(out var attributes))
             return Malformed;
-        template = ToNative(attributes);
+        // An empty template is an empty array, not NULL: modules refuse a NULL template in calls
+        // that accept an empty one (C_CopyObject, C_SetAttributeValue). The wire has no NULL template.
+        template = attributes.Length == 0 ? _arena.Alloc<CK_ATTRIBUTE>(1) : ToNative(attributes);
         count = (nuint)attributes.Length;
         return CKR_OK;
     }

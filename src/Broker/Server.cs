@@ -102,7 +102,10 @@ internal sealed partial class Server
 /// "Expected" is measured, not guessed: each call's duration on this connection feeds a moving
 /// average (<see cref="CallDurations"/>), because waking a worker costs more than most token
 /// calls do (an ECDSA signature, a digest of a few KiB), while an RSA signature or a 1 MiB digest
-/// is worth running beside the next request.
+/// is worth running beside the next request. A call that may block for as long as it likes
+/// (C_WaitForSlotEvent) is never run by the reader, from the first request of a connection on,
+/// and its worker does not count against <see cref="MaxWorkers"/>: another thread's calls are
+/// read and answered however many of the client's threads wait.
 /// </summary>
 internal sealed class ClientConnection
 {
@@ -116,6 +119,7 @@ internal sealed class ClientConnection
     private readonly BrokerLog _log;
     private readonly ClientState _client;
     private readonly CallDurations _durations = new();
+    private readonly SlotEvents _events;
     private readonly object _park = new();
     private readonly Lock _writeLock = new();
     private int _workers;
@@ -132,6 +136,7 @@ internal sealed class ClientConnection
         _filter = filter;
         _log = log;
         _client = new ClientState(name) { Profile = profile };
+        _events = backend.Events(filter, log);
     }
 
     /// <summary>Serves until the client leaves; the calling thread is the first worker.</summary>
@@ -177,21 +182,31 @@ internal sealed class ClientConnection
                 long reserved = _channel.TakeReservation();
 
                 long now = System.Diagnostics.Stopwatch.GetTimestamp();
-                if (Volatile.Read(ref _running) > 0)
-                    Volatile.Write(ref _lastOverlap, now); // read while another request runs: the client has several in flight
-                // A quick request is handled here even when the next one is already buffered
-                // (it follows right after): waking a worker costs more than the call saves.
-                if (!(_durations.WorthHandingOver(callId) && (_channel.HasBufferedData || ClientOverlapsCalls(now))))
+                // Read while another request runs: the client has several in flight. A thread that
+                // waits for a slot event (NSS keeps one) does not make a client's calls overlap.
+                if (Volatile.Read(ref _running) > Volatile.Read(ref _blocking))
+                    Volatile.Write(ref _lastOverlap, now);
+                // A call that may block always goes to another worker, up to the client's limit of
+                // waiting threads; beyond it the reader runs it without letting it block.
+                bool mayBlock = CallDurations.MayBlock(callId);
+                bool handOver = mayBlock
+                    ? Volatile.Read(ref _blocking) < SlotEvents.MaxWaitsPerClient
+                    // A quick request is handled here even when the next one is already buffered
+                    // (it follows right after): waking a worker costs more than the call saves.
+                    : _durations.WorthHandingOver(callId) && (_channel.HasBufferedData || ClientOverlapsCalls(now));
+                if (!handOver)
                 {
                     // Still the reader: nobody touches the receive buffer, so the request is
                     // handled where it lies, then wiped there (requests may carry PINs).
                     try
                     {
+                        dispatcher.MayBlock = false;
                         if (!HandleAndReply(dispatcher, callId, code, frame, mayBeOurs, now, byReader: true))
                             break;
                     }
                     finally
                     {
+                        dispatcher.MayBlock = true;
                         RpcChannel.Wipe(frame);
                         Server.RequestBudget.Release(reserved);
                     }
@@ -218,11 +233,13 @@ internal sealed class ClientConnection
                 // Counted before the role is released: the next reader sends without the write
                 // lock only while no handed-over request can be sending.
                 Interlocked.Increment(ref _running);
+                if (mayBlock) Interlocked.Increment(ref _blocking);
                 lock (_park)
                 {
                     _readerActive = false;
                     if (_parked > 0) Monitor.Pulse(_park);
-                    else if (_workers < MaxWorkers) StartWorker();
+                    // Workers blocked in a wait do not count: the next request is read regardless.
+                    else if (mayBlock || _workers - Volatile.Read(ref _blocking) < MaxWorkers) StartWorker();
                 }
                 isReader = false;
                 try
@@ -233,6 +250,7 @@ internal sealed class ClientConnection
                 finally
                 {
                     Interlocked.Decrement(ref _running);
+                    if (mayBlock) BlockingCallDone();
                     RpcChannel.Wipe(request); // requests may carry PINs
                     if (owned is not null) Server.SpareBuffers.Keep(owned);
                     Server.RequestBudget.Release(reserved);
@@ -277,6 +295,47 @@ internal sealed class ClientConnection
     /// <summary>Requests handed to a worker and not yet answered.</summary>
     private int _running;
 
+    /// <summary>Of those, calls that may block (C_WaitForSlotEvent): their workers do not count against <see cref="MaxWorkers"/>.</summary>
+    private int _blocking;
+
+    private readonly object _blockingGate = new();
+
+    private void BlockingCallDone()
+    {
+        Interlocked.Decrement(ref _blocking);
+        lock (_blockingGate) Monitor.PulseAll(_blockingGate);
+    }
+
+    /// <summary>
+    /// C_Finalize ended the client's waits: their replies (CKR_CRYPTOKI_NOT_INITIALIZED) go out
+    /// before C_Finalize's, and C_Finalize's only once the client has read them: p11-kit's client
+    /// (every version) asserts, and aborts its process, when C_Finalize closes its transport while
+    /// another of its threads is still on its way out of a call. Bounded: a client that does not
+    /// read cannot hold the reader here for long.
+    /// </summary>
+    private void AwaitBlockingReplies()
+    {
+        long until = Environment.TickCount64 + 5000;
+        bool waited = false;
+        lock (_blockingGate)
+        {
+            while (Volatile.Read(ref _blocking) > 0)
+            {
+                waited = true;
+                long left = until - Environment.TickCount64;
+                if (left <= 0) return;
+                Monitor.Wait(_blockingGate, (int)left);
+            }
+        }
+        if (!waited) return;
+        _channel.AwaitPeerRead(1000);
+        // Reading its reply is not the end of the call for p11-kit's client: the thread still
+        // drops its reference to the transport after. A moment for it to do so.
+        Thread.Sleep(PeerCallExitGrace);
+    }
+
+    private const int PeerCallExitGrace = 20; // ms
+
     /// <summary>When the client last had two requests in flight at once (Stopwatch ticks; 0: never).</summary>
     private long _lastOverlap;
 
@@ -306,13 +365,15 @@ internal sealed class ClientConnection
             Close();
             return false;
         }
+        if (callId == (uint)RpcCallId.C_Finalize)
+            AwaitBlockingReplies();
         long elapsed = System.Diagnostics.Stopwatch.GetTimestamp() - started;
         _durations.Record(callId, elapsed);
         // After a slow call the reader ran itself, look (before answering, so the answer cannot
         // have prompted it) whether the client sent more meanwhile: if so it overlaps its calls,
         // and the next slow one goes to another worker.
         if (elapsed > CallDurations.HandOverTicks && CallDurations.UsuallySlow(callId) &&
-            Volatile.Read(ref _running) == 0 && _channel.InputWaiting())
+            Volatile.Read(ref _running) == Volatile.Read(ref _blocking) && _channel.InputWaiting())
             Volatile.Write(ref _lastOverlap, started + elapsed);
         // Only the reader hands requests to workers, and a worker counts in _running until its
         // reply is sent: the reader that sees none running is the only thread that can be sending.
@@ -333,7 +394,7 @@ internal sealed class ClientConnection
         new Thread(Work) { IsBackground = true, Name = _name }.Start();
     }
 
-    /// <summary>Stops every worker: a reader blocked on the socket is woken by the shutdown.</summary>
+    /// <summary>Stops every worker: a reader blocked on the socket is woken by the shutdown, a worker waiting for a slot event by ending the client's waits.</summary>
     private void Close()
     {
         lock (_park)
@@ -341,6 +402,8 @@ internal sealed class ClientConnection
             _closing = true;
             Monitor.PulseAll(_park);
         }
+        // Nothing of the client stays behind in the backend: its waits were never there (SlotEvents).
+        if (_client.TakeEvents() is { } events) _events.Unsubscribe(events, Pkcs11.Pkcs11Constants.CKR_DEVICE_REMOVED);
         _channel.Shutdown();
     }
 }
@@ -361,7 +424,7 @@ internal sealed class CallDurations
     private readonly long[] _average = new long[256];
 
     /// <summary>Calls that may block for as long as they like: always run beside the reader.</summary>
-    private static bool MayBlock(uint callId) => (RpcCallId)callId is RpcCallId.C_WaitForSlotEvent;
+    public static bool MayBlock(uint callId) => (RpcCallId)callId is RpcCallId.C_WaitForSlotEvent;
 
     /// <summary>
     /// The calls that usually need the token's work or a person: assumed slow until timed, and
@@ -379,7 +442,6 @@ internal sealed class CallDurations
 
     public bool WorthHandingOver(uint callId)
     {
-        if (MayBlock(callId)) return true;
         if (callId >= (uint)_average.Length) return false; // unknown id: refused by the dispatcher at once
         long average = Volatile.Read(ref _average[callId]);
         return average == 0 ? UsuallySlow(callId) : average > HandOverTicks;

@@ -26,6 +26,16 @@ internal sealed class Connection : IDisposable
     private uint _nextCode = 0x0f;
     private bool _broken;
 
+    /// <summary>
+    /// Set by C_Finalize before it closes the connection: a call still waiting then (a thread in
+    /// C_WaitForSlotEvent) returns CKR_CRYPTOKI_NOT_INITIALIZED, as PKCS#11 has C_Finalize end such
+    /// a wait, not CKR_DEVICE_ERROR.
+    /// </summary>
+    private bool _finalized;
+
+    /// <summary>What a call cut short by the connection's end returns.</summary>
+    private ulong Ended => Volatile.Read(ref _finalized) ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_DEVICE_ERROR;
+
     private readonly int _timeoutMilliseconds;
 
     private Connection(RpcChannel channel, SpawnedProcess? child, WireProfile profile, string address, int timeoutMilliseconds)
@@ -80,15 +90,18 @@ internal sealed class Connection : IDisposable
 
     public bool Broken => Volatile.Read(ref _broken);
 
-    /// <summary>Connects and negotiates the highest protocol version both sides speak.</summary>
-    public static Connection Open(ServerAddress address, int timeoutMilliseconds)
+    /// <summary>Whether the peer is our broker: 0 not known yet, 1 it is, 2 it is not (see Remote.PeerIsOurBroker).</summary>
+    public int PeerKind;
+
+    /// <summary>Connects and negotiates the highest protocol version both sides speak, offering at most <paramref name="offeredVersion"/>.</summary>
+    public static Connection Open(ServerAddress address, int timeoutMilliseconds, byte offeredVersion)
     {
         var (channel, child) = OpenChannel(address);
         channel.ReceiveTimeoutMilliseconds = timeoutMilliseconds;
         byte version;
         try
         {
-            version = channel.NegotiateAsClient(OfferedVersion());
+            version = channel.NegotiateAsClient(offeredVersion);
         }
         catch (TransportException)
         {
@@ -109,22 +122,6 @@ internal sealed class Connection : IDisposable
         }
         Log.Trace($"connected to {address} with protocol version {version}");
         return new Connection(channel, child, WireProfile.For(version), address.ToString(), timeoutMilliseconds);
-    }
-
-    /// <summary>
-    /// The highest protocol version to offer: WireProfile.MaxVersion, or lower when
-    /// P11PROXY_PROTOCOL_VERSION says so (to interoperate with a peer that mishandles newer ones,
-    /// and to test every version against our own broker).
-    /// </summary>
-    private static byte OfferedVersion()
-    {
-        string? text = Environment.GetEnvironmentVariable("P11PROXY_PROTOCOL_VERSION");
-        if (string.IsNullOrEmpty(text))
-            return WireProfile.MaxVersion;
-        if (byte.TryParse(text, out byte version) && version <= WireProfile.MaxVersion)
-            return version;
-        Log.Error($"ignoring P11PROXY_PROTOCOL_VERSION={text}: it must be 0 to {WireProfile.MaxVersion}");
-        return WireProfile.MaxVersion;
     }
 
     private static (RpcChannel, SpawnedProcess?) OpenChannel(ServerAddress address)
@@ -165,7 +162,7 @@ internal sealed class Connection : IDisposable
             return CKR_HOST_MEMORY;
         }
         if (Volatile.Read(ref _broken))
-            return CKR_DEVICE_REMOVED;
+            return Volatile.Read(ref _finalized) ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_DEVICE_REMOVED;
 
         bool timed = call.Id != RpcCallId.C_WaitForSlotEvent;
         long deadline = maxWaitMilliseconds < 0 ? long.MaxValue : Environment.TickCount64 + maxWaitMilliseconds;
@@ -224,6 +221,8 @@ internal sealed class Connection : IDisposable
 
     private ulong Fail(RpcCall call, string why)
     {
+        if (Volatile.Read(ref _finalized))
+            return CKR_CRYPTOKI_NOT_INITIALIZED; // closed by C_Finalize: nothing was lost
         if (!Volatile.Read(ref _broken))
             Log.Error($"{call.Name}: lost the broker at {Address}: {why}");
         Volatile.Write(ref _broken, true);
@@ -294,7 +293,7 @@ internal sealed class Connection : IDisposable
                     if (Volatile.Read(ref _broken) || remaining <= 0)
                     {
                         RemoveWaiter(code, timed);
-                        return CKR_DEVICE_ERROR;
+                        return Ended;
                     }
                     readTimeout = TryClaimReader(deadline);
                     if (readTimeout == 0)
@@ -425,6 +424,9 @@ internal sealed class Connection : IDisposable
     public ulong FinalizeAndClose(CallContext context, int waitMilliseconds)
     {
         ulong rv = Volatile.Read(ref _broken) ? CKR_OK : Exchange(context, waitMilliseconds);
+        // Our broker answered the client's waits before this reply; any call still waiting (a
+        // broker that did not, or could not) is woken by the close and returns as C_Finalize dictates.
+        Volatile.Write(ref _finalized, true);
         Dispose();
         return rv;
     }

@@ -28,6 +28,7 @@ internal static unsafe class Exports
         try
         {
             if (list == null) return (nuint)CKR_ARGUMENTS_BAD;
+            ModuleState.HostLoaded();
             *list = FunctionTable.Version240;
             return (nuint)CKR_OK;
         }
@@ -37,14 +38,22 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly(EntryPoint = "C_GetInterfaceList")]
     public static nuint C_GetInterfaceList(CK_INTERFACE* list, nuint* count)
     {
-        try { return (nuint)FunctionTable.GetInterfaceList(list, count); }
+        try
+        {
+            ModuleState.HostLoaded();
+            return (nuint)FunctionTable.GetInterfaceList(list, count);
+        }
         catch (Exception e) { return Log.Unexpected(nameof(C_GetInterfaceList), e); }
     }
 
     [UnmanagedCallersOnly(EntryPoint = "C_GetInterface")]
     public static nuint C_GetInterface(byte* name, CK_VERSION* version, CK_INTERFACE** found, nuint flags)
     {
-        try { return (nuint)FunctionTable.GetInterface(name, version, found, flags); }
+        try
+        {
+            ModuleState.HostLoaded();
+            return (nuint)FunctionTable.GetInterface(name, version, found, flags);
+        }
         catch (Exception e) { return Log.Unexpected(nameof(C_GetInterface), e); }
     }
 
@@ -73,8 +82,13 @@ internal static unsafe class Exports
             // CKF_LIBRARY_CANT_CREATE_OS_THREADS needs nothing: the module never creates threads.
             if (args->pReserved != null)
             {
-                // p11-kit passes a configuration string here and forwards it to the server.
-                reserved = MemoryMarshal.CreateReadOnlySpanFromNullTerminated((byte*)args->pReserved);
+                // Hosts that use pReserved (p11-kit's x-init-reserved, NSS's module parameters)
+                // pass a string, forwarded to the broker as p11-kit's client does. Anything else
+                // is garbage: refused as a module loaded directly refuses it, and read only
+                // through the kernel, since the pointer may point nowhere.
+                if (!CallerMemory.TryCopyString(args->pReserved, ReservedString.MaxLength, out var text) || !ReservedString.IsText(text))
+                    return CKR_ARGUMENTS_BAD;
+                reserved = text.AsSpan(0, text.Length - 1);
                 hasReserved = true;
             }
         }
@@ -202,7 +216,7 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_CloseAllSessions(nuint slot)
     {
-        try { return Done(nameof(C_CloseAllSessions), Remote.Plain(Id.C_CloseAllSessions, slot)); }
+        try { return Done(nameof(C_CloseAllSessions), Remote.CloseAllSessions(slot)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_CloseAllSessions), e); }
     }
 

@@ -87,6 +87,10 @@ internal static unsafe class MechanismMarshal
         return CKR_OK;
     }
 
+    /// <summary>An IV of another length than the one p11-kit carries for its mechanism (see MechanismParameterCodec.IvLength).</summary>
+    public static bool HasIvOfOtherLength(WireProfile profile, in WireMechanism wire) =>
+        wire.Parameter is RawParameter raw && profile.CodecFor(wire.Type)?.IvLength is { } length && raw.Bytes.Length != length;
+
     private static byte[] Copy(void* data, nuint length)
     {
         if (data == null || length == 0) return [];

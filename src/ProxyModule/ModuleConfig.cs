@@ -10,9 +10,23 @@ namespace P11Proxy.Module;
 ///   4. unix:path=$XDG_RUNTIME_DIR/p11-kit/pkcs11, p11-kit's default socket.
 /// The file format is "key = value" lines; '#' starts a comment. Keys: server-address, timeout-ms
 /// (P11PROXY_TIMEOUT_MS in the environment wins; 0 means no limit).
+///
+/// Read once per load, as p11-kit's client reads its address once per C_GetFunctionList: the
+/// first C_Initialize after the host loaded the module (C_GetFunctionList, C_GetInterface[List])
+/// settles it, and every later C_Initialize of the process, in forked children too, reuses it
+/// whatever the environment then holds. nginx, for one, empties the environment of its workers,
+/// which initialise the module again after the fork.
 /// </summary>
-internal sealed record ModuleConfig(string Address, string Source, int TimeoutMilliseconds)
+internal sealed record ModuleConfig(string Address, string Source, int TimeoutMilliseconds, byte OfferedVersion)
 {
+    private static ModuleConfig? _settled;
+
+    /// <summary>The host loaded the module (again): the next C_Initialize reads the settings afresh.</summary>
+    public static void Unsettle() => Volatile.Write(ref _settled, null);
+
+    /// <summary>The settings of this load: read at its first C_Initialize, then kept. Called under ModuleState's gate.</summary>
+    public static ModuleConfig Settled(uint uid) => _settled ??= Load(uid);
+
     public const string SystemConfigPath = "/etc/p11proxy/p11proxy.conf";
 
     /// <summary>
@@ -47,14 +61,31 @@ internal sealed record ModuleConfig(string Address, string Source, int TimeoutMi
                 Log.Error($"ignoring timeout-ms '{timeoutText}': it must be a number of milliseconds (0: no limit)");
         }
 
+        byte version = OfferedVersionFromEnvironment();
         string? fromEnvironment = Environment.GetEnvironmentVariable("P11_KIT_SERVER_ADDRESS");
         if (!string.IsNullOrEmpty(fromEnvironment))
-            return new ModuleConfig(fromEnvironment, "P11_KIT_SERVER_ADDRESS", timeout);
+            return new ModuleConfig(fromEnvironment, "P11_KIT_SERVER_ADDRESS", timeout, version);
         if (Lookup(user, "server-address") is { } userAddress)
-            return new ModuleConfig(userAddress, UserConfigPath, timeout);
+            return new ModuleConfig(userAddress, UserConfigPath, timeout, version);
         if (Lookup(system, "server-address") is { } systemAddress)
-            return new ModuleConfig(systemAddress, SystemConfigPath, timeout);
-        return new ModuleConfig(ServerAddress.ForUnixPath(ServerAddress.DefaultSocketPath(uid)), "default socket", timeout);
+            return new ModuleConfig(systemAddress, SystemConfigPath, timeout, version);
+        return new ModuleConfig(ServerAddress.ForUnixPath(ServerAddress.DefaultSocketPath(uid)), "default socket", timeout, version);
+    }
+
+    /// <summary>
+    /// The highest protocol version to offer: WireProfile.MaxVersion, or lower when
+    /// P11PROXY_PROTOCOL_VERSION says so (to interoperate with a peer that mishandles newer ones,
+    /// and to test every version against our own broker).
+    /// </summary>
+    private static byte OfferedVersionFromEnvironment()
+    {
+        string? text = Environment.GetEnvironmentVariable("P11PROXY_PROTOCOL_VERSION");
+        if (string.IsNullOrEmpty(text))
+            return P11Proxy.Wire.WireProfile.MaxVersion;
+        if (byte.TryParse(text, out byte version) && version <= P11Proxy.Wire.WireProfile.MaxVersion)
+            return version;
+        Log.Error($"ignoring P11PROXY_PROTOCOL_VERSION={text}: it must be 0 to {P11Proxy.Wire.WireProfile.MaxVersion}");
+        return P11Proxy.Wire.WireProfile.MaxVersion;
     }
 
     private static Dictionary<string, string> ReadFile(string path)

@@ -38,6 +38,15 @@ internal static partial class ModuleState
         return CKR_OK;
     }
 
+    /// <summary>
+    /// The host loads the module (C_GetFunctionList, C_GetInterface[List]): unless this process
+    /// has it initialised already, its next C_Initialize reads the settings afresh (see ModuleConfig).
+    /// </summary>
+    public static void HostLoaded()
+    {
+        if (TryGet(out _) != CKR_OK) ModuleConfig.Unsettle();
+    }
+
     private static byte[] _reserved = [];
     private static bool _hasReserved;
     private static long _lastReconnectAttempt;
@@ -95,7 +104,7 @@ internal static partial class ModuleState
     {
         connection = null!;
         {
-            var config = ModuleConfig.Load(getuid());
+            var config = ModuleConfig.Settled(getuid());
             if (!ServerAddress.TryParse(config.Address, out var address, out string error))
             {
                 Log.Error($"bad broker address from {config.Source}: {error}");
@@ -103,7 +112,7 @@ internal static partial class ModuleState
             }
             try
             {
-                connection = Connection.Open(address, config.TimeoutMilliseconds);
+                connection = Connection.Open(address, config.TimeoutMilliseconds, config.OfferedVersion);
             }
             catch (TransportException e)
             {

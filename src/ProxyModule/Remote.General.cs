@@ -11,12 +11,6 @@ namespace P11Proxy.Module;
 /// </summary>
 internal static unsafe partial class Remote
 {
-    /// <summary>Library identity reported by C_GetInfo (GnuTLS drops a module whose C_GetInfo equals another's).</summary>
-    public static ReadOnlySpan<byte> Manufacturer => "p11proxy"u8;
-    public static ReadOnlySpan<byte> Description => "p11proxy PKCS#11 remoting module"u8;
-    public const byte VersionMajor = 0;
-    public const byte VersionMinor = 1;
-
     private static ulong Begin(RpcCallId id, out Connection connection, out CallContext context)
     {
         context = null!;
@@ -94,11 +88,48 @@ internal static unsafe partial class Remote
             return Malformed(context);
         *info = default;
         info->cryptokiVersion = new CK_VERSION { major = major, minor = minor };
-        Pkcs11Abi.WritePadded(new Span<byte>(info->manufacturerID, 32), Manufacturer);
+        // Our own identity (GnuTLS drops a module whose C_GetInfo equals another's), with the
+        // cryptoki version and flags of what the broker serves.
+        Pkcs11Abi.WritePadded(new Span<byte>(info->manufacturerID, 32), Identity.Manufacturer);
         info->flags = (nuint)flags;
-        Pkcs11Abi.WritePadded(new Span<byte>(info->libraryDescription, 32), Description);
-        info->libraryVersion = new CK_VERSION { major = VersionMajor, minor = VersionMinor };
+        Pkcs11Abi.WritePadded(new Span<byte>(info->libraryDescription, 32), Identity.ModuleDescription);
+        info->libraryVersion = new CK_VERSION { major = Identity.VersionMajor, minor = Identity.VersionMinor };
         return CKR_OK;
+    }
+
+    /// <summary>
+    /// Whether the peer is our broker, which takes what p11-kit's server cannot (an IV of any
+    /// length) and checks what it does not (slot ids in C_CloseAllSessions). Asked with C_GetInfo
+    /// (our broker names itself there) the first time it matters on a connection, then known; it
+    /// uses this thread's call context, so a caller builds its request afterwards.
+    /// </summary>
+    public static bool PeerIsOurBroker(Connection connection)
+    {
+        int kind = Volatile.Read(ref connection.PeerKind);
+        if (kind != 0) return kind == 1;
+        var context = CallContext.For(connection, RpcCallId.C_GetInfo);
+        if (connection.Exchange(context) != CKR_OK) return false;
+        var reply = context.Response;
+        bool ours = reply.TryReadVersion(out _, out _) && reply.TryReadSpaceString(32, out var manufacturer) &&
+                    reply.TryReadULong(out _) && reply.TryReadSpaceString(32, out var description) &&
+                    Identity.IsOurBroker(manufacturer.Span, description.Span);
+        Volatile.Write(ref connection.PeerKind, ours ? 1 : 2);
+        return ours;
+    }
+
+    /// <summary>
+    /// C_CloseAllSessions. p11-kit's server answers CKR_OK for any slot id (its proxy closes the
+    /// sessions it knows on that slot, and knows no slot to refuse): there the slot is checked
+    /// after, as the backend would have checked it. Our broker checks it itself.
+    /// </summary>
+    public static ulong CloseAllSessions(nuint slotId)
+    {
+        ulong rv = Plain(RpcCallId.C_CloseAllSessions, slotId);
+        if (rv != CKR_OK || ModuleState.TryGet(out var connection) != CKR_OK || PeerIsOurBroker(connection))
+            return rv;
+        CK_SLOT_INFO info;
+        rv = GetSlotInfo(slotId, &info);
+        return rv == CKR_SLOT_ID_INVALID ? rv : CKR_OK;
     }
 
     public static ulong GetSlotList(byte tokenPresent, nuint* slotList, nuint* count)

@@ -8,8 +8,10 @@ public static class MechanismCodec
     /// <summary>
     /// Encodes a mechanism. Returns CKR_OK, or CKR_MECHANISM_INVALID when the peer cannot carry it
     /// (what p11-kit's client answers), or CKR_MECHANISM_PARAM_INVALID when the parameter does not fit.
+    /// <paramref name="anyIvLength"/>: the peer is our broker, which takes an IV of any length (see
+    /// <see cref="MechanismParameterCodec.IvLength"/>).
     /// </summary>
-    public static ulong Encode(WireWriter writer, WireProfile profile, in WireMechanism mechanism)
+    public static ulong Encode(WireWriter writer, WireProfile profile, in WireMechanism mechanism, bool anyIvLength = false)
     {
         if (mechanism.IsNullMechanism)
         {
@@ -56,6 +58,7 @@ public static class MechanismCodec
         }
 
         var parameter = mechanism.Parameter!;
+        if (anyIvLength && codec?.IvLength is not null) codec = MechanismParameterCodec.Bytes;
         bool encoded = codec is not null
             ? codec.Encode(writer, parameter)
             : parameter is RawParameter && MechanismParameterCodec.Bytes.Encode(writer, parameter);

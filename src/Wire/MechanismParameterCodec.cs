@@ -11,14 +11,22 @@ public sealed class MechanismParameterCodec
     private readonly Func<WireReader, MechanismParameter?> _decode;
 
     private MechanismParameterCodec(string name, Func<WireWriter, MechanismParameter, bool> encode,
-        Func<WireReader, MechanismParameter?> decode)
+        Func<WireReader, MechanismParameter?> decode, int? ivLength = null)
     {
         Name = name;
         _encode = encode;
         _decode = decode;
+        IvLength = ivLength;
     }
 
     public string Name { get; }
+
+    /// <summary>
+    /// For the IV codecs, the only length p11-kit carries (its encoder fails on another, its decoder
+    /// refuses it). The bytes travel as a plain byte array either way, so our broker takes any
+    /// length and leaves the judgement to the backend; our module sends another length only to it.
+    /// </summary>
+    public int? IvLength { get; }
 
     public override string ToString() => Name;
 
@@ -187,6 +195,7 @@ public sealed class MechanismParameterCodec
             writer.WriteByteArray(raw.Bytes.Span);
             return true;
         },
-        reader => reader.TryReadByteArray(out var data, out bool isNull) && !isNull && data.Length == size
-            ? new RawParameter(data) : null);
+        // Any length is taken: a wrong one is the backend's to refuse, in its own terms.
+        reader => reader.TryReadByteArray(out var data, out bool isNull) && !isNull ? new RawParameter(data) : null,
+        size);
 }

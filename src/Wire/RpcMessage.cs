@@ -162,10 +162,11 @@ public sealed class RpcMessageWriter : IDisposable
     }
 
     /// <summary>'M': returns CKR_OK or the CK_RV p11-kit's client gives for a mechanism it cannot carry.</summary>
-    public ulong WriteMechanism(in WireMechanism mechanism)
+    /// <summary>'M'; <paramref name="anyIvLength"/>: the peer takes IVs of any length (our broker).</summary>
+    public ulong WriteMechanism(in WireMechanism mechanism, bool anyIvLength = false)
     {
         Expect(WireType.Mechanism);
-        return MechanismCodec.Encode(Writer, Profile, mechanism);
+        return MechanismCodec.Encode(Writer, Profile, mechanism, anyIvLength);
     }
 
     public void WriteMechanismUpdate(ulong mechanismType, in MechanismUpdate update)

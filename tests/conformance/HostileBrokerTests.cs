@@ -79,11 +79,21 @@ public sealed class HostileBrokerTests
     private FakeBroker Start(Action<FakeConnection> script, byte version = 2, Action<FakeConnection>? later = null)
     {
         _broker = new FakeBroker(script, version, later);
-        NativeEnv.Set("P11_KIT_SERVER_ADDRESS", "unix:path=" + _broker.SocketPath);
+        PointModuleAt(_broker.SocketPath);
         var (rv, elapsed) = Bounded("C_Initialize", () => _lib.C_Initialize(null), 5000);
         Assert.That(rv, Is.EqualTo(CKR.CKR_OK), $"C_Initialize against the fake broker ({elapsed.TotalMilliseconds:F0} ms); fake: {_broker.Errors}");
         _initialized = true;
         return _broker;
+    }
+
+    /// <summary>
+    /// Names the fake broker in the environment and has the host load the module again
+    /// (C_GetFunctionList): the module reads its settings once per load, at the next C_Initialize.
+    /// </summary>
+    private void PointModuleAt(string socketPath)
+    {
+        NativeEnv.Set("P11_KIT_SERVER_ADDRESS", "unix:path=" + socketPath);
+        Assert.That(_lib.C_GetFunctionList(out _), Is.EqualTo(CKR.CKR_OK), "C_GetFunctionList");
     }
 
     /// <summary>C_Finalize must return within 2 s whatever state the broker left the connection in.</summary>
@@ -233,7 +243,7 @@ public sealed class HostileBrokerTests
     public void Handshake_VersionAboveOffered_InitializeFails()
     {
         _broker = new FakeBroker(c => c.HandshakeRaw(0xff), 0, null, raw: true);
-        NativeEnv.Set("P11_KIT_SERVER_ADDRESS", "unix:path=" + _broker.SocketPath);
+        PointModuleAt(_broker.SocketPath);
         var (rv, elapsed) = Bounded("C_Initialize", () => _lib.C_Initialize(null), 5000);
         if (rv == CKR.CKR_OK) _initialized = true;
         Assert.That(rv, Is.EqualTo(CKR.CKR_DEVICE_ERROR));
@@ -246,7 +256,7 @@ public sealed class HostileBrokerTests
     {
         NativeEnv.Set("P11PROXY_TIMEOUT_MS", "500");
         _broker = new FakeBroker(c => c.WaitForStop(), 0, null, raw: true);
-        NativeEnv.Set("P11_KIT_SERVER_ADDRESS", "unix:path=" + _broker.SocketPath);
+        PointModuleAt(_broker.SocketPath);
         var (rv, elapsed) = Bounded("C_Initialize", () => _lib.C_Initialize(null), 8000);
         if (rv == CKR.CKR_OK) _initialized = true;
         Assert.That(rv, Is.EqualTo(CKR.CKR_DEVICE_ERROR));

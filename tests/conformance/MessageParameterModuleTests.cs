@@ -36,6 +36,16 @@ public sealed class MessageParameterModuleTests
         NativeEnv.Unset("P11_KIT_SERVER_ADDRESS");
     }
 
+    /// <summary>
+    /// Names the fake broker and has the host load the module again (C_GetInterface): the module
+    /// reads its settings once per load, at the next C_Initialize.
+    /// </summary>
+    private void PointModuleAt(string socketPath)
+    {
+        NativeEnv.Set("P11_KIT_SERVER_ADDRESS", "unix:path=" + socketPath);
+        _module = Module3.Load(Paths.Module());
+    }
+
     private static byte[] Reply(uint call, string signature, Action<Body> values)
     {
         var body = new Body().U32(call).Signature(signature);
@@ -53,7 +63,7 @@ public sealed class MessageParameterModuleTests
             sent = c.Expect(CallEncryptMessage);
             c.Reply(sent, Reply(0, "u", b => b.U64(CKR_OPERATION_NOT_INITIALIZED)));
         }, version: 2, later: null);
-        NativeEnv.Set("P11_KIT_SERVER_ADDRESS", "unix:path=" + _broker.SocketPath);
+        PointModuleAt(_broker.SocketPath);
         Assert.That(_module.Initialize(null), Is.EqualTo(Module3.CKR_OK), $"C_Initialize; fake: {_broker.Errors}");
         Assert.That(_module.OpenSession(0, out ulong session), Is.EqualTo(Module3.CKR_OK), "C_OpenSession");
 
@@ -91,7 +101,7 @@ public sealed class MessageParameterModuleTests
             c.SendFrame(init.Code, Reply(CallInitialize, "", _ => { }), announce ? Announcement : null);
             script(c);
         }, version: 2, later: null, raw: true);
-        NativeEnv.Set("P11_KIT_SERVER_ADDRESS", "unix:path=" + _broker.SocketPath);
+        PointModuleAt(_broker.SocketPath);
         Assert.That(_module.Initialize(null), Is.EqualTo(Module3.CKR_OK), $"C_Initialize; fake: {_broker.Errors}");
     }
 
@@ -195,7 +205,7 @@ public sealed class MessageParameterModuleTests
             c.Reply(c.Expect(CallOpenSession), Reply(CallOpenSession, "u", b => b.U64(1)));
             c.Reply(c.Expect(CallMessageEncryptInit), Reply(CallMessageEncryptInit, "", _ => { }));
         }, version: 2, later: null, raw: true);
-        NativeEnv.Set("P11_KIT_SERVER_ADDRESS", "unix:path=" + _broker.SocketPath);
+        PointModuleAt(_broker.SocketPath);
         Assert.That(_module.Initialize(null), Is.EqualTo(Module3.CKR_OK));
         Assert.That(_broker.Offered, Is.EqualTo(2), "version byte");
         Assert.That(init!.Options, Is.Empty, "C_Initialize frame options");

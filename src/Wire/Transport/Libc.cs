@@ -90,6 +90,12 @@ internal static partial class Libc
     [LibraryImport("libc", SetLastError = true)]
     public static partial int getsockopt(int fd, int level, int name, out UCred value, ref uint length);
 
+    /// <summary>SIOCOUTQ (= TIOCOUTQ): for a unix socket, the bytes sent that the peer has not read yet.</summary>
+    public const nuint SIOCOUTQ = 0x5411;
+
+    [LibraryImport("libc", EntryPoint = "ioctl", SetLastError = true)]
+    public static partial int IoctlInt(int fd, nuint request, out int value);
+
     public static int LastError => Marshal.GetLastPInvokeError();
 
     // The per-message calls, declared without SetLastError: that option saves errno into a

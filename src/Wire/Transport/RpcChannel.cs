@@ -94,6 +94,18 @@ public sealed class RpcChannel : IDisposable
         return Libc.poll(fds, 1, 0) > 0;
     }
 
+    /// <summary>
+    /// Waits, at most <paramref name="milliseconds"/>, until the peer has read everything sent on
+    /// this unix socket (SIOCOUTQ); returns at once on pipes and where the kernel does not say.
+    /// </summary>
+    public void AwaitPeerRead(int milliseconds)
+    {
+        if (!_isSocket) return;
+        long until = Environment.TickCount64 + milliseconds;
+        while (Libc.IoctlInt(_writeFd, Libc.SIOCOUTQ, out int unread) == 0 && unread > 0 && Environment.TickCount64 < until)
+            Thread.Sleep(1);
+    }
+
     /// <summary>Connects to a unix socket, close-on-exec so a forking host does not leak it into children.</summary>
     public static RpcChannel ConnectUnix(string path, FrameLimits? limits = null)
     {
