@@ -10,17 +10,22 @@ namespace P11Proxy.Broker
     internal static class BrokerMain
     {
         private const string Usage = """
-            usage: p11proxy-broker serve --module PATH [--socket PATH] [--token URI]... [--allow-uid UID]... [--allow-gid GID]...
-                                         [--socket-mode MODE] [--socket-group GROUP] [--max-clients N] [--spare-workers N]
-                                         [--worker-memory-mib N] [--handshake-timeout-ms N] [--initialize-ahead]
-                                         [--output-memory-mib N] [--request-memory-mib N] [--verbose]
-                   p11proxy-broker stdio --module PATH [--token URI]... [--output-memory-mib N] [--request-memory-mib N] [--verbose]
+            usage: p11proxy-broker serve --module PATH [--init-reserved STRING] [--socket PATH] [--token URI]...
+                                         [--allow-uid UID]... [--allow-gid GID]... [--socket-mode MODE] [--socket-group GROUP]
+                                         [--max-clients N] [--spare-workers N] [--worker-memory-mib N] [--handshake-timeout-ms N]
+                                         [--initialize-ahead] [--output-memory-mib N] [--request-memory-mib N] [--verbose]
+                   p11proxy-broker stdio --module PATH [--init-reserved STRING] [--token URI]... [--output-memory-mib N]
+                                         [--request-memory-mib N] [--verbose]
 
               serve   listen on a unix socket (default $XDG_RUNTIME_DIR/p11-kit/pkcs11) and print
                       P11_KIT_SERVER_ADDRESS=... for clients. The listener never loads the module: each
                       client is served by a worker process of its own (its own module instance, login,
                       session objects and slot events; a crash, hang or leak of the module stays there)
               stdio   serve one client on stdin/stdout, e.g. P11_KIT_SERVER_ADDRESS='|p11proxy-broker stdio --module ...'
+              --init-reserved STRING
+                               handed to the module's C_Initialize as pReserved, for modules that take
+                               their configuration there (NSS softoken: its database, e.g.
+                               "configdir='sql:/path/to/db' certPrefix='' keyPrefix='' secmod='secmod.db' flags=")
               --token URI      only tokens matching a PKCS#11 URI are visible (repeatable)
               --allow-uid/gid  peers besides the broker's own user that may connect (serve); the socket's
                                mode follows (see --socket-mode)
@@ -88,7 +93,7 @@ namespace P11Proxy.Broker
             OutputBudget.Bytes = options.OutputMemory;
             Server.RequestBudget = new FrameBudget(options.RequestMemory);
             if (mode == "worker")
-                return WorkerMain.Run(options.Module, options.Tokens, options.Verbose, options.ListenerPid!.Value, options.InitializeAhead);
+                return WorkerMain.Run(options.Module, options.Tokens, options.Verbose, options.ListenerPid!.Value, options.InitializeAhead, options.InitReserved);
 
             var log = new BrokerLog(options.Verbose, quiet: mode == "stdio");
             try
@@ -98,7 +103,7 @@ namespace P11Proxy.Broker
                 {
                     // Before the module is loaded: its allocations from the start follow the same rule.
                     NativeHeap.KeepLargeBlocksOutOfThreadHeaps();
-                    using var backend = Backend.Load(options.Module);
+                    using var backend = Backend.Load(options.Module, options.InitReserved);
                     log.Info($"serving {options.Module}{(backend.Has30 ? " (PKCS#11 3.0 interface)" : "")}" +
                              (filter.FiltersAnything ? $", tokens matching {string.Join(" or ", filter.Descriptions)}" : ""));
                     new Server(backend, filter, log).ServeStdio();
@@ -130,6 +135,7 @@ namespace P11Proxy.Broker
         {
             public string? Module { get; private set; }
             public string? Socket { get; private set; }
+            public string? InitReserved { get; private set; }
             public bool Verbose { get; private set; }
             public List<string> Tokens { get; } = new();
             public List<uint> AllowedUids { get; } = new();
@@ -173,6 +179,7 @@ namespace P11Proxy.Broker
                     {
                         case "--module": options.Module = Next(); break;
                         case "--socket": options.Socket = Next(); break;
+                        case "--init-reserved": options.InitReserved = Next(); break;
                         case "--token": options.Tokens.Add(Next()); break;
                         case "--allow-uid": options.AllowedUids.Add(ParseId(Next(), "--allow-uid")); break;
                         case "--allow-gid": options.AllowedGids.Add(ParseId(Next(), "--allow-gid")); break;
