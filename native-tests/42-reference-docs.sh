@@ -44,6 +44,7 @@ while read -r name value modes; do
     PATH) candidates=("$NO_MODULE") ;;
     URI) candidates=("pkcs11:token=reference") ;;
     MODE) candidates=(0660) ;;
+    STRING) candidates=("configdir='sql:/nonexistent'") ;;
     *) candidates=(0 1 16 64 100 1000) ;;
   esac
   for candidate in "${candidates[@]}"; do

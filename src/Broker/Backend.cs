@@ -27,10 +27,13 @@ internal sealed unsafe class Backend : IDisposable
     public CK_FUNCTION_LIST_3_0* Functions { get; }
     public bool Has30 { get; }
 
-    /// <summary>Loads the module and initialises it.</summary>
-    public static Backend Load(string path)
+    /// <summary>
+    /// Loads and initialises the module; <paramref name="initReserved"/>, when given, is its
+    /// C_Initialize pReserved string (see <see cref="Open"/>).
+    /// </summary>
+    public static Backend Load(string path, string? initReserved = null)
     {
-        var backend = Open(path);
+        var backend = Open(path, initReserved);
         backend.Initialize();
         return backend;
     }
@@ -41,16 +44,23 @@ internal sealed unsafe class Backend : IDisposable
     /// <summary>C_Initialize with OS locking; throws <see cref="BrokerException"/> saying why it failed.</summary>
     public void Initialize()
     {
-        var args = new CK_C_INITIALIZE_ARGS { flags = (nuint)CKF_OS_LOCKING_OK };
+        var args = new CK_C_INITIALIZE_ARGS { flags = (nuint)CKF_OS_LOCKING_OK, pReserved = _initReserved };
         var init = Functions->C_Initialize(&args);
         if (init != (nuint)CKR_OK && init != (nuint)CKR_CRYPTOKI_ALREADY_INITIALIZED)
             throw new BrokerException($"{Path}: C_Initialize failed ({Pkcs11Names.ReturnValue(init) ?? init.ToString()}); " +
-                                      "check the module's own configuration (e.g. SOFTHSM2_CONF for SoftHSM)");
+                                      "check the module's own configuration (e.g. SOFTHSM2_CONF for SoftHSM" +
+                                      (_initReserved is null
+                                          ? "; a module that takes its configuration in pReserved, such as NSS softoken, needs --init-reserved)"
+                                          : ", and the --init-reserved string)"));
         Initialized = true;
     }
 
-    /// <summary>Loads the module and finds its function table, without initialising it.</summary>
-    public static Backend Open(string path)
+    /// <summary>
+    /// Loads the module and finds its function table, without initialising it.
+    /// <paramref name="initReserved"/>, when given, is the pReserved string <see cref="Initialize"/>
+    /// passes (NUL-terminated native memory kept for the life of the process: a module may hold on to it).
+    /// </summary>
+    public static Backend Open(string path, string? initReserved = null)
     {
         if (!File.Exists(path))
             throw new BrokerException($"module {path} does not exist; pass the path of a PKCS#11 module with --module");
@@ -93,7 +103,18 @@ internal sealed unsafe class Backend : IDisposable
             functions = (CK_FUNCTION_LIST_3_0*)list;
         }
 
-        return new Backend(path, library, functions, has30);
+        return new Backend(path, library, functions, has30) { _initReserved = NulTerminated(initReserved) };
+    }
+
+    private void* _initReserved;
+
+    private static void* NulTerminated(string? text)
+    {
+        if (text is null) return null;
+        var bytes = System.Text.Encoding.UTF8.GetBytes(text);
+        var copy = (byte*)NativeMemory.AllocZeroed((nuint)bytes.Length + 1);
+        bytes.CopyTo(new Span<byte>(copy, bytes.Length));
+        return copy;
     }
 
     private SlotEvents? _events;

@@ -94,26 +94,7 @@ internal sealed unsafe partial class Dispatcher
             case Id.C_SeedRandom: return SessionData((s, d, n) => F->C_SeedRandom(s, d, n));
             case Id.C_GenerateRandom: return GenerateRandom();
             case Id.C_WaitForSlotEvent: return WaitForSlotEvent();
-            case Id.C_MessageEncryptInit: return Init((s, m, k) => F->C_MessageEncryptInit(s, m, k));
-            case Id.C_EncryptMessage: return MessageOneShot((s, p, pn, a, an, i, n, o, on) => F->C_EncryptMessage(s, p, pn, a, an, i, n, o, on));
-            case Id.C_EncryptMessageBegin: return SessionDataData((s, a, an, b, bn) => F->C_EncryptMessageBegin(s, a, an, b, bn));
-            case Id.C_EncryptMessageNext: return MessageNext((s, p, pn, i, n, o, on, fl) => F->C_EncryptMessageNext(s, p, pn, i, n, o, on, fl));
-            case Id.C_MessageEncryptFinal: return SessionOnly(s => F->C_MessageEncryptFinal(s));
-            case Id.C_MessageDecryptInit: return Init((s, m, k) => F->C_MessageDecryptInit(s, m, k));
-            case Id.C_DecryptMessage: return MessageOneShot((s, p, pn, a, an, i, n, o, on) => F->C_DecryptMessage(s, p, pn, a, an, i, n, o, on));
-            case Id.C_DecryptMessageBegin: return SessionDataData((s, a, an, b, bn) => F->C_DecryptMessageBegin(s, a, an, b, bn));
-            case Id.C_DecryptMessageNext: return MessageNext((s, p, pn, i, n, o, on, fl) => F->C_DecryptMessageNext(s, p, pn, i, n, o, on, fl));
-            case Id.C_MessageDecryptFinal: return SessionOnly(s => F->C_MessageDecryptFinal(s));
-            case Id.C_MessageSignInit: return Init((s, m, k) => F->C_MessageSignInit(s, m, k));
-            case Id.C_SignMessage: return SignMessage();
-            case Id.C_SignMessageBegin: return SessionData((s, d, n) => F->C_SignMessageBegin(s, d, n));
-            case Id.C_SignMessageNext: return SignMessageNext();
-            case Id.C_MessageSignFinal: return SessionOnly(s => F->C_MessageSignFinal(s));
-            case Id.C_MessageVerifyInit: return Init((s, m, k) => F->C_MessageVerifyInit(s, m, k));
-            case Id.C_VerifyMessage: return VerifyMessage(next: false);
-            case Id.C_VerifyMessageBegin: return SessionData((s, d, n) => F->C_VerifyMessageBegin(s, d, n));
-            case Id.C_VerifyMessageNext: return VerifyMessage(next: true);
-            case Id.C_MessageVerifyFinal: return SessionOnly(s => F->C_MessageVerifyFinal(s));
+            case >= Id.C_MessageEncryptInit and <= Id.C_MessageVerifyFinal: return MessageCall(id);
             default: return Malformed;
         }
     }
@@ -127,10 +108,6 @@ internal sealed unsafe partial class Dispatcher
     private delegate nuint ToDataCall(nuint session, byte* output, nuint* outputLength);
     private delegate nuint DataToDataCall(nuint session, byte* input, nuint inputLength, byte* output, nuint* outputLength);
     private delegate nuint InitCall(nuint session, CK_MECHANISM* mechanism, nuint key);
-    private delegate nuint MessageOneShotCall(nuint session, void* parameter, nuint parameterLength, byte* associated, nuint associatedLength,
-        byte* input, nuint inputLength, byte* output, nuint* outputLength);
-    private delegate nuint MessageNextCall(nuint session, void* parameter, nuint parameterLength, byte* input, nuint inputLength,
-        byte* output, nuint* outputLength, nuint flags);
 
     private ulong SessionOnly(SessionCall call)
     {
@@ -227,6 +204,12 @@ internal sealed unsafe partial class Dispatcher
             return CKR_ARGUMENTS_BAD;
         // The backend was initialised once at start-up; each client only starts its own view.
         _client.Initialized = true;
+        // A client that may be ours (no frame options) is told what p11proxy offers beyond
+        // p11-kit's protocol; p11-kit's client (options: its module name) sees today's reply.
+        bool typed = _clientMayBeOurs;
+        _client.Profile = _client.Profile.WithTypedMessageParameters(typed);
+        if (typed) _replyOptions = AnnouncementBytes;
+        if (_log.Verbose) Note(typed ? " (typed message parameters announced)" : "");
         if (_client.Events is null) _client.SetEvents(_events.Subscribe(_client.Peer));
         BeginReply();
         return CKR_OK;
@@ -370,12 +353,18 @@ internal sealed unsafe partial class Dispatcher
         CK_MECHANISM_INFO info = default;
         rv = F->C_GetMechanismInfo(slot, type, &info);
         if (rv != CKR_OK) return rv;
+        // Protocol version 0 has no message-based calls: a client of it (p11-kit 0.24's, a 2.40
+        // module) is not told of them, as a 3.0 module's 2.40 function list does not tell them.
+        if (_request.Profile.Version == 0) info.flags &= ~(nuint)MessageMechanismFlags;
         BeginReply();
         _reply.WriteULong(info.ulMinKeySize);
         _reply.WriteULong(info.ulMaxKeySize);
         _reply.WriteULong(info.flags);
         return CKR_OK;
     }
+
+    /// <summary>CKF_MESSAGE_ENCRYPT, _DECRYPT, _SIGN, _VERIFY and CKF_MULTI_MESSAGE.</summary>
+    private const ulong MessageMechanismFlags = CKF_MESSAGE_ENCRYPT | CKF_MESSAGE_DECRYPT | CKF_MESSAGE_SIGN | CKF_MESSAGE_VERIFY | CKF_MULTI_MESSAGE;
 
     private ulong InitToken(bool padded)
     {
@@ -484,9 +473,14 @@ internal sealed unsafe partial class Dispatcher
 
     private ulong SessionCancel()
     {
-        if (!ReadSession(out var session, out ulong rv)) return rv;
-        if (!ReadULong(out var flags) || !Done) return Malformed;
-        rv = F->C_SessionCancel(session, flags);
+        if (!ReadULong(out var session) || !ReadULong(out var flags) || !Done) return Malformed;
+        if (_log.Verbose) Note($" session={session}");
+        // A handle this client does not own goes to the module as CK_INVALID_HANDLE, which names
+        // no session: the client gets the module's own answer for an unknown session (NSS softoken
+        // says CKR_OPERATION_CANCEL_FAILED, not CKR_SESSION_HANDLE_INVALID) and no other client's
+        // session is touched.
+        if (!_client.Owns(session)) session = (nuint)CK_INVALID_HANDLE;
+        ulong rv = F->C_SessionCancel(session, flags);
         if (rv == CKR_OK) BeginReply();
         return rv;
     }
@@ -565,12 +559,14 @@ internal sealed unsafe partial class Dispatcher
         if (!ReadSession(out var session, out ulong rv)) return rv;
         if (!ReadULong(out var handle)) return Malformed;
         if (!_request.TryReadAttributeBuffer(MaxOutputBuffer, out var buffers) || !Done) return Malformed;
-        // Large claimed buffers are not allocated on the client's word: a size query first tells
-        // what the values need, and no more than that (nor more than claimed) is allocated.
+        // A size query first tells what the values need: no more than that (nor more than claimed)
+        // is allocated on the client's word, and a value that does not fit the client's buffer gets
+        // none. A module is never handed a buffer smaller than its value: NSS softoken (3.87) writes
+        // such a value whole past the buffer's end and answers CKR_OK.
         long claimed = 0;
         foreach (var buffer in buffers) claimed += buffer.Length;
         nuint[]? needed = null;
-        if (claimed > DirectAllocationLimit)
+        if (claimed > 0)
         {
             var query = BufferTemplate(buffers, null, sizesOnly: true);
             F->C_GetAttributeValue(session, handle, query, (nuint)buffers.Length);
@@ -582,7 +578,10 @@ internal sealed unsafe partial class Dispatcher
             return CKR_DEVICE_MEMORY;
         // An empty template is an empty array, not NULL (see ReadTemplate).
         var template = buffers.Length == 0 ? _arena.Alloc<CK_ATTRIBUTE>(1) : BufferTemplate(buffers, needed, sizesOnly: false);
+        Span<nuint> given = buffers.Length <= 64 ? stackalloc nuint[buffers.Length] : new nuint[buffers.Length];
+        for (int i = 0; i < buffers.Length; i++) given[i] = template[i].ulValueLen;
         rv = F->C_GetAttributeValue(session, handle, template, (nuint)buffers.Length);
+        rv = FitValues(buffers, needed, template, given, rv);
         // These codes still carry per-attribute results, so they travel inside a normal reply.
         if (rv != CKR_OK && rv != CKR_ATTRIBUTE_SENSITIVE && rv != CKR_ATTRIBUTE_TYPE_INVALID && rv != CKR_BUFFER_TOO_SMALL)
             return rv;
@@ -593,6 +592,32 @@ internal sealed unsafe partial class Dispatcher
         _reply.WriteULong(rv);
         return CKR_OK;
     }
+
+    /// <summary>
+    /// After the call: a value that did not fit the client's buffer (it got none) is
+    /// CK_UNAVAILABLE_INFORMATION and the call CKR_BUFFER_TOO_SMALL, as a module answers for a buffer
+    /// too small; a length larger than the buffer the module was given (a module out of step, or
+    /// a value that grew since the size query) is treated the same, and never read.
+    /// </summary>
+    private static ulong FitValues(WireAttributeBuffer[] buffers, nuint[]? needed, CK_ATTRIBUTE* template, ReadOnlySpan<nuint> given, ulong rv)
+    {
+        bool tooSmall = false;
+        for (int i = 0; i < buffers.Length; i++)
+        {
+            if (buffers[i].Length == 0 || buffers[i].Nested is not null) continue;
+            bool noBuffer = DoesNotFit(buffers[i], needed?[i]);
+            if (noBuffer || (template[i].ulValueLen != NativeTemplates.Unavailable && template[i].ulValueLen > given[i]))
+            {
+                template[i].ulValueLen = NativeTemplates.Unavailable;
+                tooSmall = true;
+            }
+        }
+        return tooSmall && rv == CKR_OK ? CKR_BUFFER_TOO_SMALL : rv;
+    }
+
+    /// <summary>Whether the size query showed a value larger than the client's buffer for it.</summary>
+    private static bool DoesNotFit(WireAttributeBuffer buffer, nuint? needed) =>
+        needed is { } known && known != NativeTemplates.Unavailable && known > buffer.Length;
 
     /// <summary>
     /// The backend's template for a C_GetAttributeValue request. <paramref name="sizesOnly"/> leaves
@@ -613,8 +638,8 @@ internal sealed unsafe partial class Dispatcher
                 template[i].ulValueLen = (nuint)(nested.Length * sizeof(CK_ATTRIBUTE));
                 continue;
             }
-            if (sizesOnly)
-                continue;
+            if (sizesOnly || DoesNotFit(buffers[i], needed?[i]))
+                continue; // no buffer: the module reports only the length (made unavailable afterwards)
             nuint size = ValueSize(buffers[i], needed?[i]);
             // A client buffer stays a buffer (non-NULL) even when nothing needs to go into it.
             template[i].pValue = _arena.Alloc(Math.Max(size, 1));
@@ -635,7 +660,8 @@ internal sealed unsafe partial class Dispatcher
         {
             if (buffers[i].Length == 0)
                 continue;
-            total += buffers[i].Nested is { } nested ? ValueBytes(nested, null) : Math.Max(ValueSize(buffers[i], needed?[i]), 1);
+            total += buffers[i].Nested is { } nested ? ValueBytes(nested, null)
+                : DoesNotFit(buffers[i], needed?[i]) ? 0 : Math.Max(ValueSize(buffers[i], needed?[i]), 1);
         }
         return total;
     }
@@ -773,79 +799,5 @@ internal sealed unsafe partial class Dispatcher
         _reply.WriteMechanismUpdate(mechanism == null ? 0 : mechanism->mechanism, MechanismNative.UpdateOf(mechanism));
         _reply.WriteULong(key);
         return CKR_OK;
-    }
-
-    // ---- PKCS #11 3.0 message-based calls ---------------------------------------------------------------
-
-    private ulong MessageOneShot(MessageOneShotCall call)
-    {
-        if (!ReadSession(out var session, out ulong rv)) return rv;
-        if (!ReadInput(out var parameter, out var parameterLength) || !ReadInput(out var associated, out var associatedLength) ||
-            !ReadInput(out var input, out var inputLength))
-            return Malformed;
-        rv = ReadOutputCapacity(out uint capacity);
-        if (rv != CKR_OK) return rv;
-        if (!Done) return Malformed;
-        rv = CallWithOutput(capacity, (o, n) => call(session, parameter, parameterLength, associated, associatedLength, input, inputLength, o, n),
-            out var buffer, out var length);
-        return ReplyOutput(rv, buffer, length);
-    }
-
-    private ulong MessageNext(MessageNextCall call)
-    {
-        if (!ReadSession(out var session, out ulong rv)) return rv;
-        if (!ReadInput(out var parameter, out var parameterLength) || !ReadInput(out var input, out var inputLength))
-            return Malformed;
-        rv = ReadOutputCapacity(out uint capacity);
-        if (rv != CKR_OK) return rv;
-        if (!ReadULong(out var flags) || !Done) return Malformed;
-        rv = CallWithOutput(capacity, (o, n) => call(session, parameter, parameterLength, input, inputLength, o, n, flags),
-            out var buffer, out var length);
-        return ReplyOutput(rv, buffer, length);
-    }
-
-    private ulong SignMessage()
-    {
-        if (!ReadSession(out var session, out ulong rv)) return rv;
-        if (!ReadInput(out var parameter, out var parameterLength) || !ReadInput(out var data, out var dataLength))
-            return Malformed;
-        rv = ReadOutputCapacity(out uint capacity);
-        if (rv != CKR_OK) return rv;
-        if (!Done) return Malformed;
-        rv = CallWithOutput(capacity, (o, n) => F->C_SignMessage(session, parameter, parameterLength, data, dataLength, o, n),
-            out var buffer, out var length);
-        return ReplyOutput(rv, buffer, length);
-    }
-
-    private ulong SignMessageNext()
-    {
-        if (!ReadSession(out var session, out ulong rv)) return rv;
-        if (!ReadInput(out var parameter, out var parameterLength) || !ReadInput(out var data, out var dataLength) ||
-            !_request.TryReadByte(out byte wanted))
-            return Malformed;
-        rv = ReadOutputCapacity(out uint capacity);
-        if (rv != CKR_OK) return rv;
-        if (!Done) return Malformed;
-        if (wanted == 0)
-        {
-            rv = F->C_SignMessageNext(session, parameter, parameterLength, data, dataLength, null, null);
-            return ReplyOutput(rv, null, 0);
-        }
-        rv = CallWithOutput(capacity, (o, n) => F->C_SignMessageNext(session, parameter, parameterLength, data, dataLength, o, n),
-            out var buffer, out var length);
-        return ReplyOutput(rv, buffer, length);
-    }
-
-    private ulong VerifyMessage(bool next)
-    {
-        if (!ReadSession(out var session, out ulong rv)) return rv;
-        if (!ReadInput(out var parameter, out var parameterLength) || !ReadInput(out var data, out var dataLength) ||
-            !ReadInput(out var signature, out var signatureLength) || !Done)
-            return Malformed;
-        rv = next
-            ? F->C_VerifyMessageNext(session, parameter, parameterLength, data, dataLength, signature, signatureLength)
-            : F->C_VerifyMessage(session, parameter, parameterLength, data, dataLength, signature, signatureLength);
-        if (rv == CKR_OK) BeginReply();
-        return rv;
     }
 }

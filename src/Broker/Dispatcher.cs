@@ -53,11 +53,22 @@ internal sealed unsafe partial class Dispatcher : IDisposable
 
     /// <summary>
     /// Handles one request body and leaves the reply in <paramref name="reply"/>. Returns false when
-    /// the request was malformed: the connection must then be closed.
+    /// the request was malformed: the connection must then be closed. <paramref name="clientMayBeOurs"/>
+    /// says whether the request's frame came without options (p11-kit's client always puts its
+    /// module's name there, ours nothing), which decides at C_Initialize whether p11proxy's
+    /// capabilities are announced in <see cref="ReplyOptions"/> (see <see cref="Capabilities"/>).
     /// </summary>
-    public bool Handle(ReadOnlyMemory<byte> body, out WireWriter reply)
+    public bool Handle(ReadOnlyMemory<byte> body, bool clientMayBeOurs, out WireWriter reply)
     {
         reply = _reply.Writer;
+        _clientMayBeOurs = clientMayBeOurs;
+        _replyOptions = default;
+        var profile = _client.Profile;
+        if (!ReferenceEquals(_request.Profile, profile))
+        {
+            _request.Profile = profile;
+            _reply.Profile = profile;
+        }
         var status = _request.Parse(body, MessageKind.Request);
         if (status != ParseStatus.Ok)
         {
@@ -104,6 +115,11 @@ internal sealed unsafe partial class Dispatcher : IDisposable
     }
 
     private string _traceDetail = "";
+    private bool _clientMayBeOurs;
+    private byte[]? _replyOptions;
+
+    /// <summary>What goes in the options field of the reply just built (empty but for an announcing C_Initialize).</summary>
+    public ReadOnlySpan<byte> ReplyOptions => _replyOptions;
 
     /// <summary>Adds slot/session details to the verbose trace line; never values or PINs.</summary>
     private void Note(string detail)
@@ -227,7 +243,7 @@ internal sealed unsafe partial class Dispatcher : IDisposable
             buffer = (byte*)_arena.Alloc(1);
             rv = call(buffer, &size);
             length = size;
-            return rv;
+            return Written(rv, 0, ref length);
         }
         size = capacity;
         if (capacity > DirectAllocationLimit)
@@ -247,9 +263,23 @@ internal sealed unsafe partial class Dispatcher : IDisposable
             length = 0;
             return CKR_DEVICE_MEMORY;
         }
+        nuint allocated = size;
         rv = call(buffer, &size);
         length = size;
-        return rv;
+        return Written(rv, allocated, ref length);
+    }
+
+    /// <summary>
+    /// A module that reports success with more output than the buffer it was given holds is out of
+    /// step: the reply must not read past the buffer (it would send the client broker memory).
+    /// </summary>
+    private ulong Written(ulong rv, nuint allocated, ref nuint length)
+    {
+        if (rv != CKR_OK || length <= allocated)
+            return rv;
+        _log.Warn($"{_client.Peer}: {_request.Call!.Name}: the module reported {length} bytes in a buffer of {allocated}; CKR_DEVICE_ERROR");
+        length = 0;
+        return CKR_DEVICE_ERROR;
     }
 
     private ulong ReadMechanism(out CK_MECHANISM* mechanism)
@@ -314,7 +344,7 @@ internal sealed unsafe partial class Dispatcher : IDisposable
 
     // ---- reply encoding helpers ----------------------------------------------------------------------
 
-    private void BeginReply() => _reply.Begin(_request.Call!, MessageKind.Response);
+    private void BeginReply() => _reply.Begin(_request.Call!, MessageKind.Response, _request.TypedForm);
 
     /// <summary>'ay' reply after a call that filled a buffer, with p11-kit's conventions for sizes.</summary>
     private ulong ReplyOutput(ulong rv, byte* buffer, nuint length)
@@ -330,7 +360,11 @@ internal sealed unsafe partial class Dispatcher : IDisposable
     {
         if (length > WireWriter.MaxArrayLength)
         {
-            _reply.Writer.Fail();
+            // A length the wire cannot carry: as a size answer, the largest it can (the call's CK_RV
+            // still travels: NSS softoken answers a too-small buffer for C_Sign with
+            // CKR_BUFFER_TOO_SMALL and an uninitialised length); as data, nothing.
+            if (rv == CKR_BUFFER_TOO_SMALL || buffer == null) _reply.WriteByteArrayLengthOnly(WireWriter.MaxArrayLength);
+            else _reply.Writer.Fail();
             return;
         }
         if (rv == CKR_BUFFER_TOO_SMALL || buffer == null)

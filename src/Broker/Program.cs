@@ -46,7 +46,7 @@ namespace P11Proxy.Broker
             OutputBudget.Bytes = options.OutputMemory;
             Server.RequestBudget = new FrameBudget(options.RequestMemory);
             if (mode == "worker")
-                return WorkerMain.Run(options.Module, options.Tokens, options.Verbose, options.ListenerPid!.Value, options.InitializeAhead);
+                return WorkerMain.Run(options.Module, options.Tokens, options.Verbose, options.ListenerPid!.Value, options.InitializeAhead, options.InitReserved);
 
             var log = new BrokerLog(options.Verbose, quiet: mode == "stdio");
             try
@@ -56,7 +56,7 @@ namespace P11Proxy.Broker
                 {
                     // Before the module is loaded: its allocations from the start follow the same rule.
                     NativeHeap.KeepLargeBlocksOutOfThreadHeaps();
-                    using var backend = Backend.Load(options.Module);
+                    using var backend = Backend.Load(options.Module, options.InitReserved);
                     log.Info($"serving {options.Module}{(backend.Has30 ? " (PKCS#11 3.0 interface)" : "")}" +
                              (filter.FiltersAnything ? $", tokens matching {string.Join(" or ", filter.Descriptions)}" : ""));
                     new Server(backend, filter, log).ServeStdio();
@@ -88,6 +88,7 @@ namespace P11Proxy.Broker
         {
             public string? Module { get; private set; }
             public string? Socket { get; private set; }
+            public string? InitReserved { get; private set; }
             public bool Verbose { get; private set; }
             public List<string> Tokens { get; } = new();
             public List<uint> AllowedUids { get; } = new();
@@ -131,6 +132,7 @@ namespace P11Proxy.Broker
                     {
                         case "--module": options.Module = Next(); break;
                         case "--socket": options.Socket = Next(); break;
+                        case "--init-reserved": options.InitReserved = Next(); break;
                         case "--token": options.Tokens.Add(Next()); break;
                         case "--allow-uid": options.AllowedUids.Add(ParseId(Next(), "--allow-uid")); break;
                         case "--allow-gid": options.AllowedGids.Add(ParseId(Next(), "--allow-gid")); break;

@@ -108,7 +108,7 @@ internal sealed class ClientConnection
         _backend = backend;
         _filter = filter;
         _log = log;
-        _client = new ClientState(name);
+        _client = new ClientState(name) { Profile = profile };
         _events = backend.Events(filter, log);
     }
 
@@ -151,6 +151,7 @@ internal sealed class ClientConnection
                     break;
                 }
                 uint callId = frame.Length >= 4 ? System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(frame.Span) : 0;
+                bool mayBeOurs = Capabilities.ClientMayBeOurs(_channel.LastOptions); // decides the announcement at C_Initialize
                 long reserved = _channel.TakeReservation();
 
                 long now = System.Diagnostics.Stopwatch.GetTimestamp();
@@ -173,7 +174,7 @@ internal sealed class ClientConnection
                     try
                     {
                         dispatcher.MayBlock = false;
-                        if (!HandleAndReply(dispatcher, callId, code, frame, now, byReader: true))
+                        if (!HandleAndReply(dispatcher, callId, code, frame, mayBeOurs, now, byReader: true))
                             break;
                     }
                     finally
@@ -216,7 +217,7 @@ internal sealed class ClientConnection
                 isReader = false;
                 try
                 {
-                    if (!HandleAndReply(dispatcher, callId, code, request, now, byReader: false))
+                    if (!HandleAndReply(dispatcher, callId, code, request, mayBeOurs, now, byReader: false))
                         break;
                 }
                 finally
@@ -330,9 +331,10 @@ internal sealed class ClientConnection
     /// Handles one request, times it from <paramref name="started"/> (when it was received) and
     /// sends the reply; false when the connection must close.
     /// </summary>
-    private bool HandleAndReply(Dispatcher dispatcher, uint callId, uint code, ReadOnlyMemory<byte> request, long started, bool byReader)
+    private bool HandleAndReply(Dispatcher dispatcher, uint callId, uint code, ReadOnlyMemory<byte> request, bool mayBeOurs,
+        long started, bool byReader)
     {
-        if (!dispatcher.Handle(request, out var reply))
+        if (!dispatcher.Handle(request, mayBeOurs, out var reply))
         {
             Close();
             return false;
@@ -351,11 +353,11 @@ internal sealed class ClientConnection
         // reply is sent: the reader that sees none running is the only thread that can be sending.
         if (byReader && Volatile.Read(ref _running) == 0)
         {
-            _channel.SendFrame(code, reply);
+            _channel.SendFrame(code, reply, dispatcher.ReplyOptions);
             return true;
         }
         lock (_writeLock)
-            _channel.SendFrame(code, reply);
+            _channel.SendFrame(code, reply, dispatcher.ReplyOptions);
         return true;
     }
 

@@ -35,7 +35,7 @@ internal static class WorkerMain
     private const int CallGraceMilliseconds = 2000;
     private const int FinalizeGraceMilliseconds = 5000;
 
-    public static int Run(string module, IReadOnlyList<string> tokens, bool verbose, int listenerPid, bool initializeAhead)
+    public static int Run(string module, IReadOnlyList<string> tokens, bool verbose, int listenerPid, bool initializeAhead, string? initReserved)
     {
         // First of all: tied to the listener, which may have died before this line ran.
         Posix.DieWithParent(Posix.SIGKILL);
@@ -52,7 +52,7 @@ internal static class WorkerMain
         {
             filter = TokenFilter.Parse(tokens);
             NativeHeap.KeepLargeBlocksOutOfThreadHeaps();
-            backend = initializeAhead ? Backend.Load(module) : Backend.Open(module);
+            backend = initializeAhead ? Backend.Load(module, initReserved) : Backend.Open(module, initReserved);
         }
         catch (BrokerException e)
         {

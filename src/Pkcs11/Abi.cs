@@ -173,6 +173,40 @@ public unsafe struct CK_AES_CTR_PARAMS
     public fixed byte cb[16];
 }
 
+// ---- per-message parameters of the 3.0 message-based calls (carried by value, typed form) --------
+
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct CK_GCM_MESSAGE_PARAMS
+{
+    public byte* pIv;
+    public nuint ulIvLen;
+    public nuint ulIvFixedBits;
+    public nuint ivGenerator;
+    public byte* pTag;
+    public nuint ulTagBits;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct CK_CCM_MESSAGE_PARAMS
+{
+    public nuint ulDataLen;
+    public byte* pNonce;
+    public nuint ulNonceLen;
+    public nuint ulNonceFixedBits;
+    public nuint nonceGenerator;
+    public byte* pMAC;
+    public nuint ulMACLen;
+}
+
+/// <summary>ulNonceLen counts bytes (NSS softoken passes it to ChaCha20Poly1305_Encrypt as such); the tag is 16 bytes.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct CK_SALSA20_CHACHA20_POLY1305_MSG_PARAMS
+{
+    public byte* pNonce;
+    public nuint ulNonceLen;
+    public byte* pTag;
+}
+
 // IBM vendor parameters: layouts from p11-kit's common/pkcs11x.h (no Debian header has them).
 
 [StructLayout(LayoutKind.Sequential)]

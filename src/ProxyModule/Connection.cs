@@ -50,8 +50,15 @@ internal sealed partial class Connection : IDisposable
         Address = address;
     }
 
-    public WireProfile Profile { get; }
+    /// <summary>What the broker speaks; set before the connection is published (typed message parameters at C_Initialize).</summary>
+    public WireProfile Profile { get; private set; }
     public string Address { get; }
+
+    /// <summary>The broker announced typed message parameters in its C_Initialize reply (see <see cref="Capabilities"/>).</summary>
+    public void UseTypedMessageParameters() => Profile = Profile.WithTypedMessageParameters(true);
+
+    /// <summary>The mechanisms of the sessions' message-based encryption and decryption.</summary>
+    public MessageOperations Messages { get; } = new();
 
     /// <summary>
     /// Session handles given to the caller carry the connection's generation in their top byte once
@@ -400,7 +407,7 @@ internal sealed partial class Connection : IDisposable
                 // Copied under the gate: a waiter that gave up must not find its buffers rewritten.
                 if (!_waiters.TryGet(replyCode, out var target))
                     return $"reply tagged {replyCode}, which no call is waiting for";
-                target.Context.KeepReply(body.Span);
+                target.Context.KeepReply(body.Span, _channel.LastOptions);
                 // Wiped while this thread still holds the reader role: once it is handed on, the
                 // next reader may receive into the same bytes.
                 RpcChannel.Wipe(body); // replies may carry key values or plaintext
@@ -568,13 +575,19 @@ internal sealed class CallContext
         return context;
     }
 
-    public void KeepReply(ReadOnlySpan<byte> body)
+    public void KeepReply(ReadOnlySpan<byte> body, ReadOnlySpan<byte> options)
     {
         if (_reply.Length < body.Length)
             _reply = new byte[Math.Max(body.Length, _reply.Length * 2)];
         body.CopyTo(_reply);
         _replyLength = body.Length;
+        // Options come only with the broker's C_Initialize reply (its capabilities); p11-kit sends
+        // none. Stored only when there are some or were some: the usual reply stores no reference.
+        if (!options.IsEmpty || ReplyOptions.Length != 0) ReplyOptions = options.ToArray();
     }
+
+    /// <summary>The options field of the last reply (empty unless the peer put something there).</summary>
+    public byte[] ReplyOptions { get; private set; } = [];
 
     /// <summary>Wipes buffers that may have held a PIN or secret.</summary>
     public void Scrub()

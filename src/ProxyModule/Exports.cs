@@ -144,6 +144,37 @@ internal static unsafe class Exports
         catch (Exception e) { return Log.Unexpected(nameof(C_GetMechanismInfo), e); }
     }
 
+    // The 2.40 function list shows a 2.40 library, as NSS softoken's does: no message-based
+    // functions (their mechanism flags dropped) and a Cryptoki version of at most 2.40.
+
+    /// <summary>CKF_MESSAGE_ENCRYPT, _DECRYPT, _SIGN, _VERIFY and CKF_MULTI_MESSAGE: no 2.40 meaning.</summary>
+    private const ulong MessageMechanismFlags = CKF_MESSAGE_ENCRYPT | CKF_MESSAGE_DECRYPT | CKF_MESSAGE_SIGN | CKF_MESSAGE_VERIFY | CKF_MULTI_MESSAGE;
+
+    [UnmanagedCallersOnly]
+    public static nuint C_GetMechanismInfo240(nuint slot, nuint type, CK_MECHANISM_INFO* info)
+    {
+        try
+        {
+            ulong rv = Remote.GetMechanismInfo(slot, type, info);
+            if (rv == CKR_OK) info->flags &= ~(nuint)MessageMechanismFlags;
+            return Done(nameof(C_GetMechanismInfo), rv);
+        }
+        catch (Exception e) { return Log.Unexpected(nameof(C_GetMechanismInfo), e); }
+    }
+
+    [UnmanagedCallersOnly]
+    public static nuint C_GetInfo240(CK_INFO* info)
+    {
+        try
+        {
+            ulong rv = Remote.GetInfo(info);
+            if (rv == CKR_OK && (info->cryptokiVersion.major > 2 || (info->cryptokiVersion.major == 2 && info->cryptokiVersion.minor > 40)))
+                info->cryptokiVersion = new CK_VERSION { major = 2, minor = 40 };
+            return Done(nameof(C_GetInfo), rv);
+        }
+        catch (Exception e) { return Log.Unexpected(nameof(C_GetInfo), e); }
+    }
+
     [UnmanagedCallersOnly]
     public static nuint C_InitToken(nuint slot, byte* pin, nuint pinLength, byte* label)
     {
@@ -178,7 +209,7 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_CloseSession(nuint session)
     {
-        try { return Done(nameof(C_CloseSession), Remote.Plain(Id.C_CloseSession, session)); }
+        try { return Done(nameof(C_CloseSession), Remote.CloseSession(session)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_CloseSession), e); }
     }
 
@@ -579,7 +610,7 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_MessageEncryptInit(nuint session, CK_MECHANISM* mechanism, nuint key)
     {
-        try { return Done(nameof(C_MessageEncryptInit), Remote.Init(Id.C_MessageEncryptInit, session, mechanism, key)); }
+        try { return Done(nameof(C_MessageEncryptInit), Remote.MessageCryptInit(Id.C_MessageEncryptInit, session, mechanism, key)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_MessageEncryptInit), e); }
     }
 
@@ -594,7 +625,7 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_EncryptMessageBegin(nuint session, void* parameter, nuint parameterLength, byte* associated, nuint associatedLength)
     {
-        try { return Done(nameof(C_EncryptMessageBegin), Remote.DataData(Id.C_EncryptMessageBegin, session, (byte*)parameter, parameterLength, associated, associatedLength)); }
+        try { return Done(nameof(C_EncryptMessageBegin), Remote.MessageBegin(Id.C_EncryptMessageBegin, session, parameter, parameterLength, associated, associatedLength)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_EncryptMessageBegin), e); }
     }
 
@@ -609,14 +640,14 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_MessageEncryptFinal(nuint session)
     {
-        try { return Done(nameof(C_MessageEncryptFinal), Remote.Plain(Id.C_MessageEncryptFinal, session)); }
+        try { return Done(nameof(C_MessageEncryptFinal), Remote.MessageCryptFinal(Id.C_MessageEncryptFinal, session)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_MessageEncryptFinal), e); }
     }
 
     [UnmanagedCallersOnly]
     public static nuint C_MessageDecryptInit(nuint session, CK_MECHANISM* mechanism, nuint key)
     {
-        try { return Done(nameof(C_MessageDecryptInit), Remote.Init(Id.C_MessageDecryptInit, session, mechanism, key)); }
+        try { return Done(nameof(C_MessageDecryptInit), Remote.MessageCryptInit(Id.C_MessageDecryptInit, session, mechanism, key)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_MessageDecryptInit), e); }
     }
 
@@ -631,7 +662,7 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_DecryptMessageBegin(nuint session, void* parameter, nuint parameterLength, byte* associated, nuint associatedLength)
     {
-        try { return Done(nameof(C_DecryptMessageBegin), Remote.DataData(Id.C_DecryptMessageBegin, session, (byte*)parameter, parameterLength, associated, associatedLength)); }
+        try { return Done(nameof(C_DecryptMessageBegin), Remote.MessageBegin(Id.C_DecryptMessageBegin, session, parameter, parameterLength, associated, associatedLength)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_DecryptMessageBegin), e); }
     }
 
@@ -646,7 +677,7 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_MessageDecryptFinal(nuint session)
     {
-        try { return Done(nameof(C_MessageDecryptFinal), Remote.Plain(Id.C_MessageDecryptFinal, session)); }
+        try { return Done(nameof(C_MessageDecryptFinal), Remote.MessageCryptFinal(Id.C_MessageDecryptFinal, session)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_MessageDecryptFinal), e); }
     }
 
@@ -668,7 +699,7 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_SignMessageBegin(nuint session, void* parameter, nuint parameterLength)
     {
-        try { return Done(nameof(C_SignMessageBegin), Remote.Data(Id.C_SignMessageBegin, session, (byte*)parameter, parameterLength)); }
+        try { return Done(nameof(C_SignMessageBegin), Remote.SignOrVerifyMessageBegin(Id.C_SignMessageBegin, session, parameter, parameterLength)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_SignMessageBegin), e); }
     }
 
@@ -705,7 +736,7 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_VerifyMessageBegin(nuint session, void* parameter, nuint parameterLength)
     {
-        try { return Done(nameof(C_VerifyMessageBegin), Remote.Data(Id.C_VerifyMessageBegin, session, (byte*)parameter, parameterLength)); }
+        try { return Done(nameof(C_VerifyMessageBegin), Remote.SignOrVerifyMessageBegin(Id.C_VerifyMessageBegin, session, parameter, parameterLength)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_VerifyMessageBegin), e); }
     }
 

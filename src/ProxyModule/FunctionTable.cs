@@ -23,6 +23,8 @@ internal static unsafe class FunctionTable
 
     private static ReadOnlySpan<byte> InterfaceName => "PKCS 11\0"u8;
 
+    private const int GetInfoIndex = 2, GetMechanismInfoIndex = 8;
+
     static FunctionTable()
     {
         nint[] pointers =
@@ -120,9 +122,12 @@ internal static unsafe class FunctionTable
             (nint)(delegate* unmanaged<nuint, void*, nuint, nuint>)&Exports.C_VerifyMessageBegin,
             (nint)(delegate* unmanaged<nuint, void*, nuint, byte*, nuint, byte*, nuint, nuint>)&Exports.C_VerifyMessageNext,
             (nint)(delegate* unmanaged<nuint, nuint>)&Exports.C_MessageVerifyFinal,
+            // The 2.40 list's own entries (after the 3.0 list): a 2.40 caller is shown a 2.40 library.
+            (nint)(delegate* unmanaged<CK_INFO*, nuint>)&Exports.C_GetInfo240,
+            (nint)(delegate* unmanaged<nuint, nuint, CK_MECHANISM_INFO*, nuint>)&Exports.C_GetMechanismInfo240,
         ];
-        if (pointers.Length != Pkcs11Abi.FunctionCount30)
-            throw new InvalidOperationException($"function table has {pointers.Length} entries, expected {Pkcs11Abi.FunctionCount30}");
+        if (pointers.Length != Pkcs11Abi.FunctionCount30 + 2)
+            throw new InvalidOperationException($"function table has {pointers.Length} entries, expected {Pkcs11Abi.FunctionCount30 + 2}");
 
         // Every entry goes through the fork gate (native/forkgate.c).
         var gated = new nint[pointers.Length];
@@ -132,8 +137,11 @@ internal static unsafe class FunctionTable
             if (p11proxy_gate_wrap(managed, entries, pointers.Length) != 0)
                 throw new InvalidOperationException("the fork gate refused the function table");
         }
-        List240 = Build(gated.AsSpan(0, Pkcs11Abi.FunctionCount240), 2, 40);
-        List300 = Build(gated, 3, 0);
+        var entries240 = gated.AsSpan(0, Pkcs11Abi.FunctionCount240).ToArray();
+        entries240[GetInfoIndex] = gated[Pkcs11Abi.FunctionCount30];
+        entries240[GetMechanismInfoIndex] = gated[Pkcs11Abi.FunctionCount30 + 1];
+        List240 = Build(entries240, 2, 40);
+        List300 = Build(gated.AsSpan(0, Pkcs11Abi.FunctionCount30), 3, 0);
 
         // "PKCS 11" 3.0 first (the default), then 2.40 for callers that ask for it by version.
         var name = (byte*)NativeMemory.Alloc((nuint)InterfaceName.Length);

@@ -56,7 +56,13 @@ internal static unsafe partial class Remote
         reserved.CopyTo(withNul);
         withNul[^1] = 0;
         request.WriteByteArray(withNul);
-        return connection.Exchange(context);
+        ulong rv = connection.Exchange(context);
+        if (rv == CKR_OK && Capabilities.Announces(context.ReplyOptions, Capabilities.TypedMessageParameters))
+        {
+            connection.UseTypedMessageParameters();
+            Log.Trace($"the broker at {connection.Address} takes typed message parameters");
+        }
+        return rv;
     }
 
     /// <summary>Tells the broker, unless a call stalled on it holds the connection for more than a second.</summary>

@@ -45,12 +45,15 @@ public enum WireType : byte
     AttributeBuffer, // fA attribute types and buffer sizes (C_GetAttributeValue request)
     Mechanism,       // M
     MechanismUpdate, // P  mechanism parameter written back by the module (C_DeriveKey2)
+    // p11proxy's own, only after the broker announced typed message parameters (see Capabilities):
+    MessageParameter,       // T  a per-message parameter by value (MessageParameterCodec)
+    MessageParameterUpdate, // U  what the module wrote into it
 }
 
 /// <summary>One row of the call table: the single source of truth for both directions.</summary>
 public sealed class RpcCall
 {
-    internal RpcCall(RpcCallId id, string request, string response, byte minVersion)
+    internal RpcCall(RpcCallId id, string request, string response, byte minVersion, (string Request, string Response)? typed = null)
     {
         Id = id;
         Name = id.ToString();
@@ -61,11 +64,35 @@ public sealed class RpcCall
         _requestAscii = System.Text.Encoding.ASCII.GetBytes(request);
         _responseAscii = System.Text.Encoding.ASCII.GetBytes(response);
         MinProtocolVersion = minVersion;
+        if (typed is { } t)
+        {
+            TypedRequestSignature = t.Request;
+            TypedResponseSignature = t.Response;
+            _typedRequest = Signature.Parse(t.Request);
+            _typedResponse = Signature.Parse(t.Response);
+            _typedRequestAscii = System.Text.Encoding.ASCII.GetBytes(t.Request);
+            _typedResponseAscii = System.Text.Encoding.ASCII.GetBytes(t.Response);
+        }
     }
 
     // The signatures as they travel (ASCII bytes), written and compared once per message.
     private readonly byte[] _requestAscii;
     private readonly byte[] _responseAscii;
+    private readonly WireType[]? _typedRequest;
+    private readonly WireType[]? _typedResponse;
+    private readonly byte[]? _typedRequestAscii;
+    private readonly byte[]? _typedResponseAscii;
+
+    /// <summary>
+    /// The signatures of the call's typed form (a message-based call whose per-message parameter
+    /// travels by value, 'T', with what the module wrote into it coming back, 'U'), or null: used
+    /// only with a broker that announced <see cref="Capabilities.TypedMessageParameters"/>. They
+    /// differ from p11-kit's, so a p11-kit peer handed one by mistake refuses the message (its
+    /// parser compares signatures) instead of reading the parameter as raw bytes.
+    /// </summary>
+    public string? TypedRequestSignature { get; }
+    public string? TypedResponseSignature { get; }
+    public bool HasTypedForm => _typedRequest is not null;
 
     public RpcCallId Id { get; }
     public string Name { get; }
@@ -80,6 +107,20 @@ public sealed class RpcCall
     public string SignatureFor(MessageKind kind) => kind == MessageKind.Request ? RequestSignature : ResponseSignature;
     public ReadOnlySpan<byte> SignatureBytesFor(MessageKind kind) => kind == MessageKind.Request ? _requestAscii : _responseAscii;
     public WireType[] PartsFor(MessageKind kind) => kind == MessageKind.Request ? Request : Response;
+
+    /// <summary>The signature of the typed form when <paramref name="typed"/> and the call has one, else p11-kit's.</summary>
+    public ReadOnlySpan<byte> SignatureBytesFor(MessageKind kind, bool typed) =>
+        typed && _typedRequest is not null
+            ? (kind == MessageKind.Request ? _typedRequestAscii : _typedResponseAscii)
+            : SignatureBytesFor(kind);
+
+    public WireType[] PartsFor(MessageKind kind, bool typed) =>
+        typed && _typedRequest is not null
+            ? (kind == MessageKind.Request ? _typedRequest : _typedResponse!)
+            : PartsFor(kind);
+
+    /// <summary>Whether a message of this call to or from a peer of <paramref name="profile"/> is written in the typed form.</summary>
+    public bool TypedFor(WireProfile profile) => profile.TypedMessageParameters && _typedRequest is not null;
 
     public override string ToString() => Name;
 }
@@ -121,6 +162,8 @@ public static class Signature
                 'v' => WireType.Version,
                 'M' => WireType.Mechanism,
                 'P' => WireType.MechanismUpdate,
+                'T' => WireType.MessageParameter,
+                'U' => WireType.MessageParameterUpdate,
                 _ => throw new FormatException($"unknown signature element '{c}' in '{signature}'"),
             });
         }
@@ -137,7 +180,8 @@ public static class Signature
                 WireType.SpaceString => "s", WireType.Version => "v", WireType.ByteArray => "ay",
                 WireType.ByteBuffer => "fy", WireType.ULongArray => "au", WireType.ULongBuffer => "fu",
                 WireType.AttributeArray => "aA", WireType.AttributeBuffer => "fA", WireType.Mechanism => "M",
-                WireType.MechanismUpdate => "P", _ => "?",
+                WireType.MechanismUpdate => "P", WireType.MessageParameter => "T",
+                WireType.MessageParameterUpdate => "U", _ => "?",
             });
         return text.ToString();
     }
@@ -223,14 +267,16 @@ public static class CallTable
         new(RpcCallId.C_LoginUser, "uuayay", "", 1),
         new(RpcCallId.C_SessionCancel, "uu", "", 1),
         new(RpcCallId.C_MessageEncryptInit, "uMu", "", 1),
-        new(RpcCallId.C_EncryptMessage, "uayayayfy", "ay", 1),
-        new(RpcCallId.C_EncryptMessageBegin, "uayay", "", 1),
-        new(RpcCallId.C_EncryptMessageNext, "uayayfyu", "ay", 1),
+        // The typed forms answer the CK_RV in the reply itself ('u' first), so that what the module
+        // wrote into the parameter comes back whatever the outcome, as it would be in the caller's memory.
+        new(RpcCallId.C_EncryptMessage, "uayayayfy", "ay", 1, typed: ("uTayayfy", "uUay")),
+        new(RpcCallId.C_EncryptMessageBegin, "uayay", "", 1, typed: ("uTay", "uU")),
+        new(RpcCallId.C_EncryptMessageNext, "uayayfyu", "ay", 1, typed: ("uTayfyu", "uUay")),
         new(RpcCallId.C_MessageEncryptFinal, "u", "", 1),
         new(RpcCallId.C_MessageDecryptInit, "uMu", "", 1),
-        new(RpcCallId.C_DecryptMessage, "uayayayfy", "ay", 1),
-        new(RpcCallId.C_DecryptMessageBegin, "uayay", "", 1),
-        new(RpcCallId.C_DecryptMessageNext, "uayayfyu", "ay", 1),
+        new(RpcCallId.C_DecryptMessage, "uayayayfy", "ay", 1, typed: ("uTayayfy", "uUay")),
+        new(RpcCallId.C_DecryptMessageBegin, "uayay", "", 1, typed: ("uTay", "uU")),
+        new(RpcCallId.C_DecryptMessageNext, "uayayfyu", "ay", 1, typed: ("uTayfyu", "uUay")),
         new(RpcCallId.C_MessageDecryptFinal, "u", "", 1),
         new(RpcCallId.C_MessageSignInit, "uMu", "", 1),
         new(RpcCallId.C_SignMessage, "uayayfy", "ay", 1),

@@ -20,16 +20,20 @@ public sealed class RpcMessageWriter : IDisposable
     public RpcCall? Call { get; private set; }
     public bool Failed => Writer.Failed;
 
-    public void Begin(RpcCall call, MessageKind kind)
+    /// <summary>Starts a message, in the typed form when the call has one and the profile takes it.</summary>
+    public void Begin(RpcCall call, MessageKind kind) => Begin(call, kind, call.TypedFor(Profile));
+
+    /// <summary>Starts a message in the form given: a reply answers in the form of its request.</summary>
+    public void Begin(RpcCall call, MessageKind kind, bool typedForm)
     {
         Writer.Reset();
         // Compared before storing: a thread repeating a call stores no reference (no GC write barrier).
         if (!ReferenceEquals(Call, call)) Call = call;
-        var parts = call.PartsFor(kind);
+        var parts = call.PartsFor(kind, typedForm);
         if (!ReferenceEquals(_parts, parts)) _parts = parts;
         _cursor = 0;
         Writer.WriteUInt32((uint)call.Id);
-        Writer.WriteByteArray(call.SignatureBytesFor(kind));
+        Writer.WriteByteArray(call.SignatureBytesFor(kind, typedForm));
     }
 
     /// <summary>An error reply: call id 0, signature "u", the CK_RV.</summary>
@@ -171,6 +175,20 @@ public sealed class RpcMessageWriter : IDisposable
         MechanismCodec.EncodeUpdate(Writer, Profile, mechanismType, update);
     }
 
+    /// <summary>'T': a per-message parameter by value (typed form only).</summary>
+    public void WriteMessageParameter(in WireMessageParameter parameter)
+    {
+        Expect(WireType.MessageParameter);
+        MessageParameterCodec.Encode(Writer, parameter);
+    }
+
+    /// <summary>'U': what the module wrote into the per-message parameter (typed form only).</summary>
+    public void WriteMessageParameterUpdate(in MessageParameterUpdate update)
+    {
+        Expect(WireType.MessageParameterUpdate);
+        MessageParameterCodec.EncodeUpdate(Writer, update);
+    }
+
     public void Dispose() => Writer.Dispose();
 }
 
@@ -207,6 +225,9 @@ public sealed class RpcMessageReader
     /// <summary>The call of the message parsed last, or null when that parse failed.</summary>
     public RpcCall? Call => _parsed ? _call : null;
 
+    /// <summary>Whether the message parsed last came in the typed form (<see cref="RpcCall.HasTypedForm"/>).</summary>
+    public bool TypedForm { get; private set; }
+
     /// <summary>For an error response, the CK_RV it carries.</summary>
     public ulong ErrorCode { get; private set; }
 
@@ -224,16 +245,32 @@ public sealed class RpcMessageReader
             return ParseStatus.UnknownCall;
         if (kind == MessageKind.Request && call.Id == RpcCallId.Error)
             return ParseStatus.ErrorCallAsRequest;
-        switch (Reader.MatchByteArray(call.SignatureBytesFor(kind)))
+        bool typedForm = false;
+        if (call.TypedFor(Profile))
         {
-            case null: return ParseStatus.Truncated;
-            case false: return ParseStatus.BadSignature;
+            // Either form may come: ours, or p11-kit's from a peer that did not take up the offer
+            // (an older p11proxy module); the signature says which.
+            if (!Reader.TryReadByteArray(out var signature, out bool isNull) || isNull)
+                return ParseStatus.Truncated;
+            if (signature.Span.SequenceEqual(call.SignatureBytesFor(kind, typed: true)))
+                typedForm = true;
+            else if (!signature.Span.SequenceEqual(call.SignatureBytesFor(kind)))
+                return ParseStatus.BadSignature;
+        }
+        else
+        {
+            switch (Reader.MatchByteArray(call.SignatureBytesFor(kind)))
+            {
+                case null: return ParseStatus.Truncated;
+                case false: return ParseStatus.BadSignature;
+            }
         }
         if (kind == MessageKind.Request && !Profile.Knows(call))
             return ParseStatus.CallUnknownToVersion;
         if (!ReferenceEquals(_call, call)) _call = call;
         _parsed = true;
-        var parts = call.PartsFor(kind);
+        TypedForm = typedForm;
+        var parts = call.PartsFor(kind, typedForm);
         if (!ReferenceEquals(_parts, parts)) _parts = parts;
         if (call.Id == RpcCallId.Error)
         {
@@ -363,5 +400,17 @@ public sealed class RpcMessageReader
     {
         Next(WireType.MechanismUpdate);
         return MechanismCodec.TryDecodeUpdate(Reader, Profile, mechanismType, out update);
+    }
+
+    public bool TryReadMessageParameter(out WireMessageParameter parameter)
+    {
+        Next(WireType.MessageParameter);
+        return MessageParameterCodec.TryDecode(Reader, out parameter);
+    }
+
+    public bool TryReadMessageParameterUpdate(out MessageParameterUpdate update)
+    {
+        Next(WireType.MessageParameterUpdate);
+        return MessageParameterCodec.TryDecodeUpdate(Reader, out update);
     }
 }

@@ -38,7 +38,34 @@ public sealed class WireProfile
         _noParameterMechanisms = noParameters;
         _parameterCodecs = codecs;
         _attributeKinds = kinds;
+        _typed = new WireProfile(this);
     }
+
+    /// <summary>The same profile with typed message parameters.</summary>
+    private WireProfile(WireProfile plain)
+    {
+        Version = plain.Version;
+        MechanismEncoding = plain.MechanismEncoding;
+        _noParameterMechanisms = plain._noParameterMechanisms;
+        _parameterCodecs = plain._parameterCodecs;
+        _attributeKinds = plain._attributeKinds;
+        TypedMessageParameters = true;
+        _plain = plain;
+        _typed = this;
+    }
+
+    private readonly WireProfile _typed;
+    private readonly WireProfile? _plain;
+
+    /// <summary>
+    /// Whether the message-based calls carry their per-message parameter by value (p11proxy's
+    /// <see cref="Capabilities.TypedMessageParameters"/>, between our module and our broker) rather
+    /// than in p11-kit's form, which a p11proxy peer only accepts without a parameter.
+    /// </summary>
+    public bool TypedMessageParameters { get; }
+
+    /// <summary>This profile with (or without) typed message parameters; the protocol version is unchanged.</summary>
+    public WireProfile WithTypedMessageParameters(bool typed) => typed ? _typed : _plain ?? this;
 
     public byte Version { get; }
     public MechanismEncoding MechanismEncoding { get; }

@@ -65,7 +65,7 @@ public static class WireValues
             return reader.Reader.AtEnd;
         }
 
-        var parts = call.PartsFor(kind);
+        var parts = call.PartsFor(kind, reader.TypedForm);
         ulong? mechanism = null;
         for (int index = 0; index < parts.Length; index++)
         {
@@ -136,6 +136,14 @@ public static class WireValues
                     value = update;
                     break;
                 }
+                case WireType.MessageParameter:
+                    if (!reader.TryReadMessageParameter(out var parameter)) return false;
+                    value = parameter;
+                    break;
+                case WireType.MessageParameterUpdate:
+                    if (!reader.TryReadMessageParameterUpdate(out var parameterUpdate)) return false;
+                    value = parameterUpdate;
+                    break;
                 default:
                     return false;
             }
@@ -163,10 +171,10 @@ public static class WireValues
             return;
         }
 
-        var parts = call.PartsFor(kind);
+        var parts = call.PartsFor(kind, call.TypedFor(writer.Profile));
         if (values.Count != parts.Length)
             throw new ArgumentException(
-                $"{call.Name} {kind}: {values.Count} values for signature '{call.SignatureFor(kind)}'", nameof(values));
+                $"{call.Name} {kind}: {values.Count} values for signature '{Signature.Format(parts)}'", nameof(values));
 
         writer.Begin(call, kind);
         ulong? mechanism = null;
@@ -251,6 +259,12 @@ public static class WireValues
                     writer.WriteMechanismUpdate(type, update);
                     break;
                 }
+                case WireType.MessageParameter:
+                    writer.WriteMessageParameter(As<WireMessageParameter>(call, index, value));
+                    break;
+                case WireType.MessageParameterUpdate:
+                    writer.WriteMessageParameterUpdate(As<MessageParameterUpdate>(call, index, value));
+                    break;
             }
         }
     }
@@ -376,6 +390,17 @@ public static class WireValues
                 else if (p.HasData) text.Append("update:").Append(p.Data.Length).Append(" bytes");
                 else text.Append("update:len ").Append(p.Length);
                 break;
+            case WireMessageParameter mp:
+                // Lengths and numbers only: an IV or tag is no secret, but a trace need not show it.
+                text.Append(mp.Form.ToString());
+                if (mp.Form != MessageParameterForm.Absent)
+                    text.Append("(iv ").Append(mp.Iv.IsNull ? "NULL" : mp.Iv.Length + " bytes").Append(", tag ")
+                        .Append(mp.Tag.IsNull ? "NULL" : mp.Tag.Length + " bytes").Append(')');
+                break;
+            case MessageParameterUpdate mu:
+                text.Append("written: iv ").Append(mu.Iv.IsNull ? "-" : mu.Iv.Length + " bytes")
+                    .Append(", tag ").Append(mu.Tag.IsNull ? "-" : mu.Tag.Length + " bytes");
+                break;
             default: text.Append(value); break;
         }
     }
@@ -483,6 +508,11 @@ public static class WireValues
             case MechanismUpdate x when b is MechanismUpdate y:
                 return x.HasParameter == y.HasParameter && x.Capsulation == y.Capsulation && x.HasData == y.HasData &&
                        x.Length == y.Length && (!x.HasData || ValueEquals(x.Data, y.Data));
+            case WireMessageParameter x when b is WireMessageParameter y:
+                return x.Form == y.Form && ValueEquals(x.Iv, y.Iv) && x.IvFixedBits == y.IvFixedBits && x.IvGenerator == y.IvGenerator &&
+                       ValueEquals(x.Tag, y.Tag) && x.TagBits == y.TagBits && x.DataLength == y.DataLength;
+            case MessageParameterUpdate x when b is MessageParameterUpdate y:
+                return ValueEquals(x.Iv, y.Iv) && ValueEquals(x.Tag, y.Tag);
             default:
                 return a.Equals(b);
         }

@@ -8,15 +8,17 @@ using LL = Net.Pkcs11Interop.LowLevelAPI80;
 
 namespace P11Proxy.Conformance;
 
-/// <summary>Every scenario runs against one target and is compared with SoftHSM loaded directly.
+/// <summary>Every scenario runs against one target and is compared with the token loaded directly:
+/// SoftHSM's, and (fixtures "softoken/...") NSS softoken's.
 /// p11proxy.so has one global state per process, so targets run one after another: a fixture per
 /// target, initialised in OneTimeSetUp and finalised in OneTimeTearDown.</summary>
 [TestFixtureSource(typeof(Target), nameof(Target.Names))]
+[TestFixtureSource(typeof(Target), nameof(Target.SoftokenNames))]
 [NonParallelizable]
 public sealed class Conformance(string name)
 {
     private readonly Target T = new(name);
-    private static ISlot D => Reference.Slot!;
+    private ISlot D => T.ReferenceSlot;
     private string Tag => $"{T.Name}-{TestContext.CurrentContext.Test.MethodName}-{Guid.NewGuid():N}";
 
     [OneTimeSetUp]
@@ -65,8 +67,8 @@ public sealed class Conformance(string name)
         {
             // p11-kit 0.24 (protocol version 0) cannot carry these mechanisms' parameters; its client
             // hides them, and a protocol-0 path must hide exactly the same ones.
-            var expected = direct.Where(m => !H.HiddenByP11Kit024.Contains(m));
-            Assert.That(target, Is.EquivalentTo(expected), "protocol 0: SoftHSM's list minus what p11-kit 0.24 cannot carry");
+            var expected = direct.Where(m => !T.Hidden.Contains(m));
+            Assert.That(target, Is.EquivalentTo(expected), "protocol 0: the token's list minus what p11-kit 0.24 cannot carry");
             Assert.That(target, Does.Not.Contain((ulong)CKM.CKM_AES_CBC));
             Assert.That(target, Does.Not.Contain((ulong)CKM.CKM_AES_GCM));
             Assert.That(target, Does.Not.Contain((ulong)CKM.CKM_SHA256_RSA_PKCS_PSS));
@@ -83,21 +85,18 @@ public sealed class Conformance(string name)
         {
             // Protocol 1 (p11-kit 0.25.0-0.25.5 tables): more is carried, but not everything.
             Assert.That(target, Is.EquivalentTo(direct.Where(m => !T.Hidden.Contains(m))),
-                "protocol 1: SoftHSM's list minus what p11-kit 0.25 cannot carry");
+                "protocol 1: the token's list minus what p11-kit 0.25 cannot carry");
             Assert.That(target, Does.Contain((ulong)CKM.CKM_AES_GCM));
             Assert.That(target, Does.Not.Contain((ulong)CKM.CKM_AES_KEY_WRAP));
         }
         else
         {
-            Assert.That(target, Is.EquivalentTo(direct), "the same mechanisms as SoftHSM directly");
+            Assert.That(target, Is.EquivalentTo(direct), "the same mechanisms as the token directly");
             Assert.That(target, Does.Contain((ulong)CKM.CKM_AES_CBC));
             Assert.That(target, Does.Contain((ulong)CKM.CKM_AES_GCM));
             Assert.That(target, Does.Contain((ulong)CKM.CKM_SHA256_RSA_PKCS_PSS));
         }
     }
-
-    private bool ServedByP11KitServer => T.Name is "p11kit-server" or "p11kit-remote";
-    private static readonly CKM[] StrayFlagMechanisms = [CKM.CKM_AES_ECB, CKM.CKM_DES3_ECB];
 
     [Test]
     public void MechanismInfo()
@@ -109,15 +108,11 @@ public sealed class Conformance(string name)
         {
             var d = D.GetMechanismInfo(m);
             var t = T.Slot.GetMechanismInfo(m);
+            // p11-kit server 0.24.1 adds a stray bit 0x2 (uninitialised memory) to the flags of SoftHSM's
+            // CKM_AES_ECB and CKM_DES3_ECB, and p11-kit-client.so passes it on. Through p11proxy.so's 2.40
+            // function list it does not show: that list drops the CKF_MESSAGE_* bits (0x2 is
+            // CKF_MESSAGE_ENCRYPT), which no 2.40 function can use, as NSS softoken's 2.40 list does.
             ulong tFlags = t.MechanismFlags.Flags;
-            if (ServedByP11KitServer && StrayFlagMechanisms.Contains(m))
-            {
-                // p11-kit server 0.24.1 adds bit 0x2 to the flags of these two SoftHSM mechanisms: p11-kit's
-                // own client (p11-kit-client.so) shows "other flags=0x2" for them too, so it comes from the
-                // server, and a faithful client passes it on. Exactly that bit, exactly there.
-                Assert.That(tFlags, Is.EqualTo(d.MechanismFlags.Flags | 0x2), $"{m}: p11-kit server's stray 0x2");
-                tFlags &= ~0x2UL;
-            }
             if (d.MinKeySize != t.MinKeySize || d.MaxKeySize != t.MaxKeySize || d.MechanismFlags.Flags != tFlags)
                 diffs.Add($"0x{(ulong)m:X} {m}: direct ({d.MinKeySize},{d.MaxKeySize},0x{d.MechanismFlags.Flags:X}) " +
                           $"target ({t.MinKeySize},{t.MaxKeySize},0x{t.MechanismFlags.Flags:X})");
@@ -134,13 +129,16 @@ public sealed class Conformance(string name)
         (ulong bits, int modLen, byte[] exp, ulong keyType, bool sensitive, bool priv) Gen(ISlot slot) => H.InSession(slot, s =>
         {
             var (pub, prv) = H.RsaKeyPair(s, tag);
-            return (H.ULong(s, pub, CKA.CKA_MODULUS_BITS), H.Bytes(s, pub, CKA.CKA_MODULUS).Length,
+            // softoken keeps no CKA_MODULUS_BITS on a generated public key (CK_UNAVAILABLE_INFORMATION),
+            // directly as through every stack: 0 stands for it.
+            ulong bits = T.Softoken ? H.ULongOrZero(s, pub, CKA.CKA_MODULUS_BITS) : H.ULong(s, pub, CKA.CKA_MODULUS_BITS);
+            return (bits, H.Bytes(s, pub, CKA.CKA_MODULUS).Length,
                     H.Bytes(s, pub, CKA.CKA_PUBLIC_EXPONENT), H.ULong(s, prv, CKA.CKA_KEY_TYPE),
                     H.Bool(s, prv, CKA.CKA_SENSITIVE), H.Bool(s, prv, CKA.CKA_PRIVATE));
         });
         var d = Gen(D);
         var t = Gen(T.Slot);
-        Assert.That(t.bits, Is.EqualTo(2048UL));
+        Assert.That(t.bits, Is.EqualTo(T.Softoken ? 0UL : 2048UL));
         Assert.That(t.modLen, Is.EqualTo(256));
         Assert.That(t.exp, Is.EqualTo(new byte[] { 1, 0, 1 }));
         Assert.That(t.keyType, Is.EqualTo((ulong)CKK.CKK_RSA));
@@ -176,11 +174,13 @@ public sealed class Conformance(string name)
         });
     }
 
-    private static bool VerifyOrInvalid(ISession s, IMechanism m, IObjectHandle key, byte[] data, byte[] sig)
+    private bool VerifyOrInvalid(ISession s, IMechanism m, IObjectHandle key, byte[] data, byte[] sig)
     {
         // Pkcs11Interop maps CKR_SIGNATURE_INVALID to false; CKR_SIGNATURE_LEN_RANGE is also a rejection.
+        // softoken refuses a wrong MAC with whatever NSPR's per-thread last error was (CKR_DEVICE_ERROR
+        // on a fresh thread): any error from C_Verify is its rejection.
         try { s.Verify(m, key, data, sig, out bool ok); return ok; }
-        catch (Pkcs11Exception e) when (e.RV == CKR.CKR_SIGNATURE_LEN_RANGE) { return false; }
+        catch (Pkcs11Exception e) when (e.RV == CKR.CKR_SIGNATURE_LEN_RANGE || (T.Softoken && e.Method == "C_Verify")) { return false; }
     }
 
     private static IMechanismParams PssParams() =>
@@ -403,9 +403,14 @@ public sealed class Conformance(string name)
         aes.Key = FixedKey;
         Parametrised((s, k) =>
         {
-            // Streams with a 37-byte buffer: C_EncryptUpdate many times, then C_EncryptFinal.
-            var ct = H.Through((i, o) => { s.Encrypt(H.Mech(CKM.CKM_AES_CBC_PAD, Iv), k, i, o, 37); return 0; }, plain);
-            var back = H.Through((i, o) => { s.Decrypt(H.Mech(CKM.CKM_AES_CBC_PAD, Iv), k, i, o, 53); return 0; }, ct);
+            // Streams with a 37-byte buffer: C_EncryptUpdate many times, then C_EncryptFinal. softoken
+            // gives an update more output than its input when blocks it held back complete (which
+            // Pkcs11Interop's streaming, sizing the output as the part, loses), and refuses CBC-PAD
+            // decryption parts that are not whole blocks (CKR_ENCRYPTED_DATA_LEN_RANGE), directly as
+            // through every stack: it streams in whole blocks, 48 bytes.
+            int part = T.Softoken ? 48 : 37;
+            var ct = H.Through((i, o) => { s.Encrypt(H.Mech(CKM.CKM_AES_CBC_PAD, Iv), k, i, o, part); return 0; }, plain);
+            var back = H.Through((i, o) => { s.Decrypt(H.Mech(CKM.CKM_AES_CBC_PAD, Iv), k, i, o, T.Softoken ? 48 : 53); return 0; }, ct);
             Assert.That(back, Is.EqualTo(plain), "multi-part decrypt");
             Assert.That(s.Encrypt(H.Mech(CKM.CKM_AES_CBC_PAD, Iv), k, plain), Is.EqualTo(ct), "single-part = multi-part");
             return ct;
@@ -435,6 +440,23 @@ public sealed class Conformance(string name)
         var expected = new byte[plain.Length + 16];
         using (var g = new System.Security.Cryptography.AesGcm(FixedKey, 16))
             g.Encrypt(nonce, plain, expected.AsSpan(0, plain.Length), expected.AsSpan(plain.Length), aad);
+        if (T.Softoken)
+        {
+            // softoken answers the size query of a one-shot GCM C_Encrypt with the plaintext's length,
+            // without room for the tag, then refuses a buffer of that size: Pkcs11Interop's
+            // C_Encrypt fails with CKR_BUFFER_TOO_SMALL, directly as through the stack.
+            string Outcome(ISlot slot) => H.InSession(slot, s =>
+            {
+                var k = H.ImportAes(s, FixedKey, Tag);
+                var e = Assert.Throws<Pkcs11Exception>(() => s.Encrypt(H.Mech(CKM.CKM_AES_GCM, H.Params.CreateCkGcmParams(nonce, 96, aad, 128)), k, plain))!;
+                return $"{e.Method} {e.RV}";
+            });
+            Assert.That(Outcome(D), Is.EqualTo("C_Encrypt CKR_BUFFER_TOO_SMALL"), "softoken directly");
+            // Where GCM cannot be carried (protocol 0) it is refused at its start, as anywhere.
+            Assert.That(Outcome(T.Slot), Is.EqualTo(T.Hidden.Contains((ulong)CKM.CKM_AES_GCM) ? "C_EncryptInit CKR_MECHANISM_INVALID" : Outcome(D)),
+                "as directly");
+            return;
+        }
         Parametrised((s, k) =>
         {
             IMechanism M() => H.Mech(CKM.CKM_AES_GCM, H.Params.CreateCkGcmParams(nonce, 96, aad, 128));
@@ -453,7 +475,7 @@ public sealed class Conformance(string name)
     {
         var tag = Tag;
         var wrapMech = D.GetMechanismList().Contains(CKM.CKM_AES_KEY_WRAP) ? CKM.CKM_AES_KEY_WRAP : CKM.CKM_AES_KEY_WRAP_PAD;
-        Assert.That(D.GetMechanismList(), Does.Contain(wrapMech), "SoftHSM lists an AES key wrap mechanism");
+        Assert.That(D.GetMechanismList(), Does.Contain(wrapMech), "the token lists an AES key wrap mechanism");
         var plain = H.Seq(48, 8);
         byte[] Run(ISession s)
         {
@@ -550,7 +572,8 @@ public sealed class Conformance(string name)
                 H.Attrs((CKA.CKA_TOKEN, false), (CKA.CKA_ID, id), (CKA.CKA_LABEL, tag + "-priv"), (CKA.CKA_PRIVATE, true)),
                 out _, out _);
             for (int i = 0; i < 4; i++)
-                s.CreateObject(H.Attrs((CKA.CKA_CLASS, CKO.CKO_DATA), (CKA.CKA_TOKEN, i % 2 == 0), (CKA.CKA_APPLICATION, tag),
+                // softoken keeps no data objects on its database token (CKR_ATTRIBUTE_VALUE_INVALID): session ones there.
+                s.CreateObject(H.Attrs((CKA.CKA_CLASS, CKO.CKO_DATA), (CKA.CKA_TOKEN, i % 2 == 0 && !T.Softoken), (CKA.CKA_APPLICATION, tag),
                     (CKA.CKA_LABEL, tag), (CKA.CKA_VALUE, H.Seq(i + 1))));
             var counts = new FindCounts(
                 Count((CKA.CKA_ID, id)),
@@ -566,7 +589,7 @@ public sealed class Conformance(string name)
             return counts;
         });
         var d = Run(D);
-        Assert.That(d, Is.EqualTo(new FindCounts(5, 3, 6, 4, 3, 4, 1)), "direct SoftHSM counts");
+        if (!T.Softoken) Assert.That(d, Is.EqualTo(new FindCounts(5, 3, 6, 4, 3, 4, 1)), "direct SoftHSM counts");
         Assert.That(Run(T.Slot), Is.EqualTo(d), "counts as direct");
     }
 
@@ -610,7 +633,17 @@ public sealed class Conformance(string name)
         return (LL.Pkcs11Library)field.GetValue(lib)!;
     }
 
-    private IPkcs11Library LibOf(ISlot slot) => ReferenceEquals(slot, D) ? Reference.Lib! : T.Lib;
+    private IPkcs11Library LibOf(ISlot slot) => ReferenceEquals(slot, D) ? T.ReferenceLib : T.Lib;
+
+    /// <summary>
+    /// NSS softoken (3.87) answers C_GetAttributeValue with a buffer too small for a value by writing
+    /// the value whole past the buffer's end, and CKR_OK. Where the caller's buffer reaches softoken
+    /// (directly, and through p11-kit's server, which passes it on) that scenario would corrupt
+    /// memory, so it is not run there; our broker never hands a module a buffer smaller than its
+    /// value and answers CKR_BUFFER_TOO_SMALL, as a conforming module does.
+    /// </summary>
+    private bool SmallBufferReachesSoftoken(ISlot slot) =>
+        T.Softoken && (ReferenceEquals(slot, D) || T.Name is "p11kit-server" or "p11kit-remote");
 
     private sealed record AttrOutcome(CKR Rv, ulong[] Lens);
 
@@ -667,12 +700,15 @@ public sealed class Conformance(string name)
             Assert.That(values[1], Is.EqualTo(H.Bytes(s, pub, CKA.CKA_MODULUS)));
             outcomes.Add(b with { Lens = b.Lens });
             // 3. One buffer too small: CKR_BUFFER_TOO_SMALL, that attribute unavailable, the others filled.
-            var c = GetAttrs(ll, s.SessionId, pub.ObjectId, [(CKA.CKA_LABEL, tag.Length), (CKA.CKA_MODULUS, 10)], out values);
-            Assert.That(c.Rv, Is.EqualTo(CKR.CKR_BUFFER_TOO_SMALL), "too-small buffer");
-            Assert.That(c.Lens[1], Is.EqualTo(Unavailable), "the too-small attribute's ulValueLen");
-            Assert.That(c.Lens[0], Is.EqualTo((ulong)tag.Length), "the other attribute's length");
-            Assert.That(Encoding.UTF8.GetString(values[0]), Is.EqualTo(tag), "the other attribute still filled");
-            outcomes.Add(c);
+            if (!SmallBufferReachesSoftoken(slot))
+            {
+                var c = GetAttrs(ll, s.SessionId, pub.ObjectId, [(CKA.CKA_LABEL, tag.Length), (CKA.CKA_MODULUS, 10)], out values);
+                Assert.That(c.Rv, Is.EqualTo(CKR.CKR_BUFFER_TOO_SMALL), "too-small buffer");
+                Assert.That(c.Lens[1], Is.EqualTo(Unavailable), "the too-small attribute's ulValueLen");
+                Assert.That(c.Lens[0], Is.EqualTo((ulong)tag.Length), "the other attribute's length");
+                Assert.That(Encoding.UTF8.GetString(values[0]), Is.EqualTo(tag), "the other attribute still filled");
+                if (!T.Softoken) outcomes.Add(c); // for softoken, checked above: directly it cannot be run
+            }
             // 4. The sensitive CKA_VALUE of a private key.
             var d = GetAttrs(ll, s.SessionId, ecPrv.ObjectId, [(CKA.CKA_VALUE, -1), (CKA.CKA_KEY_TYPE, 8)], out values);
             Assert.That(d.Rv, Is.EqualTo(CKR.CKR_ATTRIBUTE_SENSITIVE), "sensitive CKA_VALUE of an EC private key");
@@ -728,10 +764,16 @@ public sealed class Conformance(string name)
             Assert.That(Encoding.UTF8.GetString(values[0]), Is.EqualTo(tag + "-renamed"), "the label changed between the passes");
             seen.Add(Show(fetched, values));
             // A buffer too small for one of them.
-            GetAttrs(ll, s.SessionId, pub.ObjectId, [(CKA.CKA_LABEL, -1), (CKA.CKA_MODULUS_BITS, -1)], out _);
-            fetched = GetAttrs(ll, s.SessionId, pub.ObjectId, [(CKA.CKA_LABEL, 1), (CKA.CKA_MODULUS_BITS, 8)], out values);
-            Assert.That(fetched.Rv, Is.EqualTo(CKR.CKR_BUFFER_TOO_SMALL), "a one-byte buffer for the label");
-            seen.Add($"{fetched.Rv} [{string.Join(",", fetched.Lens)}]");
+            if (!SmallBufferReachesSoftoken(slot))
+            {
+                // (softoken's public keys have no CKA_MODULUS_BITS: CKA_KEY_TYPE there.)
+                var second = T.Softoken ? CKA.CKA_KEY_TYPE : CKA.CKA_MODULUS_BITS;
+                GetAttrs(ll, s.SessionId, pub.ObjectId, [(CKA.CKA_LABEL, -1), (second, -1)], out _);
+                fetched = GetAttrs(ll, s.SessionId, pub.ObjectId, [(CKA.CKA_LABEL, 1), (second, 8)], out values);
+                Assert.That(fetched.Rv, Is.EqualTo(CKR.CKR_BUFFER_TOO_SMALL), "a one-byte buffer for the label");
+                Assert.That(fetched.Lens[0], Is.EqualTo(ulong.MaxValue), "the label unavailable");
+                if (!T.Softoken) seen.Add($"{fetched.Rv} [{string.Join(",", fetched.Lens)}]");
+            }
             // Sizes of one object, values of another.
             GetAttrs(ll, s.SessionId, pub.ObjectId, [(CKA.CKA_LABEL, -1)], out _);
             fetched = GetAttrs(ll, s.SessionId, prv.ObjectId, [(CKA.CKA_LABEL, Big)], out values);
@@ -776,6 +818,17 @@ public sealed class Conformance(string name)
             return (rv1, len1, rv2, len2, rv3, len3);
         });
         var d = Run(D);
+        if (T.Softoken)
+        {
+            // softoken answers a too-small buffer with CKR_BUFFER_TOO_SMALL but leaves an uninitialised
+            // value in *pulSignatureLen, and ends the operation: the next C_Sign is not initialised.
+            // The same through every stack, but for that length, which nobody can compare.
+            Assert.That((d.Item1, d.Item2, d.Item3, d.Item5), Is.EqualTo((CKR.CKR_OK, 256UL, CKR.CKR_BUFFER_TOO_SMALL, CKR.CKR_OPERATION_NOT_INITIALIZED)),
+                "softoken directly");
+            var t = Run(T.Slot);
+            Assert.That((t.Item1, t.Item2, t.Item3, t.Item5), Is.EqualTo((d.Item1, d.Item2, d.Item3, d.Item5)), "as directly");
+            return;
+        }
         Assert.That(d, Is.EqualTo((CKR.CKR_OK, 256UL, CKR.CKR_BUFFER_TOO_SMALL, 256UL, CKR.CKR_OK, 256UL)), "direct");
         Assert.That(Run(T.Slot), Is.EqualTo(d), "as direct");
     }
@@ -805,7 +858,12 @@ public sealed class Conformance(string name)
             using var s = slot.OpenSession(SessionType.ReadWrite);
             s.Login(CKU.CKU_USER, Paths.UserPin);
             var loggedInState = s.GetSessionInfo().State;
-            s.CreateObject(H.Attrs((CKA.CKA_CLASS, CKO.CKO_DATA), (CKA.CKA_TOKEN, false), (CKA.CKA_PRIVATE, true), (CKA.CKA_APPLICATION, tag)));
+            if (T.Softoken)
+                // softoken has no private data objects (CKR_ATTRIBUTE_VALUE_INVALID): a private secret key instead.
+                s.CreateObject(H.Attrs((CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), (CKA.CKA_KEY_TYPE, CKK.CKK_AES), (CKA.CKA_TOKEN, false),
+                    (CKA.CKA_PRIVATE, true), (CKA.CKA_VALUE, H.Seq(16)), (CKA.CKA_LABEL, tag)));
+            else
+                s.CreateObject(H.Attrs((CKA.CKA_CLASS, CKO.CKO_DATA), (CKA.CKA_TOKEN, false), (CKA.CKA_PRIVATE, true), (CKA.CKA_APPLICATION, tag)));
             s.CreateObject(H.Attrs((CKA.CKA_CLASS, CKO.CKO_DATA), (CKA.CKA_TOKEN, false), (CKA.CKA_PRIVATE, false), (CKA.CKA_APPLICATION, tag)));
             var (_, _) = H.RsaKeyPair(s, tag);
             int allIn = s.FindAllObjects(H.Attrs((CKA.CKA_APPLICATION, tag))).Count;
@@ -820,7 +878,7 @@ public sealed class Conformance(string name)
             return (allIn, keysIn, allOut, keysOut, (ulong)loggedInState, (ulong)second);
         }
         var d = Run(D);
-        Assert.That(d, Is.EqualTo((2, 2, 1, 1, (ulong)CKS.CKS_RW_USER_FUNCTIONS, (ulong)CKR.CKR_OK)), "direct");
+        if (!T.Softoken) Assert.That(d, Is.EqualTo((2, 2, 1, 1, (ulong)CKS.CKS_RW_USER_FUNCTIONS, (ulong)CKR.CKR_OK)), "direct");
         Assert.That(Run(T.Slot), Is.EqualTo(d), "as direct");
     }
 

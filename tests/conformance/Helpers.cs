@@ -85,6 +85,13 @@ internal static class H
 
     public static byte[] Bytes(ISession s, IObjectHandle o, CKA a) => s.GetAttributeValue(o, [a])[0].GetValueAsByteArray();
     public static ulong ULong(ISession s, IObjectHandle o, CKA a) => s.GetAttributeValue(o, [a])[0].GetValueAsUlong();
+
+    /// <summary>A CK_ULONG attribute, or 0 when the object reports it unavailable.</summary>
+    public static ulong ULongOrZero(ISession s, IObjectHandle o, CKA a)
+    {
+        var attribute = s.GetAttributeValue(o, [a])[0];
+        return attribute.CannotBeRead ? 0 : attribute.GetValueAsUlong();
+    }
     public static string Str(ISession s, IObjectHandle o, CKA a) => s.GetAttributeValue(o, [a])[0].GetValueAsString();
     public static bool Bool(ISession s, IObjectHandle o, CKA a) => s.GetAttributeValue(o, [a])[0].GetValueAsBool();
 

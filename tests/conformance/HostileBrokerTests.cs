@@ -799,6 +799,9 @@ internal sealed class Body
 /// <summary>One frame the module sent.</summary>
 internal sealed record Frame(uint Code, byte[] Body)
 {
+    /// <summary>The frame's options field (ours sends none; p11-kit's client its module name).</summary>
+    public byte[] Options { get; init; } = [];
+
     public uint CallId => Body.Length >= 4 ? BinaryPrimitives.ReadUInt32BigEndian(Body) : uint.MaxValue;
 }
 
@@ -867,7 +870,7 @@ internal sealed class FakeConnection
         if (options > 4096 || length > (64u << 20)) throw new FakeProtocolException($"implausible frame from the module: {options} {length}");
         var rest = new byte[options + length];
         if (!ReadExactly(rest)) throw new FakeProtocolException("the module closed the connection inside a frame");
-        var frame = new Frame(code, rest[(int)options..]);
+        var frame = new Frame(code, rest[(int)options..]) { Options = rest[..(int)options] };
         _broker.Requests.Enqueue(frame);
         return frame;
     }

@@ -102,14 +102,16 @@ internal sealed class Server : IDisposable
     private readonly System.Text.StringBuilder _log = new();
     public string Socket { get; }
     public string Log { get { lock (_log) return _log.ToString(); } }
+    public bool Running => !_process.HasExited;
 
-    public Server(string what, string file, string[] args, string conf, string socket)
+    public Server(string what, string file, string[] args, string conf, string socket, IReadOnlyDictionary<string, string>? env = null)
     {
         Socket = socket;
         var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment["SOFTHSM2_CONF"] = conf;
         psi.Environment.Remove("P11_KIT_SERVER_ADDRESS");
+        foreach (var (name, value) in env ?? new Dictionary<string, string>()) psi.Environment[name] = value;
         _process = new Process { StartInfo = psi };
         _process.OutputDataReceived += (_, e) => { if (e.Data != null) lock (_log) _log.AppendLine(e.Data); };
         _process.ErrorDataReceived += (_, e) => { if (e.Data != null) lock (_log) _log.AppendLine(e.Data); };
@@ -171,14 +173,30 @@ public sealed class Reference
     }
 }
 
-/// <summary>One way of reaching a SoftHSM token: a loaded module plus the processes behind it.</summary>
+/// <summary>
+/// One way of reaching a token: a loaded module plus the processes behind it. The token is
+/// SoftHSM's, or NSS softoken's for the names in <see cref="SoftokenNames"/> ("softoken/STACK",
+/// see Softoken.cs): the same scenarios, compared with softoken loaded directly.
+/// </summary>
 internal sealed class Target : IDisposable
 {
     public static readonly string[] Names =
         ["direct", "p11kit-server", "p11kit-remote", "broker-socket", "broker-stdio", "p11kit-client-broker",
          "broker-v1", "broker-v0"];
 
+    public static readonly string[] SoftokenNames = SoftokenStack.Names.Select(n => SoftokenPrefix + n).ToArray();
+
+    private const string SoftokenPrefix = "softoken/";
+
+    /// <summary>The stack's name (without the softoken/ prefix).</summary>
     public string Name { get; }
+
+    /// <summary>NSS softoken behind the stack instead of SoftHSM.</summary>
+    public bool Softoken { get; }
+
+    /// <summary>The token loaded directly, which the target is compared with.</summary>
+    public ISlot ReferenceSlot => Softoken ? SoftokenDirect.Slot : Reference.Slot!;
+    public IPkcs11Library ReferenceLib => Softoken ? SoftokenDirect.Lib : Reference.Lib!;
     public string ModulePath { get; private set; } = "";
     public IPkcs11Library Lib { get; private set; } = null!;
     public ISlot Slot { get; private set; } = null!;
@@ -191,19 +209,35 @@ internal sealed class Target : IDisposable
     /// refused at *Init: p11-kit 0.24's set for version 0, p11-kit 0.25's for version 1 (our
     /// module offering only version 1 to our broker), none for version 2.
     /// </summary>
-    public IReadOnlySet<ulong> Hidden => Protocol0 ? H.HiddenByP11Kit024 : Name == "broker-v1" ? H.HiddenByP11Kit025 : H.NothingHidden;
+    public IReadOnlySet<ulong> Hidden => Softoken
+        ? _softokenHidden ??= SoftokenDirect.Slot.GetMechanismList().Select(m => (ulong)m)
+            .Where(m => Protocol0 ? !SoftokenDirect.CarriedByP11Kit024.Contains(m) : Name == "broker-v1" && !SoftokenDirect.CarriedByP11Kit025.Contains(m))
+            .ToHashSet()
+        : Protocol0 ? H.HiddenByP11Kit024 : Name == "broker-v1" ? H.HiddenByP11Kit025 : H.NothingHidden;
+
+    private HashSet<ulong>? _softokenHidden;
     public bool IsDirect => Name == "direct";
     /// <summary>What the server process printed so far (empty without one).</summary>
-    public string ServerLog => _server?.Log ?? "";
+    public string ServerLog => _server?.Log ?? _softoken?.ServerLog ?? "";
 
     private TokenDir? _dir;
     private Server? _server;
+    private SoftokenStack? _softoken;
     private bool _ownsLib;
 
-    public Target(string name) => Name = name;
+    public Target(string name)
+    {
+        Softoken = name.StartsWith(SoftokenPrefix, StringComparison.Ordinal);
+        Name = Softoken ? name[SoftokenPrefix.Length..] : name;
+    }
 
     public void Start()
     {
+        if (Softoken)
+        {
+            StartSoftoken();
+            return;
+        }
         if (IsDirect)
         {
             ModulePath = Paths.SoftHsm;
@@ -263,6 +297,33 @@ internal sealed class Target : IDisposable
         Slot = FindSlot(Lib, Name);
     }
 
+    /// <summary>The softoken stack; the module is initialised first through its function list, which
+    /// Pkcs11Interop's then finds initialised (CKR_CRYPTOKI_ALREADY_INITIALIZED, which it accepts).</summary>
+    private void StartSoftoken()
+    {
+        if (IsDirect)
+        {
+            ModulePath = SoftokenDb.Module;
+            Lib = SoftokenDirect.Lib;
+            Slot = SoftokenDirect.Slot;
+            return;
+        }
+        _softoken = new SoftokenStack(Name);
+        _softoken.Start();
+        ModulePath = _softoken.ModulePath;
+        try
+        {
+            Lib = Reference.Factories.Pkcs11LibraryFactory.LoadPkcs11Library(Reference.Factories, ModulePath, AppType.MultiThreaded);
+        }
+        catch (Pkcs11Exception e)
+        {
+            Assert.Fail($"softoken/{Name}: loading {ModulePath} with P11_KIT_SERVER_ADDRESS={_softoken.Address} failed: {e.Method} " +
+                        $"returned {e.RV}. Server output: {_softoken.ServerLog}");
+        }
+        _ownsLib = true;
+        Slot = FindSlot(Lib, Name);
+    }
+
     internal static ISlot FindSlot(IPkcs11Library lib, string name)
     {
         foreach (var slot in lib.GetSlotList(SlotsType.WithTokenPresent))
@@ -283,6 +344,8 @@ internal sealed class Target : IDisposable
         }
         _server?.Dispose();
         _server = null;
+        _softoken?.Dispose();
+        _softoken = null;
         NativeEnv.Unset("P11_KIT_SERVER_ADDRESS");
         if (Reference.Dir != null) NativeEnv.Set("SOFTHSM2_CONF", Reference.Dir.Conf);
         _dir?.Dispose();

@@ -14,7 +14,8 @@
 #include <pthread.h>
 #include <stdint.h>
 
-#define P11PROXY_FUNCTIONS 92
+/* The 92 entries of CK_FUNCTION_LIST_3_0, then the 2.40 list's own C_GetInfo and C_GetMechanismInfo. */
+#define P11PROXY_FUNCTIONS 94
 #define WAIT_FOR_SLOT_EVENT 67
 
 typedef uintptr_t word;
@@ -69,7 +70,7 @@ static void install(void)
 TRAMPOLINE(0) TRAMPOLINE(1) TRAMPOLINE(2) TRAMPOLINE(3) TRAMPOLINE(4)
 TRAMPOLINE(5) TRAMPOLINE(6) TRAMPOLINE(7) TRAMPOLINE(8) TRAMPOLINE(9)
 T10(1) T10(2) T10(3) T10(4) T10(5) T10(6) T10(7) T10(8)
-TRAMPOLINE(90) TRAMPOLINE(91)
+TRAMPOLINE(90) TRAMPOLINE(91) TRAMPOLINE(92) TRAMPOLINE(93)
 
 #define R10(n) trampoline_##n##0, trampoline_##n##1, trampoline_##n##2, trampoline_##n##3, trampoline_##n##4, \
 	trampoline_##n##5, trampoline_##n##6, trampoline_##n##7, trampoline_##n##8, trampoline_##n##9
@@ -77,7 +78,7 @@ static const implementation trampolines[P11PROXY_FUNCTIONS] = {
 	trampoline_0, trampoline_1, trampoline_2, trampoline_3, trampoline_4,
 	trampoline_5, trampoline_6, trampoline_7, trampoline_8, trampoline_9,
 	R10(1), R10(2), R10(3), R10(4), R10(5), R10(6), R10(7), R10(8),
-	trampoline_90, trampoline_91,
+	trampoline_90, trampoline_91, trampoline_92, trampoline_93,
 };
 
 /* Where the fork counter lives (read by the module without a system call). */

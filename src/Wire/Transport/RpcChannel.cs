@@ -175,6 +175,36 @@ public sealed class RpcChannel : IDisposable
         WriteAll(frame);
     }
 
+    /// <summary>
+    /// As <see cref="SendFrame(uint, WireWriter)"/>, with bytes in the frame's options field (rare:
+    /// the capability announcement in a C_Initialize reply), in one write.
+    /// </summary>
+    public void SendFrame(uint code, WireWriter body, ReadOnlySpan<byte> options)
+    {
+        if (options.IsEmpty)
+        {
+            SendFrame(code, body);
+            return;
+        }
+        var frame = new byte[FrameHeader.Size + options.Length + body.Length];
+        new FrameHeader(code, (uint)options.Length, (uint)body.Length).Write(frame);
+        options.CopyTo(frame.AsSpan(FrameHeader.Size));
+        body.Body.CopyTo(frame.AsSpan(FrameHeader.Size + options.Length));
+        WriteAll(frame);
+        Array.Clear(frame); // the body may hold key material
+    }
+
+    private int _lastOptionsStart;
+    private int _lastOptionsLength;
+
+    /// <summary>
+    /// The options field of the frame received last, valid (like its body) until the next receive
+    /// or <see cref="SwapReceiveBuffer"/>. p11-kit's servers ignore the field and answer it empty;
+    /// p11-kit's client fills it with its module's name. p11proxy uses it at C_Initialize only
+    /// (<see cref="Capabilities"/>).
+    /// </summary>
+    public ReadOnlySpan<byte> LastOptions => _receive.AsSpan(_lastOptionsStart, _lastOptionsLength);
+
     private void WriteAll(ReadOnlySpan<byte> data)
     {
         while (!data.IsEmpty)
@@ -200,6 +230,7 @@ public sealed class RpcChannel : IDisposable
     {
         code = 0;
         body = default;
+        _lastOptionsLength = 0;
         if (!Fill(FrameHeader.Size, allowCleanEof: true))
             return false;
         var header = FrameHeader.Read(_receive.AsSpan(_receiveStart, FrameHeader.Size));
@@ -211,6 +242,8 @@ public sealed class RpcChannel : IDisposable
             ReceiveRest(total);
         int bodyStart = _receiveStart + FrameHeader.Size + (int)header.OptionsLength;
         body = new ReadOnlyMemory<byte>(_receive, bodyStart, (int)header.BodyLength);
+        _lastOptionsStart = _receiveStart + FrameHeader.Size;
+        _lastOptionsLength = (int)header.OptionsLength;
         code = header.Code;
         _receiveStart += total;
         return true;
@@ -259,6 +292,7 @@ public sealed class RpcChannel : IDisposable
     public byte[] SwapReceiveBuffer()
     {
         int unread = _receiveEnd - _receiveStart;
+        _lastOptionsLength = 0;
         var next = ArrayPool<byte>.Shared.Rent(Math.Max(unread, 16 * 1024));
         _receive.AsSpan(_receiveStart, unread).CopyTo(next);
         var taken = _receive;

@@ -23,6 +23,7 @@ public unsafe class AbiLayoutTests
         typeof(CK_MECHANISM_INFO), typeof(CK_ATTRIBUTE), typeof(CK_DATE), typeof(CK_MECHANISM), typeof(CK_INTERFACE),
         typeof(CK_RSA_PKCS_PSS_PARAMS), typeof(CK_RSA_PKCS_OAEP_PARAMS), typeof(CK_ECDH1_DERIVE_PARAMS),
         typeof(CK_GCM_PARAMS), typeof(CK_AES_CTR_PARAMS),
+        typeof(CK_GCM_MESSAGE_PARAMS), typeof(CK_CCM_MESSAGE_PARAMS), typeof(CK_SALSA20_CHACHA20_POLY1305_MSG_PARAMS),
         typeof(CK_IBM_ECDSA_OTHER_PARAMS), typeof(CK_IBM_BTC_DERIVE_PARAMS), typeof(CK_IBM_KYBER_PARAMS),
         typeof(CK_IBM_ATTRIBUTEBOUND_WRAP_PARAMS),
         typeof(CK_FUNCTION_LIST), typeof(CK_FUNCTION_LIST_3_0),

@@ -114,7 +114,7 @@ internal static class W
         var values = new List<object?>();
         if (call.Id == RpcCallId.Error)
             return [variant == 0 ? CKR_PIN_INCORRECT : ulong.MaxValue];
-        var parts = call.PartsFor(kind);
+        var parts = call.PartsFor(kind, call.TypedFor(profile));
         for (int i = 0; i < parts.Length; i++)
         {
             int v = variant + i;
@@ -144,6 +144,16 @@ internal static class W
                 WireType.MechanismUpdate => v % 2 == 0
                     ? new MechanismUpdate(true, (byte)CK_IBM_KYBER_KEM_ENCAPSULATE, true, WireBytes.Of(new byte[] { 5, 6, 7 }), 3)
                     : new MechanismUpdate(true, (byte)CK_IBM_KYBER_KEM_ENCAPSULATE, false, WireBytes.Null, 1568),
+                WireType.MessageParameter => (v % 4) switch
+                {
+                    0 => WireMessageParameter.Gcm(WireBytes.Of(new byte[12]), 32, 2, WireBytes.Of(new byte[16]), 128),
+                    1 => WireMessageParameter.Ccm(100, WireBytes.Of(new byte[13]), 0, 0, WireBytes.Of(new byte[8])),
+                    2 => WireMessageParameter.SalsaChaChaPoly(WireBytes.Of(new byte[12]), WireBytes.Of(new byte[16])),
+                    _ => WireMessageParameter.Absent,
+                },
+                WireType.MessageParameterUpdate => v % 2 == 0
+                    ? new MessageParameterUpdate(WireBytes.Of(new byte[] { 1, 2, 3 }), WireBytes.Null)
+                    : MessageParameterUpdate.None,
                 _ => throw new InvalidOperationException(),
             });
         }
