@@ -1,4 +1,3 @@
-using P11Proxy.Native;
 using P11Proxy.Pkcs11;
 using P11Proxy.Wire;
 using static P11Proxy.Pkcs11.Pkcs11Constants;

@@ -75,10 +75,10 @@ internal static unsafe partial class Remote
         if (rv != CKR_OK) return rv;
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
-        rv = Marshalling.WriteInput(context.Request, input, inputLength);
+        rv = CallerArguments.WriteInput(context.Request, input, inputLength);
         if (rv != CKR_OK) return rv;
         nuint capacity = *outputLength;
-        Marshalling.WriteOutputCapacity(context.Request, output, outputLength);
+        CallerArguments.WriteOutputCapacity(context.Request, output, outputLength);
         rv = ExchangeForOutput(connection, context, output, outputLength, capacity);
         if (AnsweredOnlyTheSize(connection, rv, output, capacity, outputLength))
             return WithOneByte((o, n) => DataToData(id, session, input, inputLength, o, n), outputLength);
@@ -117,7 +117,7 @@ internal static unsafe partial class Remote
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
         nuint capacity = *outputLength;
-        Marshalling.WriteOutputCapacity(context.Request, output, outputLength);
+        CallerArguments.WriteOutputCapacity(context.Request, output, outputLength);
         rv = ExchangeForOutput(connection, context, output, outputLength, capacity);
         if (AnsweredOnlyTheSize(connection, rv, output, capacity, outputLength))
             return WithOneByte((o, n) => ToData(id, session, o, n), outputLength);
@@ -128,7 +128,7 @@ internal static unsafe partial class Remote
     {
         ulong rv = connection.Exchange(context);
         if (rv != CKR_OK) return rv;
-        rv = Marshalling.ReadOutput(context.Response, output, outputLength, capacity);
+        rv = CallerArguments.ReadOutput(context.Response, output, outputLength, capacity);
         if (rv == CKR_DEVICE_ERROR || !context.Response.Complete) return Malformed(context);
         return rv;
     }
@@ -140,7 +140,7 @@ internal static unsafe partial class Remote
         if (rv != CKR_OK) return rv;
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
-        rv = Marshalling.WriteInput(context.Request, data, length);
+        rv = CallerArguments.WriteInput(context.Request, data, length);
         if (rv != CKR_OK) return rv;
         rv = Finish(connection, context);
         if (secret) context.Scrub();
@@ -154,8 +154,8 @@ internal static unsafe partial class Remote
         if (rv != CKR_OK) return rv;
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
-        rv = Marshalling.WriteInput(context.Request, first, firstLength);
-        if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, second, secondLength);
+        rv = CallerArguments.WriteInput(context.Request, first, firstLength);
+        if (rv == CKR_OK) rv = CallerArguments.WriteInput(context.Request, second, secondLength);
         if (rv != CKR_OK) { if (secret) context.Scrub(); return rv; }
         rv = Finish(connection, context);
         if (secret) context.Scrub();
@@ -224,7 +224,7 @@ internal static unsafe partial class Remote
         if (connection.Profile.Version >= 1)
             context = CallContext.For(connection, RpcCallId.C_InitToken2);
         context.Request.WriteULong(slotId);
-        rv = Marshalling.WriteInput(context.Request, pin, pinLength);
+        rv = CallerArguments.WriteInput(context.Request, pin, pinLength);
         if (rv != CKR_OK) { context.Scrub(); return rv; }
         var padded = new ReadOnlySpan<byte>(label, 32);
         if (connection.Profile.Version >= 1) context.Request.WriteSpaceString(padded);
@@ -274,7 +274,7 @@ internal static unsafe partial class Remote
         if (rv != CKR_OK) return rv;
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
-        rv = Marshalling.WriteInput(context.Request, state, stateLength);
+        rv = CallerArguments.WriteInput(context.Request, state, stateLength);
         if (rv != CKR_OK) return rv;
         context.Request.WriteULong(encryptionKey);
         context.Request.WriteULong(authenticationKey);
@@ -288,7 +288,7 @@ internal static unsafe partial class Remote
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
         context.Request.WriteULong(userType);
-        rv = Marshalling.WriteInput(context.Request, pin, pinLength);
+        rv = CallerArguments.WriteInput(context.Request, pin, pinLength);
         if (rv == CKR_OK) rv = Finish(connection, context);
         context.Scrub();
         return rv;
@@ -301,8 +301,8 @@ internal static unsafe partial class Remote
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
         context.Request.WriteULong(userType);
-        rv = Marshalling.WriteInput(context.Request, pin, pinLength);
-        if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, username, usernameLength);
+        rv = CallerArguments.WriteInput(context.Request, pin, pinLength);
+        if (rv == CKR_OK) rv = CallerArguments.WriteInput(context.Request, username, usernameLength);
         if (rv == CKR_OK) rv = Finish(connection, context);
         context.Scrub();
         return rv;
@@ -361,7 +361,7 @@ internal static unsafe partial class Remote
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
         if (source is { } sourceHandle) context.Request.WriteULong(sourceHandle);
-        rv = Marshalling.WriteTemplate(context.Request, template, count);
+        rv = CallerArguments.WriteTemplate(context.Request, template, count);
         if (rv != CKR_OK) { context.Scrub(); return rv; }
         rv = connection.Exchange(context);
         if (rv == CKR_OK) rv = ReadHandle(context, handle);
@@ -400,11 +400,11 @@ internal static unsafe partial class Remote
         }
         context.Request.WriteULong(brokerSession);
         context.Request.WriteULong(handle);
-        rv = Marshalling.WriteAttributeBuffers(context.Request, template, count);
+        rv = CallerArguments.WriteAttributeBuffers(context.Request, template, count);
         if (rv != CKR_OK) return rv;
         rv = connection.Exchange(context);
         if (rv != CKR_OK) return rv;
-        rv = Marshalling.ReadTemplateValues(context.Response, template, count);
+        rv = CallerArguments.ReadTemplateValues(context.Response, template, count);
         if (rv == CKR_DEVICE_ERROR || !context.Response.Complete) rv = Malformed(context);
         context.Scrub();
         return rv;
@@ -460,7 +460,7 @@ internal static unsafe partial class Remote
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
         if (handle is { } h) context.Request.WriteULong(h);
-        rv = Marshalling.WriteTemplate(context.Request, template, count);
+        rv = CallerArguments.WriteTemplate(context.Request, template, count);
         if (rv == CKR_OK) rv = Finish(connection, context);
         context.Scrub();
         return rv;
@@ -496,7 +496,7 @@ internal static unsafe partial class Remote
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
         rv = context.Request.WriteMechanism(wire);
-        if (rv == CKR_OK) rv = Marshalling.WriteTemplate(context.Request, template, count);
+        if (rv == CKR_OK) rv = CallerArguments.WriteTemplate(context.Request, template, count);
         if (rv != CKR_OK) return rv;
         rv = connection.Exchange(context);
         return rv != CKR_OK ? rv : ReadHandle(context, key);
@@ -513,8 +513,8 @@ internal static unsafe partial class Remote
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
         rv = context.Request.WriteMechanism(wire);
-        if (rv == CKR_OK) rv = Marshalling.WriteTemplate(context.Request, publicTemplate, publicCount);
-        if (rv == CKR_OK) rv = Marshalling.WriteTemplate(context.Request, privateTemplate, privateCount);
+        if (rv == CKR_OK) rv = CallerArguments.WriteTemplate(context.Request, publicTemplate, publicCount);
+        if (rv == CKR_OK) rv = CallerArguments.WriteTemplate(context.Request, privateTemplate, privateCount);
         if (rv != CKR_OK) return rv;
         rv = connection.Exchange(context);
         if (rv != CKR_OK) return rv;
@@ -534,7 +534,7 @@ internal static unsafe partial class Remote
         context.Request.WriteULong(wrappingKey);
         context.Request.WriteULong(key);
         nuint capacity = *wrappedLength;
-        Marshalling.WriteOutputCapacity(context.Request, wrapped, wrappedLength);
+        CallerArguments.WriteOutputCapacity(context.Request, wrapped, wrappedLength);
         return ExchangeForOutput(connection, context, wrapped, wrappedLength, capacity);
     }
 
@@ -545,8 +545,8 @@ internal static unsafe partial class Remote
         ulong rv = BeginWithMechanism(RpcCallId.C_UnwrapKey, session, mechanism, out var connection, out var context, out var wire);
         if (rv != CKR_OK) return rv;
         context.Request.WriteULong(unwrappingKey);
-        rv = Marshalling.WriteInput(context.Request, wrapped, wrappedLength);
-        if (rv == CKR_OK) rv = Marshalling.WriteTemplate(context.Request, template, count);
+        rv = CallerArguments.WriteInput(context.Request, wrapped, wrappedLength);
+        if (rv == CKR_OK) rv = CallerArguments.WriteTemplate(context.Request, template, count);
         if (rv != CKR_OK) return rv;
         rv = connection.Exchange(context);
         return rv != CKR_OK ? rv : ReadHandle(context, key);
@@ -568,7 +568,7 @@ internal static unsafe partial class Remote
         rv = context.Request.WriteMechanism(wire);
         if (rv != CKR_OK) return rv;
         context.Request.WriteULong(baseKey);
-        rv = Marshalling.WriteTemplate(context.Request, template, count);
+        rv = CallerArguments.WriteTemplate(context.Request, template, count);
         if (rv != CKR_OK) return rv;
         rv = connection.Exchange(context);
         if (rv != CKR_OK) return rv;

@@ -1,16 +1,15 @@
-using P11Proxy.Native;
 using P11Proxy.Pkcs11;
 using P11Proxy.Wire;
 using static P11Proxy.Pkcs11.Pkcs11Constants;
 
-namespace P11Proxy.Module;
+namespace P11Proxy.Wire.Edge;
 
 /// <summary>
 /// Moves values between the C caller's memory and the wire. Everything here reads only what the
 /// caller declared (pointer and length) and writes only within the caller's declared capacity,
 /// whatever the broker sends.
 /// </summary>
-internal static unsafe class Marshalling
+public static unsafe class CallerArguments
 {
     private static readonly nuint Unavailable = NativeTemplates.Unavailable;
 
