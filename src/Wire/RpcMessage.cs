@@ -384,10 +384,23 @@ public sealed class RpcMessageReader
         return Reader.TryReadUInt32(out count) && count <= Reader.Remaining / 5 && count <= AttributeCodec.MaxArrayCount;
     }
 
+    /// <summary>
+    /// An 'fA' array. p11-kit's client (0.25.4 on) writes an empty nested count after a template
+    /// entry whose buffer is non-NULL but of length 0, which its own server (and this reader) take
+    /// for the next entry. 'fA' ends its message (C_GetAttributeValue's "uufA"), so when the plain
+    /// reading does not end where the message ends, the form with those counts is tried.
+    /// </summary>
     public bool TryReadAttributeBuffer(long maxTotalBytes, out WireAttributeBuffer[] buffers)
     {
         Next(WireType.AttributeBuffer);
-        return AttributeCodec.TryReadBufferArray(Reader, Profile, maxTotalBytes, out buffers);
+        int start = Reader.Position;
+        bool last = _cursor == _parts.Length;
+        if (AttributeCodec.TryReadBufferArray(Reader, Profile, maxTotalBytes, out buffers) && (Reader.AtEnd || !last))
+            return true;
+        if (!last)
+            return false;
+        Reader.Rewind(start);
+        return AttributeCodec.TryReadBufferArrayEndingMessage(Reader, Profile, maxTotalBytes, out buffers);
     }
 
     public bool TryReadMechanism(out WireMechanism mechanism)

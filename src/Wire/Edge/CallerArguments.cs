@@ -89,7 +89,9 @@ public static unsafe class CallerArguments
             if (length == Unavailable) length = 0;
             if (length > WireWriter.MaxArrayLength) length = WireWriter.MaxArrayLength;
             AttributeCodec.WriteBufferEntry(writer, attribute.type, length);
-            if (attribute.pValue != null && profile.NestedAttributeBuffers && profile.KindOf(attribute.type) == AttributeValueKind.AttributeArray)
+            // Nested entries follow only a non-zero length: a reader (ours, p11-kit's server)
+            // takes a zero length for "no buffer" and reads the next entry at once.
+            if (length != 0 && profile.NestedAttributeBuffers && profile.KindOf(attribute.type) == AttributeValueKind.AttributeArray)
             {
                 if (depth + 1 > AttributeCodec.MaxDepth) return CKR_TEMPLATE_INCONSISTENT;
                 nuint nested = length / (nuint)sizeof(CK_ATTRIBUTE);
@@ -145,7 +147,8 @@ public static unsafe class CallerArguments
         {
             var nested = source.Nested ?? [];
             nuint capacity = target->ulValueLen / (nuint)sizeof(CK_ATTRIBUTE);
-            if ((nuint)nested.Length > capacity)
+            // A size answer (no entries, a length) for a buffer too small for it: too small, as direct.
+            if ((nuint)nested.Length > capacity || (nested.Length == 0 && source.Length > target->ulValueLen))
             {
                 target->ulValueLen = Unavailable;
                 return CKR_BUFFER_TOO_SMALL;

@@ -43,4 +43,32 @@ public sealed unsafe class GetAttributeValueBugTests
                 Is.EqualTo(new[] { (templateType, 0u), ((ulong)CKA_LABEL, 32u) }), $"v{profile.Version}");
         }
     }
+
+    /// <summary>
+    /// p11-kit's client (0.25.4 on) writes an empty nested count after such an entry (its server
+    /// misreads it too); the broker reads that form as well, because 'fA' ends the message.
+    /// </summary>
+    [Test]
+    public void P11KitClientFormWithEmptyNestedCountIsRead()
+    {
+        foreach (var profile in new[] { WireProfile.V1, WireProfile.V2 })
+        {
+            using var request = new RpcMessageWriter(profile);
+            request.Begin(CallTable.Get(RpcCallId.C_GetAttributeValue), MessageKind.Request);
+            request.WriteULong(1);
+            request.WriteULong(2);
+            request.BeginAttributeBuffer(3);
+            var w = request.Writer;
+            w.WriteUInt32((uint)CKA_WRAP_TEMPLATE); w.WriteUInt32(0); w.WriteUInt32(0);   // pValue non-NULL, length 0
+            w.WriteUInt32((uint)CKA_CLASS); w.WriteUInt32(8);                              // type 0 follows
+            w.WriteUInt32((uint)CKA_UNWRAP_TEMPLATE); w.WriteUInt32(0);                    // pValue NULL: no count
+            var reader = new RpcMessageReader(profile);
+            Assert.That(reader.Parse(request.Writer.Body.ToArray(), MessageKind.Request), Is.EqualTo(ParseStatus.Ok));
+            Assert.That(reader.TryReadULong(out _) && reader.TryReadULong(out _), Is.True);
+            Assert.That(reader.TryReadAttributeBuffer(64 << 20, out var buffers), Is.True, $"v{profile.Version}");
+            Assert.That(reader.Complete, Is.True);
+            Assert.That(buffers.Select(b => (b.Type, b.Length)),
+                Is.EqualTo(new[] { ((ulong)CKA_WRAP_TEMPLATE, 0u), ((ulong)CKA_CLASS, 8u), ((ulong)CKA_UNWRAP_TEMPLATE, 0u) }));
+        }
+    }
 }
