@@ -20,7 +20,7 @@ internal sealed unsafe partial class Dispatcher
     {
         if (id != Id.C_Initialize && !_client.Initialized)
             return CKR_CRYPTOKI_NOT_INITIALIZED;
-        if (id >= Id.C_LoginUser && id <= Id.C_MessageVerifyFinal && !_backend.Has30)
+        if (_request.Call!.Needs30Backend && !_backend.Has30)
             return CKR_FUNCTION_NOT_SUPPORTED;
         switch (id)
         {
@@ -278,8 +278,8 @@ internal sealed unsafe partial class Dispatcher
         rv = F->C_GetSlotInfo(slot, &info);
         if (rv != CKR_OK) return rv;
         BeginReply();
-        WriteSpace(info.slotDescription, 64);
-        WriteSpace(info.manufacturerID, 32);
+        WriteSpace(info.slotDescription);
+        WriteSpace(info.manufacturerID);
         _reply.WriteULong(info.flags);
         _reply.WriteVersion(info.hardwareVersion.major, info.hardwareVersion.minor);
         _reply.WriteVersion(info.firmwareVersion.major, info.firmwareVersion.minor);
@@ -297,10 +297,10 @@ internal sealed unsafe partial class Dispatcher
         if (!_filter.IsVisible(F, slot, rv == CKR_OK ? &info : null)) return CKR_SLOT_ID_INVALID;
         if (rv != CKR_OK) return rv;
         BeginReply();
-        WriteSpace(info.label, 32);
-        WriteSpace(info.manufacturerID, 32);
-        WriteSpace(info.model, 16);
-        WriteSpace(info.serialNumber, 16);
+        WriteSpace(info.label);
+        WriteSpace(info.manufacturerID);
+        WriteSpace(info.model);
+        WriteSpace(info.serialNumber);
         _reply.WriteULong(info.flags);
         _reply.WriteULong(info.ulMaxSessionCount);
         _reply.WriteULong(info.ulSessionCount);
@@ -314,7 +314,7 @@ internal sealed unsafe partial class Dispatcher
         _reply.WriteULong(info.ulFreePrivateMemory);
         _reply.WriteVersion(info.hardwareVersion.major, info.hardwareVersion.minor);
         _reply.WriteVersion(info.firmwareVersion.major, info.firmwareVersion.minor);
-        WriteSpace(info.utcTime, 16);
+        WriteSpace(info.utcTime);
         return CKR_OK;
     }
 
@@ -370,7 +370,7 @@ internal sealed unsafe partial class Dispatcher
         if (!ReadVisibleSlot(out var slot, out ulong rv)) return rv;
         if (!ReadInput(out var pin, out var pinLength)) return Malformed;
         ReadOnlyMemory<byte> label;
-        bool ok = padded ? _request.TryReadSpaceString(32, out label) : _request.TryReadZeroString(out label);
+        bool ok = padded ? _request.TryReadSpaceString(out label) : _request.TryReadZeroString(out label);
         if (!ok || !Done) return Malformed;
         // The C label is exactly 32 bytes, space padded; a shorter string is padded here.
         var field = (byte*)_arena.Alloc(32);

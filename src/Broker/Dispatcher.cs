@@ -388,7 +388,8 @@ internal sealed unsafe partial class Dispatcher : IDisposable
         _reply.WriteULongArray(copy);
     }
 
-    private void WriteSpace(byte* field, int width) => _reply.WriteSpaceString(new ReadOnlySpan<byte>(field, width));
+    /// <summary>A fixed-size C field ('s') of the width the call table gives it.</summary>
+    private void WriteSpace(byte* field) => _reply.WriteSpaceString(new ReadOnlySpan<byte>(field, _reply.NextSpaceWidth));
 
     private bool Done => _request.Complete;
 }

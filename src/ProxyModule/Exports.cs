@@ -185,14 +185,14 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_InitPIN(nuint session, byte* pin, nuint pinLength)
     {
-        try { return Done(nameof(C_InitPIN), Remote.Data(Id.C_InitPIN, session, pin, pinLength, secret: true)); }
+        try { return Done(nameof(C_InitPIN), Remote.Data(Id.C_InitPIN, session, pin, pinLength)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_InitPIN), e); }
     }
 
     [UnmanagedCallersOnly]
     public static nuint C_SetPIN(nuint session, byte* oldPin, nuint oldLength, byte* newPin, nuint newLength)
     {
-        try { return Done(nameof(C_SetPIN), Remote.DataData(Id.C_SetPIN, session, oldPin, oldLength, newPin, newLength, secret: true)); }
+        try { return Done(nameof(C_SetPIN), Remote.DataData(Id.C_SetPIN, session, oldPin, oldLength, newPin, newLength)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_SetPIN), e); }
     }
 

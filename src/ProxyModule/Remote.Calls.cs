@@ -134,8 +134,9 @@ internal static unsafe partial class Remote
     }
 
     /// <summary>Only data in ("uay"): the *Update calls, C_VerifyFinal, C_SeedRandom, C_InitPIN.</summary>
-    public static ulong Data(RpcCallId id, nuint session, byte* data, nuint length, bool secret = false)
+    public static ulong Data(RpcCallId id, nuint session, byte* data, nuint length)
     {
+        bool secret = CallTable.Get(id).HasSecret; // C_InitPIN's PIN
         ulong rv = Begin(id, out var connection, out var context);
         if (rv != CKR_OK) return rv;
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
@@ -148,8 +149,9 @@ internal static unsafe partial class Remote
     }
 
     /// <summary>Two data inputs ("uayay"): C_Verify, C_SetPIN, C_*MessageBegin.</summary>
-    public static ulong DataData(RpcCallId id, nuint session, byte* first, nuint firstLength, byte* second, nuint secondLength, bool secret = false)
+    public static ulong DataData(RpcCallId id, nuint session, byte* first, nuint firstLength, byte* second, nuint secondLength)
     {
+        bool secret = CallTable.Get(id).HasSecret; // C_SetPIN's PINs
         ulong rv = Begin(id, out var connection, out var context);
         if (rv != CKR_OK) return rv;
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;

@@ -19,7 +19,7 @@ internal static unsafe partial class Remote
             return rv;
         if (connection.Broken)
         {
-            if (!StartsSomething(id))
+            if (!CallTable.Get(id).MayReconnect)
                 return CKR_DEVICE_REMOVED;
             rv = ModuleState.Reconnect(connection);
             if (rv != CKR_OK)
@@ -32,11 +32,6 @@ internal static unsafe partial class Remote
         context = CallContext.For(connection, id);
         return CKR_OK;
     }
-
-    /// <summary>Calls after which a reconnected broker can carry on: they use no earlier session.</summary>
-    private static bool StartsSomething(RpcCallId id) => id is RpcCallId.C_OpenSession or RpcCallId.C_GetSlotList
-        or RpcCallId.C_GetSlotInfo or RpcCallId.C_GetTokenInfo or RpcCallId.C_GetInfo or RpcCallId.C_GetMechanismList
-        or RpcCallId.C_GetMechanismInfo;
 
     /// <summary>A reply that does not match its signature is the broker's fault, never the caller's.</summary>
     private static ulong Malformed(CallContext context)
@@ -81,9 +76,9 @@ internal static unsafe partial class Remote
         if (rv != CKR_OK) return rv;
         var reply = context.Response;
         if (!reply.TryReadVersion(out byte major, out byte minor) ||
-            !reply.TryReadSpaceString(32, out _) ||
+            !reply.TryReadSpaceString(out _) ||
             !reply.TryReadULong(out ulong flags) ||
-            !reply.TryReadSpaceString(32, out _) ||
+            !reply.TryReadSpaceString(out _) ||
             !reply.TryReadVersion(out _, out _) || !reply.Complete)
             return Malformed(context);
         *info = default;
@@ -110,8 +105,8 @@ internal static unsafe partial class Remote
         var context = CallContext.For(connection, RpcCallId.C_GetInfo);
         if (connection.Exchange(context) != CKR_OK) return false;
         var reply = context.Response;
-        bool ours = reply.TryReadVersion(out _, out _) && reply.TryReadSpaceString(32, out var manufacturer) &&
-                    reply.TryReadULong(out _) && reply.TryReadSpaceString(32, out var description) &&
+        bool ours = reply.TryReadVersion(out _, out _) && reply.TryReadSpaceString(out var manufacturer) &&
+                    reply.TryReadULong(out _) && reply.TryReadSpaceString(out var description) &&
                     Identity.IsOurBroker(manufacturer.Span, description.Span);
         Volatile.Write(ref connection.PeerKind, ours ? 1 : 2);
         return ours;
@@ -153,8 +148,8 @@ internal static unsafe partial class Remote
         rv = connection.Exchange(context);
         if (rv != CKR_OK) return rv;
         var reply = context.Response;
-        if (!reply.TryReadSpaceString(64, out var description) ||
-            !reply.TryReadSpaceString(32, out var manufacturer) ||
+        if (!reply.TryReadSpaceString(out var description) ||
+            !reply.TryReadSpaceString(out var manufacturer) ||
             !reply.TryReadULong(out ulong flags) ||
             !reply.TryReadVersion(out byte hwMajor, out byte hwMinor) ||
             !reply.TryReadVersion(out byte fwMajor, out byte fwMinor) || !reply.Complete)
@@ -179,17 +174,17 @@ internal static unsafe partial class Remote
         var reply = context.Response;
         CK_TOKEN_INFO result = default;
         Span<ulong> numbers = stackalloc ulong[11];
-        if (!reply.TryReadSpaceString(32, out var label) ||
-            !reply.TryReadSpaceString(32, out var manufacturer) ||
-            !reply.TryReadSpaceString(16, out var model) ||
-            !reply.TryReadSpaceString(16, out var serial))
+        if (!reply.TryReadSpaceString(out var label) ||
+            !reply.TryReadSpaceString(out var manufacturer) ||
+            !reply.TryReadSpaceString(out var model) ||
+            !reply.TryReadSpaceString(out var serial))
             return Malformed(context);
         for (int i = 0; i < numbers.Length; i++)
             if (!reply.TryReadULong(out numbers[i]))
                 return Malformed(context);
         if (!reply.TryReadVersion(out byte hwMajor, out byte hwMinor) ||
             !reply.TryReadVersion(out byte fwMajor, out byte fwMinor) ||
-            !reply.TryReadSpaceString(16, out var utcTime) || !reply.Complete)
+            !reply.TryReadSpaceString(out var utcTime) || !reply.Complete)
             return Malformed(context);
         label.Span.CopyTo(new Span<byte>(result.label, 32));
         manufacturer.Span.CopyTo(new Span<byte>(result.manufacturerID, 32));

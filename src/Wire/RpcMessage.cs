@@ -32,6 +32,7 @@ public sealed class RpcMessageWriter : IDisposable
         var parts = call.PartsFor(kind, typedForm);
         if (!ReferenceEquals(_parts, parts)) _parts = parts;
         _cursor = 0;
+        _kind = kind;
         Writer.WriteUInt32((uint)call.Id);
         Writer.WriteByteArray(call.SignatureBytesFor(kind, typedForm));
     }
@@ -74,10 +75,17 @@ public sealed class RpcMessageWriter : IDisposable
         Writer.WriteByteArray(text);
     }
 
-    /// <summary>'s': a fixed-width, space-padded field exactly as in the C struct.</summary>
+    private MessageKind _kind;
+
+    /// <summary>The width the call table gives the next part when it is a space string ('s').</summary>
+    public int NextSpaceWidth => Call is null ? 0 : Call.WidthOf(_kind, _cursor);
+
+    /// <summary>'s': a fixed-width, space-padded field exactly as in the C struct, of the row's width.</summary>
     public void WriteSpaceString(ReadOnlySpan<byte> padded)
     {
+        int width = NextSpaceWidth;
         Expect(WireType.SpaceString);
+        if (padded.Length != width) { Writer.Fail(); return; }
         Writer.WriteByteArray(padded);
     }
 
@@ -239,6 +247,7 @@ public sealed class RpcMessageReader
         _parsed = false;
         ErrorCode = 0;
         _cursor = 0;
+        _kind = kind;
         if (!Reader.TryReadUInt32(out uint id))
             return ParseStatus.Truncated;
         if (!CallTable.TryGet(id, out var call))
@@ -313,11 +322,15 @@ public sealed class RpcMessageReader
     }
 
     /// <summary>'s' of the exact width the C struct has; any other width is malformed.</summary>
-    public bool TryReadSpaceString(int width, out ReadOnlyMemory<byte> padded)
+    /// <summary>'s': a fixed-width field; its width is the call table's for this part.</summary>
+    public bool TryReadSpaceString(out ReadOnlyMemory<byte> padded)
     {
+        int width = _call?.WidthOf(_kind, _cursor) ?? 0;
         Next(WireType.SpaceString);
         return Reader.TryReadByteArray(out padded, out bool isNull) && !isNull && padded.Length == width;
     }
+
+    private MessageKind _kind;
 
     public bool TryReadVersion(out byte major, out byte minor)
     {
