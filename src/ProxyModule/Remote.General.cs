@@ -209,38 +209,12 @@ internal static unsafe partial class Remote
     }
 
     /// <summary>A caller's CK_ULONG count as the 32-bit capacity the wire carries (larger buffers are clamped).</summary>
-    private static uint Capacity(nuint count) => count > uint.MaxValue - 1 ? uint.MaxValue - 1 : (uint)count;
+    private static uint Capacity(nuint count) => CallerArguments.Capacity(count);
 
-    /// <summary>
-    /// Reads an 'au' reply into the caller's array with PKCS#11's rules: NULL array → size only;
-    /// too small → CKR_BUFFER_TOO_SMALL with the needed count; never more than *count elements written.
-    /// </summary>
+    /// <summary>An 'au' reply into the caller's array (see <see cref="CallerArguments.ReadULongs"/>).</summary>
     private static ulong ReadULongArray(CallContext context, nuint* array, nuint* count)
     {
-        var reply = context.Response;
-        if (!reply.TryReadULongArrayHeader(out bool present, out uint received))
-            return Malformed(context);
-        nuint capacity = *count;
-        if (!present)
-        {
-            if (!reply.Complete || received == uint.MaxValue) return Malformed(context);
-            *count = received;
-            return array == null ? CKR_OK : CKR_BUFFER_TOO_SMALL;
-        }
-        if (array != null && received > capacity)
-        {
-            *count = received;
-            return CKR_BUFFER_TOO_SMALL;
-        }
-        for (uint i = 0; i < received; i++)
-        {
-            if (!reply.TryReadULongElement(out ulong value))
-                return Malformed(context);
-            if (array != null)
-                array[i] = (nuint)value;
-        }
-        if (!reply.Complete) return Malformed(context);
-        *count = received;
-        return CKR_OK;
+        ulong rv = CallerArguments.ReadULongs(context.Response, array, count);
+        return rv == CKR_DEVICE_ERROR ? Malformed(context) : rv;
     }
 }

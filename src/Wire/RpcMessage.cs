@@ -403,17 +403,21 @@ public sealed class RpcMessageReader
     /// for the next entry. 'fA' ends its message (C_GetAttributeValue's "uufA"), so when the plain
     /// reading does not end where the message ends, the form with those counts is tried.
     /// </summary>
+    /// <summary>The last 'fA' array read was in p11-kit's client form (which p11-kit's own server misreads).</summary>
+    public bool ReadP11KitClientForm { get; private set; }
+
     public bool TryReadAttributeBuffer(long maxTotalBytes, out WireAttributeBuffer[] buffers)
     {
         Next(WireType.AttributeBuffer);
         int start = Reader.Position;
         bool last = _cursor == _parts.Length;
+        ReadP11KitClientForm = false;
         if (AttributeCodec.TryReadBufferArray(Reader, Profile, maxTotalBytes, out buffers) && (Reader.AtEnd || !last))
             return true;
         if (!last)
             return false;
         Reader.Rewind(start);
-        return AttributeCodec.TryReadBufferArrayEndingMessage(Reader, Profile, maxTotalBytes, out buffers);
+        return ReadP11KitClientForm = AttributeCodec.TryReadBufferArrayEndingMessage(Reader, Profile, maxTotalBytes, out buffers);
     }
 
     public bool TryReadMechanism(out WireMechanism mechanism)

@@ -180,4 +180,40 @@ public static unsafe class CallerArguments
         target->ulValueLen = (nuint)written;
         return CKR_OK;
     }
+
+    /// <summary>An 'fu' capacity: the caller's count, within what the wire can say.</summary>
+    public static uint Capacity(nuint count) => count > uint.MaxValue - 1 ? uint.MaxValue - 1 : (uint)count;
+
+    /// <summary>
+    /// Reads an 'au' reply (the last part) into the caller's array with PKCS#11's rules: NULL array
+    /// → size only; too small → CKR_BUFFER_TOO_SMALL with the needed count; never more than *count
+    /// elements written. CKR_DEVICE_ERROR: the reply is malformed.
+    /// </summary>
+    public static ulong ReadULongs(RpcMessageReader reply, nuint* array, nuint* count)
+    {
+        if (!reply.TryReadULongArrayHeader(out bool present, out uint received))
+            return CKR_DEVICE_ERROR;
+        nuint capacity = *count;
+        if (!present)
+        {
+            if (!reply.Complete || received == uint.MaxValue) return CKR_DEVICE_ERROR;
+            *count = received;
+            return array == null ? CKR_OK : CKR_BUFFER_TOO_SMALL;
+        }
+        if (array != null && received > capacity)
+        {
+            *count = received;
+            return CKR_BUFFER_TOO_SMALL;
+        }
+        for (uint i = 0; i < received; i++)
+        {
+            if (!reply.TryReadULongElement(out ulong value))
+                return CKR_DEVICE_ERROR;
+            if (array != null)
+                array[i] = (nuint)value;
+        }
+        if (!reply.Complete) return CKR_DEVICE_ERROR;
+        *count = received;
+        return CKR_OK;
+    }
 }

@@ -39,6 +39,7 @@ public sealed unsafe class GetAttributeValueBugTests
             Assert.That(reader.TryReadAttributeBuffer(64 << 20, out var buffers), Is.True,
                 $"v{profile.Version}: the broker refuses the module's request as malformed (it closes the connection)");
             Assert.That(reader.Complete, Is.True, $"v{profile.Version}: bytes left over after the template");
+            Assert.That(reader.ReadP11KitClientForm, Is.False, $"v{profile.Version}: read only as p11-kit's client form, which p11-kit's server misreads");
             Assert.That(buffers.Select(b => (b.Type, b.Length)),
                 Is.EqualTo(new[] { (templateType, 0u), ((ulong)CKA_LABEL, 32u) }), $"v{profile.Version}");
         }
@@ -67,6 +68,7 @@ public sealed unsafe class GetAttributeValueBugTests
             Assert.That(reader.TryReadULong(out _) && reader.TryReadULong(out _), Is.True);
             Assert.That(reader.TryReadAttributeBuffer(64 << 20, out var buffers), Is.True, $"v{profile.Version}");
             Assert.That(reader.Complete, Is.True);
+            Assert.That(reader.ReadP11KitClientForm, Is.True);
             Assert.That(buffers.Select(b => (b.Type, b.Length)),
                 Is.EqualTo(new[] { ((ulong)CKA_WRAP_TEMPLATE, 0u), ((ulong)CKA_CLASS, 8u), ((ulong)CKA_UNWRAP_TEMPLATE, 0u) }));
         }
