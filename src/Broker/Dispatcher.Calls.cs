@@ -38,12 +38,12 @@ internal sealed unsafe partial class Dispatcher
             case Id.C_CloseSession: return CloseSession();
             case Id.C_CloseAllSessions: return CloseAllSessions();
             case Id.C_GetSessionInfo: return GetSessionInfo();
-            case Id.C_InitPIN: return SessionData((s, d, n) => F->C_InitPIN(s, d, n));
-            case Id.C_SetPIN: return SessionDataData((s, a, an, b, bn) => F->C_SetPIN(s, a, an, b, bn));
-            case Id.C_GetOperationState: return SessionToData((s, o, n) => F->C_GetOperationState(s, o, n));
+            case Id.C_InitPIN: return Data((s, d, n) => F->C_InitPIN(s, d, n));
+            case Id.C_SetPIN: return DataData((s, a, an, b, bn) => F->C_SetPIN(s, a, an, b, bn));
+            case Id.C_GetOperationState: return ToData((s, o, n) => F->C_GetOperationState(s, o, n));
             case Id.C_SetOperationState: return SetOperationState();
             case Id.C_Login: return Login();
-            case Id.C_Logout: return SessionOnly(s => F->C_Logout(s));
+            case Id.C_Logout: return Session(s => F->C_Logout(s));
             case Id.C_LoginUser: return LoginUser();
             case Id.C_SessionCancel: return SessionCancel();
             case Id.C_CreateObject: return CreateObject(copy: false);
@@ -54,30 +54,30 @@ internal sealed unsafe partial class Dispatcher
             case Id.C_SetAttributeValue: return SetAttributeValue();
             case Id.C_FindObjectsInit: return FindObjectsInit();
             case Id.C_FindObjects: return FindObjects();
-            case Id.C_FindObjectsFinal: return SessionOnly(s => F->C_FindObjectsFinal(s));
+            case Id.C_FindObjectsFinal: return Session(s => F->C_FindObjectsFinal(s));
             case Id.C_EncryptInit: return Init((s, m, k) => F->C_EncryptInit(s, m, k));
             case Id.C_Encrypt: return DataToData((s, i, n, o, on) => F->C_Encrypt(s, i, n, o, on));
             case Id.C_EncryptUpdate: return DataToData((s, i, n, o, on) => F->C_EncryptUpdate(s, i, n, o, on));
-            case Id.C_EncryptFinal: return SessionToData((s, o, n) => F->C_EncryptFinal(s, o, n));
+            case Id.C_EncryptFinal: return ToData((s, o, n) => F->C_EncryptFinal(s, o, n));
             case Id.C_DecryptInit: return Init((s, m, k) => F->C_DecryptInit(s, m, k));
             case Id.C_Decrypt: return DataToData((s, i, n, o, on) => F->C_Decrypt(s, i, n, o, on));
             case Id.C_DecryptUpdate: return DataToData((s, i, n, o, on) => F->C_DecryptUpdate(s, i, n, o, on));
-            case Id.C_DecryptFinal: return SessionToData((s, o, n) => F->C_DecryptFinal(s, o, n));
+            case Id.C_DecryptFinal: return ToData((s, o, n) => F->C_DecryptFinal(s, o, n));
             case Id.C_DigestInit: return DigestInit();
             case Id.C_Digest: return DataToData((s, i, n, o, on) => F->C_Digest(s, i, n, o, on));
-            case Id.C_DigestUpdate: return SessionData((s, d, n) => F->C_DigestUpdate(s, d, n));
+            case Id.C_DigestUpdate: return Data((s, d, n) => F->C_DigestUpdate(s, d, n));
             case Id.C_DigestKey: return SessionHandle((s, k) => F->C_DigestKey(s, k));
-            case Id.C_DigestFinal: return SessionToData((s, o, n) => F->C_DigestFinal(s, o, n));
+            case Id.C_DigestFinal: return ToData((s, o, n) => F->C_DigestFinal(s, o, n));
             case Id.C_SignInit: return Init((s, m, k) => F->C_SignInit(s, m, k));
             case Id.C_Sign: return DataToData((s, i, n, o, on) => F->C_Sign(s, i, n, o, on));
-            case Id.C_SignUpdate: return SessionData((s, d, n) => F->C_SignUpdate(s, d, n));
-            case Id.C_SignFinal: return SessionToData((s, o, n) => F->C_SignFinal(s, o, n));
+            case Id.C_SignUpdate: return Data((s, d, n) => F->C_SignUpdate(s, d, n));
+            case Id.C_SignFinal: return ToData((s, o, n) => F->C_SignFinal(s, o, n));
             case Id.C_SignRecoverInit: return Init((s, m, k) => F->C_SignRecoverInit(s, m, k));
             case Id.C_SignRecover: return DataToData((s, i, n, o, on) => F->C_SignRecover(s, i, n, o, on));
             case Id.C_VerifyInit: return Init((s, m, k) => F->C_VerifyInit(s, m, k));
-            case Id.C_Verify: return SessionDataData((s, a, an, b, bn) => F->C_Verify(s, a, an, b, bn));
-            case Id.C_VerifyUpdate: return SessionData((s, d, n) => F->C_VerifyUpdate(s, d, n));
-            case Id.C_VerifyFinal: return SessionData((s, d, n) => F->C_VerifyFinal(s, d, n));
+            case Id.C_Verify: return DataData((s, a, an, b, bn) => F->C_Verify(s, a, an, b, bn));
+            case Id.C_VerifyUpdate: return Data((s, d, n) => F->C_VerifyUpdate(s, d, n));
+            case Id.C_VerifyFinal: return Data((s, d, n) => F->C_VerifyFinal(s, d, n));
             case Id.C_VerifyRecoverInit: return Init((s, m, k) => F->C_VerifyRecoverInit(s, m, k));
             case Id.C_VerifyRecover: return DataToData((s, i, n, o, on) => F->C_VerifyRecover(s, i, n, o, on));
             case Id.C_DigestEncryptUpdate: return DataToData((s, i, n, o, on) => F->C_DigestEncryptUpdate(s, i, n, o, on));
@@ -90,7 +90,7 @@ internal sealed unsafe partial class Dispatcher
             case Id.C_UnwrapKey: return UnwrapKey();
             case Id.C_DeriveKey: return DeriveKey(version2: false);
             case Id.C_DeriveKey2: return DeriveKey(version2: true);
-            case Id.C_SeedRandom: return SessionData((s, d, n) => F->C_SeedRandom(s, d, n));
+            case Id.C_SeedRandom: return Data((s, d, n) => F->C_SeedRandom(s, d, n));
             case Id.C_GenerateRandom: return GenerateRandom();
             case Id.C_WaitForSlotEvent: return WaitForSlotEvent();
             case >= Id.C_MessageEncryptInit and <= Id.C_MessageVerifyFinal: return MessageCall(id);
@@ -108,7 +108,7 @@ internal sealed unsafe partial class Dispatcher
     private delegate nuint DataToDataCall(nuint session, byte* input, nuint inputLength, byte* output, nuint* outputLength);
     private delegate nuint InitCall(nuint session, CK_MECHANISM* mechanism, nuint key);
 
-    private ulong SessionOnly(SessionCall call)
+    private ulong Session(SessionCall call)
     {
         if (!ReadSession(out var session, out ulong rv)) return rv;
         if (!Done) return Malformed;
@@ -126,7 +126,7 @@ internal sealed unsafe partial class Dispatcher
         return rv;
     }
 
-    private ulong SessionData(DataCall call)
+    private ulong Data(DataCall call)
     {
         if (!ReadSession(out var session, out ulong rv)) return rv;
         if (!ReadInput(out var data, out var length) || !Done) return Malformed;
@@ -135,7 +135,7 @@ internal sealed unsafe partial class Dispatcher
         return rv;
     }
 
-    private ulong SessionDataData(DataDataCall call)
+    private ulong DataData(DataDataCall call)
     {
         if (!ReadSession(out var session, out ulong rv)) return rv;
         if (!ReadInput(out var first, out var firstLength) || !ReadInput(out var second, out var secondLength) || !Done)
@@ -145,7 +145,7 @@ internal sealed unsafe partial class Dispatcher
         return rv;
     }
 
-    private ulong SessionToData(ToDataCall call)
+    private ulong ToData(ToDataCall call)
     {
         if (!ReadSession(out var session, out ulong rv)) return rv;
         rv = ReadOutputCapacity(out uint capacity);

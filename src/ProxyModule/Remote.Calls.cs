@@ -8,18 +8,20 @@ internal static unsafe partial class Remote
 {
     // ---- shapes shared by many calls -------------------------------------------------------------
 
-    /// <summary>Calls whose request is only CK_ULONGs and whose reply is empty ("u", "uu").</summary>
-    public static ulong Plain(RpcCallId id, nuint first)
+    // Each shape of CallShapes has its method here and its namesake in the broker's Dispatcher.
+
+    /// <summary>Shape Session ("u" → ""): a session; nothing back.</summary>
+    public static ulong Session(RpcCallId id, nuint session)
     {
         ulong rv = Begin(id, out var connection, out var context);
         if (rv != CKR_OK) return rv;
-        nuint value = first;
-        if (id != RpcCallId.C_CloseAllSessions && !connection.TryToBroker(first, out value)) return CKR_SESSION_HANDLE_INVALID;
-        context.Request.WriteULong(value);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         return Finish(connection, context);
     }
 
-    public static ulong Plain(RpcCallId id, nuint first, nuint second)
+    /// <summary>Shape SessionHandle ("uu" → ""): a session and a handle (or flags); nothing back.</summary>
+    public static ulong SessionHandle(RpcCallId id, nuint first, nuint second)
     {
         ulong rv = Begin(id, out var connection, out var context);
         if (rv != CKR_OK) return rv;
@@ -58,7 +60,7 @@ internal static unsafe partial class Remote
         return context.Response.Complete ? CKR_OK : Malformed(context);
     }
 
-    /// <summary>Operation set-up: session, mechanism, and a key for all but C_DigestInit ("uMu", "uM").</summary>
+    /// <summary>Shape Init ("uMu" → ""): operation set-up; C_DigestInit ("uM", its own row) has no key.</summary>
     public static ulong Init(RpcCallId id, nuint session, CK_MECHANISM* mechanism, nuint key, bool hasKey = true)
     {
         ulong rv = BeginWithMechanism(id, session, mechanism, out var connection, out var context, out var wire);
@@ -67,7 +69,7 @@ internal static unsafe partial class Remote
         return Finish(connection, context);
     }
 
-    /// <summary>Data in, data out ("uayfy" → "ay"): C_Encrypt, C_Sign, C_Digest and their kin.</summary>
+    /// <summary>Shape DataToData ("uayfy" → "ay"): C_Encrypt, C_Sign, C_Digest and their kin.</summary>
     public static ulong DataToData(RpcCallId id, nuint session, byte* input, nuint inputLength, byte* output, nuint* outputLength)
     {
         if (outputLength == null) return CKR_ARGUMENTS_BAD;
@@ -108,7 +110,7 @@ internal static unsafe partial class Remote
         return rv;
     }
 
-    /// <summary>Only data out ("ufy" → "ay"): the *Final calls, C_GenerateRandom, C_GetOperationState.</summary>
+    /// <summary>Shape ToData ("ufy" → "ay"): the *Final calls, C_GetOperationState (and C_GenerateRandom's own method).</summary>
     public static ulong ToData(RpcCallId id, nuint session, byte* output, nuint* outputLength)
     {
         if (outputLength == null) return CKR_ARGUMENTS_BAD;
@@ -133,7 +135,7 @@ internal static unsafe partial class Remote
         return rv;
     }
 
-    /// <summary>Only data in ("uay"): the *Update calls, C_VerifyFinal, C_SeedRandom, C_InitPIN.</summary>
+    /// <summary>Shape Data ("uay" → ""): the *Update calls, C_VerifyFinal, C_SeedRandom, C_InitPIN.</summary>
     public static ulong Data(RpcCallId id, nuint session, byte* data, nuint length)
     {
         bool secret = CallTable.Get(id).HasSecret; // C_InitPIN's PIN
@@ -148,7 +150,7 @@ internal static unsafe partial class Remote
         return rv;
     }
 
-    /// <summary>Two data inputs ("uayay"): C_Verify, C_SetPIN, C_*MessageBegin.</summary>
+    /// <summary>Shape DataData ("uayay" → ""): C_Verify, C_SetPIN.</summary>
     public static ulong DataData(RpcCallId id, nuint session, byte* first, nuint firstLength, byte* second, nuint secondLength)
     {
         bool secret = CallTable.Get(id).HasSecret; // C_SetPIN's PINs

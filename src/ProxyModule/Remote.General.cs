@@ -119,8 +119,11 @@ internal static unsafe partial class Remote
     /// </summary>
     public static ulong CloseAllSessions(nuint slotId)
     {
-        ulong rv = Plain(RpcCallId.C_CloseAllSessions, slotId);
-        if (rv != CKR_OK || ModuleState.TryGet(out var connection) != CKR_OK || PeerIsOurBroker(connection))
+        ulong rv = Begin(RpcCallId.C_CloseAllSessions, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(slotId); // a slot: no session handle to map
+        rv = Finish(connection, context);
+        if (rv != CKR_OK || ModuleState.TryGet(out connection) != CKR_OK || PeerIsOurBroker(connection))
             return rv;
         CK_SLOT_INFO info;
         rv = GetSlotInfo(slotId, &info);

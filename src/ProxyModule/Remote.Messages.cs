@@ -56,7 +56,7 @@ internal static unsafe partial class Remote
     {
         ulong rv = ModuleState.TryGet(out var connection);
         if (rv != CKR_OK) return rv;
-        rv = Plain(id, session);
+        rv = Session(id, session);
         if (rv == CKR_OK) connection.Messages.Ended(session, id == RpcCallId.C_MessageEncryptFinal);
         return rv;
     }
@@ -64,7 +64,7 @@ internal static unsafe partial class Remote
     /// <summary>C_CloseSession, which also ends the session's message operations.</summary>
     public static ulong CloseSession(nuint session)
     {
-        ulong rv = Plain(RpcCallId.C_CloseSession, session);
+        ulong rv = Session(RpcCallId.C_CloseSession, session);
         if (rv == CKR_OK && ModuleState.TryGet(out var connection) == CKR_OK) connection.Messages.Closed(session);
         return rv;
     }

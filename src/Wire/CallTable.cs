@@ -78,7 +78,17 @@ public sealed class RpcCall
 {
     internal RpcCall(RpcCallId id, string request, string response, byte minVersion, (string Request, string Response)? typed = null,
         CallTraits traits = CallTraits.None, int[]? secret = null, int[]? requestWidths = null, int[]? responseWidths = null)
+        : this(id, CallShapes.Own, request, response, minVersion, typed, traits, secret, requestWidths, responseWidths) { }
+
+    /// <summary>A row of a shared shape: its signatures are the shape's.</summary>
+    internal RpcCall(RpcCallId id, CallShape shape, byte minVersion, (string Request, string Response)? typed = null,
+        CallTraits traits = CallTraits.None, int[]? secret = null)
+        : this(id, shape, shape.Request, shape.Response, minVersion, typed, traits, secret, null, null) { }
+
+    private RpcCall(RpcCallId id, CallShape shape, string request, string response, byte minVersion, (string Request, string Response)? typed,
+        CallTraits traits, int[]? secret, int[]? requestWidths, int[]? responseWidths)
     {
+        Shape = shape;
         Traits = traits;
         SecretRequestParts = secret ?? [];
         _requestWidths = Widths(request, requestWidths);
@@ -149,6 +159,9 @@ public sealed class RpcCall
 
     /// <summary>Whether a message of this call to or from a peer of <paramref name="profile"/> is written in the typed form.</summary>
     public bool TypedFor(WireProfile profile) => profile.TypedMessageParameters && _typedRequest is not null;
+
+    /// <summary>The shape the call shares with others (its two sides are Remote.&lt;Shape&gt; and Dispatcher.&lt;Shape&gt;), or <see cref="CallShapes.Own"/>.</summary>
+    public CallShape Shape { get; }
 
     public CallTraits Traits { get; }
     public bool Quick => (Traits & CallTraits.Quick) != 0;
@@ -282,56 +295,56 @@ public static class CallTable
         new(RpcCallId.C_CloseSession, "u", "", 0, traits: Quick),
         new(RpcCallId.C_CloseAllSessions, "u", "", 0),
         new(RpcCallId.C_GetSessionInfo, "u", "uuuu", 0, traits: Quick),
-        new(RpcCallId.C_InitPIN, "uay", "", 0, secret: [1]),
-        new(RpcCallId.C_SetPIN, "uayay", "", 0, secret: [1, 2]),
-        new(RpcCallId.C_GetOperationState, "ufy", "ay", 0),
+        new(RpcCallId.C_InitPIN, CallShapes.Data, 0, secret: [1]),
+        new(RpcCallId.C_SetPIN, CallShapes.DataData, 0, secret: [1, 2]),
+        new(RpcCallId.C_GetOperationState, CallShapes.ToData, 0),
         new(RpcCallId.C_SetOperationState, "uayuu", "", 0),
         new(RpcCallId.C_Login, "uuay", "", 0, secret: [2]),
-        new(RpcCallId.C_Logout, "u", "", 0, traits: Quick),
+        new(RpcCallId.C_Logout, CallShapes.Session, 0, traits: Quick),
         new(RpcCallId.C_CreateObject, "uaA", "u", 0),
         new(RpcCallId.C_CopyObject, "uuaA", "u", 0),
-        new(RpcCallId.C_DestroyObject, "uu", "", 0, traits: Quick),
+        new(RpcCallId.C_DestroyObject, CallShapes.SessionHandle, 0, traits: Quick),
         new(RpcCallId.C_GetObjectSize, "uu", "u", 0, traits: Quick),
         new(RpcCallId.C_GetAttributeValue, "uufA", "aAu", 0, traits: Quick),
         new(RpcCallId.C_SetAttributeValue, "uuaA", "", 0, traits: Quick),
         new(RpcCallId.C_FindObjectsInit, "uaA", "", 0, traits: Quick),
         new(RpcCallId.C_FindObjects, "ufu", "au", 0, traits: Quick),
-        new(RpcCallId.C_FindObjectsFinal, "u", "", 0, traits: Quick),
-        new(RpcCallId.C_EncryptInit, "uMu", "", 0),
-        new(RpcCallId.C_Encrypt, "uayfy", "ay", 0),
-        new(RpcCallId.C_EncryptUpdate, "uayfy", "ay", 0),
-        new(RpcCallId.C_EncryptFinal, "ufy", "ay", 0),
-        new(RpcCallId.C_DecryptInit, "uMu", "", 0),
-        new(RpcCallId.C_Decrypt, "uayfy", "ay", 0),
-        new(RpcCallId.C_DecryptUpdate, "uayfy", "ay", 0),
-        new(RpcCallId.C_DecryptFinal, "ufy", "ay", 0),
+        new(RpcCallId.C_FindObjectsFinal, CallShapes.Session, 0, traits: Quick),
+        new(RpcCallId.C_EncryptInit, CallShapes.Init, 0),
+        new(RpcCallId.C_Encrypt, CallShapes.DataToData, 0),
+        new(RpcCallId.C_EncryptUpdate, CallShapes.DataToData, 0),
+        new(RpcCallId.C_EncryptFinal, CallShapes.ToData, 0),
+        new(RpcCallId.C_DecryptInit, CallShapes.Init, 0),
+        new(RpcCallId.C_Decrypt, CallShapes.DataToData, 0),
+        new(RpcCallId.C_DecryptUpdate, CallShapes.DataToData, 0),
+        new(RpcCallId.C_DecryptFinal, CallShapes.ToData, 0),
         new(RpcCallId.C_DigestInit, "uM", "", 0),
-        new(RpcCallId.C_Digest, "uayfy", "ay", 0),
-        new(RpcCallId.C_DigestUpdate, "uay", "", 0),
-        new(RpcCallId.C_DigestKey, "uu", "", 0),
-        new(RpcCallId.C_DigestFinal, "ufy", "ay", 0),
-        new(RpcCallId.C_SignInit, "uMu", "", 0),
-        new(RpcCallId.C_Sign, "uayfy", "ay", 0),
-        new(RpcCallId.C_SignUpdate, "uay", "", 0),
-        new(RpcCallId.C_SignFinal, "ufy", "ay", 0),
-        new(RpcCallId.C_SignRecoverInit, "uMu", "", 0),
-        new(RpcCallId.C_SignRecover, "uayfy", "ay", 0),
-        new(RpcCallId.C_VerifyInit, "uMu", "", 0),
-        new(RpcCallId.C_Verify, "uayay", "", 0),
-        new(RpcCallId.C_VerifyUpdate, "uay", "", 0),
-        new(RpcCallId.C_VerifyFinal, "uay", "", 0),
-        new(RpcCallId.C_VerifyRecoverInit, "uMu", "", 0),
-        new(RpcCallId.C_VerifyRecover, "uayfy", "ay", 0),
-        new(RpcCallId.C_DigestEncryptUpdate, "uayfy", "ay", 0),
-        new(RpcCallId.C_DecryptDigestUpdate, "uayfy", "ay", 0),
-        new(RpcCallId.C_SignEncryptUpdate, "uayfy", "ay", 0),
-        new(RpcCallId.C_DecryptVerifyUpdate, "uayfy", "ay", 0),
+        new(RpcCallId.C_Digest, CallShapes.DataToData, 0),
+        new(RpcCallId.C_DigestUpdate, CallShapes.Data, 0),
+        new(RpcCallId.C_DigestKey, CallShapes.SessionHandle, 0),
+        new(RpcCallId.C_DigestFinal, CallShapes.ToData, 0),
+        new(RpcCallId.C_SignInit, CallShapes.Init, 0),
+        new(RpcCallId.C_Sign, CallShapes.DataToData, 0),
+        new(RpcCallId.C_SignUpdate, CallShapes.Data, 0),
+        new(RpcCallId.C_SignFinal, CallShapes.ToData, 0),
+        new(RpcCallId.C_SignRecoverInit, CallShapes.Init, 0),
+        new(RpcCallId.C_SignRecover, CallShapes.DataToData, 0),
+        new(RpcCallId.C_VerifyInit, CallShapes.Init, 0),
+        new(RpcCallId.C_Verify, CallShapes.DataData, 0),
+        new(RpcCallId.C_VerifyUpdate, CallShapes.Data, 0),
+        new(RpcCallId.C_VerifyFinal, CallShapes.Data, 0),
+        new(RpcCallId.C_VerifyRecoverInit, CallShapes.Init, 0),
+        new(RpcCallId.C_VerifyRecover, CallShapes.DataToData, 0),
+        new(RpcCallId.C_DigestEncryptUpdate, CallShapes.DataToData, 0),
+        new(RpcCallId.C_DecryptDigestUpdate, CallShapes.DataToData, 0),
+        new(RpcCallId.C_SignEncryptUpdate, CallShapes.DataToData, 0),
+        new(RpcCallId.C_DecryptVerifyUpdate, CallShapes.DataToData, 0),
         new(RpcCallId.C_GenerateKey, "uMaA", "u", 0),
         new(RpcCallId.C_GenerateKeyPair, "uMaAaA", "uu", 0),
         new(RpcCallId.C_WrapKey, "uMuufy", "ay", 0),
         new(RpcCallId.C_UnwrapKey, "uMuayaA", "u", 0),
         new(RpcCallId.C_DeriveKey, "uMuaA", "u", 0),
-        new(RpcCallId.C_SeedRandom, "uay", "", 0, traits: Quick),
+        new(RpcCallId.C_SeedRandom, CallShapes.Data, 0, traits: Quick),
         new(RpcCallId.C_GenerateRandom, "ufy", "ay", 0, traits: Quick),
         new(RpcCallId.C_WaitForSlotEvent, "u", "u", 0, traits: Blocking),
         new(RpcCallId.C_LoginUser, "uuayay", "", 1, traits: Needs30Backend, secret: [2]),
@@ -348,16 +361,16 @@ public static class CallTable
         new(RpcCallId.C_DecryptMessageBegin, "uayay", "", 1, typed: ("uTay", "uU"), traits: Needs30Backend),
         new(RpcCallId.C_DecryptMessageNext, "uayayfyu", "ay", 1, typed: ("uTayfyu", "uUay"), traits: Needs30Backend),
         new(RpcCallId.C_MessageDecryptFinal, "u", "", 1, traits: Needs30Backend),
-        new(RpcCallId.C_MessageSignInit, "uMu", "", 1, traits: Needs30Backend),
+        new(RpcCallId.C_MessageSignInit, CallShapes.Init, 1, traits: Needs30Backend),
         new(RpcCallId.C_SignMessage, "uayayfy", "ay", 1, traits: Needs30Backend),
         new(RpcCallId.C_SignMessageBegin, "uay", "", 1, traits: Needs30Backend),
         new(RpcCallId.C_SignMessageNext, "uayayyfy", "ay", 1, traits: Needs30Backend),
-        new(RpcCallId.C_MessageSignFinal, "u", "", 1, traits: Needs30Backend),
-        new(RpcCallId.C_MessageVerifyInit, "uMu", "", 1, traits: Needs30Backend),
+        new(RpcCallId.C_MessageSignFinal, CallShapes.Session, 1, traits: Needs30Backend),
+        new(RpcCallId.C_MessageVerifyInit, CallShapes.Init, 1, traits: Needs30Backend),
         new(RpcCallId.C_VerifyMessage, "uayayay", "", 1, traits: Needs30Backend),
         new(RpcCallId.C_VerifyMessageBegin, "uay", "", 1, traits: Needs30Backend),
         new(RpcCallId.C_VerifyMessageNext, "uayayay", "", 1, traits: Needs30Backend),
-        new(RpcCallId.C_MessageVerifyFinal, "u", "", 1, traits: Needs30Backend),
+        new(RpcCallId.C_MessageVerifyFinal, CallShapes.Session, 1, traits: Needs30Backend),
         new(RpcCallId.C_InitToken2, "uays", "", 1, secret: [1], requestWidths: [32]),
         new(RpcCallId.C_DeriveKey2, "uMuaA", "uPu", 2),
     ];
