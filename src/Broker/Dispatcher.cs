@@ -14,8 +14,21 @@ namespace P11Proxy.Broker;
 /// </summary>
 internal sealed unsafe partial class Dispatcher : IDisposable
 {
-    /// <summary>Not a CK_RV: the request did not match its signature.</summary>
-    private const ulong Malformed = 0xffff_ffff_ffff_fff0;
+    /// <summary>
+    /// Marks the request as not matching its signature: the connection closes after it. A flag
+    /// beside the CK_RV, never a CK_RV value, so no code a module returns can be taken for it; the
+    /// value handed back is never sent.
+    /// </summary>
+    private ulong Malformed
+    {
+        get
+        {
+            _malformed = true;
+            return CKR_GENERAL_ERROR;
+        }
+    }
+
+    private bool _malformed;
 
     private const uint MaxOutputBuffer = BackendArguments.MaxOutputBuffer;
 
@@ -80,6 +93,7 @@ internal sealed unsafe partial class Dispatcher : IDisposable
         ulong rv;
         _body = body;
         _zeroOutputRepeat = false;
+        _malformed = false;
         try
         {
             rv = Dispatch(call.Id);
@@ -95,7 +109,7 @@ internal sealed unsafe partial class Dispatcher : IDisposable
             _arena.Reset();
             _body = default;
         }
-        if (rv == Malformed)
+        if (_malformed)
         {
             _log.Warn($"{_client.Peer}: {call.Name}: malformed arguments; closing the connection");
             return false;

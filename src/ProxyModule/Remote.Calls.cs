@@ -397,8 +397,7 @@ internal static unsafe partial class Remote
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         if (AttributePrefetch.Applies(connection.Profile, template, count))
         {
-            rv = SizesWithValues(connection, context, brokerSession, session, handle, template, count);
-            if (rv != NotPrefetched) return rv;
+            if (TrySizesWithValues(connection, context, brokerSession, session, handle, template, count, out rv)) return rv;
             rv = Begin(RpcCallId.C_GetAttributeValue, out connection, out context);
             if (rv != CKR_OK) return rv;
         }
@@ -414,15 +413,13 @@ internal static unsafe partial class Remote
         return rv;
     }
 
-    /// <summary>Not a CK_RV: the size query must be sent the ordinary way.</summary>
-    private const ulong NotPrefetched = ulong.MaxValue;
-
     /// <summary>
     /// A size query sent as a fetch with room for small values (see <see cref="AttributePrefetch"/>):
-    /// the sizes when every value came back, kept for the next call; NotPrefetched otherwise.
+    /// true with the sizes when every value came back (kept for the next call) or with the CK_RV that
+    /// ends the call; false when the size query must be sent the ordinary way.
     /// </summary>
-    private static ulong SizesWithValues(Connection connection, CallContext context, nuint brokerSession, nuint session, nuint handle,
-        CK_ATTRIBUTE* template, nuint count)
+    private static bool TrySizesWithValues(Connection connection, CallContext context, nuint brokerSession, nuint session, nuint handle,
+        CK_ATTRIBUTE* template, nuint count, out ulong rv)
     {
         var request = context.Request;
         request.WriteULong(brokerSession);
@@ -430,22 +427,24 @@ internal static unsafe partial class Remote
         request.BeginAttributeBuffer((uint)count);
         for (nuint i = 0; i < count; i++)
             AttributeCodec.WriteBufferEntry(request.Writer, template[i].type, AttributePrefetch.CapacityPerAttribute);
-        ulong rv = connection.Exchange(context);
-        if (rv is CKR_DEVICE_ERROR or CKR_DEVICE_REMOVED) return rv;
-        if (rv != CKR_OK) return NotPrefetched; // the size query gives the error in its own terms
+        rv = connection.Exchange(context);
+        if (rv is CKR_DEVICE_ERROR or CKR_DEVICE_REMOVED) return true;
+        if (rv != CKR_OK) return false; // the size query gives the error in its own terms
         var reply = context.Response;
         if (!reply.TryReadAttributeArray(out var attributes) || (nuint)attributes.Length != count ||
             !reply.TryReadULong(out ulong callRv) || !reply.Complete)
         {
             context.Scrub();
-            return Malformed(context);
+            rv = Malformed(context);
+            return true;
         }
         for (int i = 0; i < attributes.Length; i++)
         {
             if (attributes[i].Type != template[i].type)
             {
                 context.Scrub();
-                return Malformed(context);
+                rv = Malformed(context);
+                return true;
             }
         }
         bool kept = callRv == CKR_OK && context.Prefetch.TryKeep(connection, session, handle, attributes);
@@ -453,7 +452,8 @@ internal static unsafe partial class Remote
             for (int i = 0; i < attributes.Length; i++)
                 template[i].ulValueLen = (nuint)attributes[i].NativeLength;
         context.Scrub();
-        return kept ? CKR_OK : NotPrefetched;
+        rv = CKR_OK;
+        return kept;
     }
 
     /// <summary>C_SetAttributeValue ("uuaA") and C_FindObjectsInit ("uaA").</summary>
