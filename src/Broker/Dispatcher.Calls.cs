@@ -93,7 +93,26 @@ internal sealed unsafe partial class Dispatcher
             case Id.C_SeedRandom: return Data((s, d, n) => F->C_SeedRandom(s, d, n));
             case Id.C_GenerateRandom: return GenerateRandom();
             case Id.C_WaitForSlotEvent: return WaitForSlotEvent();
-            case >= Id.C_MessageEncryptInit and <= Id.C_MessageVerifyFinal: return MessageCall(id);
+            case Id.C_MessageEncryptInit: return MessageCryptInit(encrypt: true);
+            case Id.C_MessageDecryptInit: return MessageCryptInit(encrypt: false);
+            case Id.C_MessageSignInit: return Init((s, m, k) => F->C_MessageSignInit(s, m, k));
+            case Id.C_MessageVerifyInit: return Init((s, m, k) => F->C_MessageVerifyInit(s, m, k));
+            case Id.C_MessageEncryptFinal: return MessageCryptFinal(encrypt: true);
+            case Id.C_MessageDecryptFinal: return MessageCryptFinal(encrypt: false);
+            case Id.C_MessageSignFinal: return Session(s => F->C_MessageSignFinal(s));
+            case Id.C_MessageVerifyFinal: return Session(s => F->C_MessageVerifyFinal(s));
+            case Id.C_EncryptMessage: return CryptMessage(id);
+            case Id.C_DecryptMessage: return CryptMessage(id);
+            case Id.C_EncryptMessageBegin: return CryptMessageBegin(id);
+            case Id.C_DecryptMessageBegin: return CryptMessageBegin(id);
+            case Id.C_EncryptMessageNext: return CryptMessageNext(id);
+            case Id.C_DecryptMessageNext: return CryptMessageNext(id);
+            case Id.C_SignMessage: return SignMessage();
+            case Id.C_SignMessageBegin: return SignOrVerifyMessageBegin(id);
+            case Id.C_VerifyMessageBegin: return SignOrVerifyMessageBegin(id);
+            case Id.C_SignMessageNext: return SignMessageNext();
+            case Id.C_VerifyMessage: return VerifyMessage(id);
+            case Id.C_VerifyMessageNext: return VerifyMessage(id);
             default: return Malformed;
         }
     }
