@@ -20,7 +20,7 @@ internal sealed unsafe partial class Dispatcher
     {
         if (id != Id.C_Initialize && !_client.Initialized)
             return CKR_CRYPTOKI_NOT_INITIALIZED;
-        if (_request.Call!.Needs30Backend && !_backend.Has30)
+        if (!_backend.Has30 && _request.Call!.Needs30Backend)
             return CKR_FUNCTION_NOT_SUPPORTED;
         switch (id)
         {
