@@ -48,7 +48,7 @@ namespace P11Proxy.Broker
             if (mode == "worker")
                 return WorkerMain.Run(options.Module, options.Tokens, options.Verbose, options.ListenerPid!.Value, options.InitializeAhead, options.InitReserved);
 
-            var log = new BrokerLog(options.Verbose, quiet: mode == "stdio");
+            var log = new ProcessLog("p11proxy-broker", options.Verbose, quiet: mode == "stdio");
             try
             {
                 var filter = TokenFilter.Parse(options.Tokens);
@@ -176,10 +176,10 @@ namespace P11Proxy.Broker
                 uint.TryParse(text, out var id) ? id : throw new BrokerException($"{option} takes a numeric id, not '{text}'");
         }
 
-        private static int Serve(Options options, TokenFilter filter, BrokerLog log)
+        private static int Serve(Options options, TokenFilter filter, ProcessLog log)
         {
             var (limitBefore, limitAfter) = Posix.RaiseOpenFileLimit();
-            uint ownUid = Posix.getuid();
+            uint ownUid = Libc.getuid();
             uint? socketGroup = null;
             if (options.SocketGroup is { } groupText)
                 socketGroup = uint.TryParse(groupText, out var gid) ? gid
