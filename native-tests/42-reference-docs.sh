@@ -3,8 +3,8 @@
 # reference blocks and the broker's --help (rendered into the broker at build time). Fails when
 # README.md's generated blocks differ from the source, when the built broker's --help is not the
 # source's usage text, when the broker's parser refuses an option the source documents or accepts
-# it in a mode the source does not name (or names one the source lacks), or when a generated man
-# page makes man(1) warn.
+# it in a mode the source does not name (or a broker source names one the source lacks), or when a
+# generated man page makes man(1) warn.
 set -euo pipefail
 OUT=${1:-out}
 . "$(dirname "$0")/lib.sh"
@@ -68,13 +68,15 @@ while read -r name value modes; do
 done <"$d/options"
 echo "p11proxy-broker accepts each of the $checked documented options, in stdio mode exactly those documented for it"
 
-# And the other way: an option the parser knows (Program.cs) that the source does not document.
-# --listener-pid is the internal worker mode's, started by the listener only; --help is the usage itself.
-grep -oE '"--[a-z][a-z-]+"' "$ROOT/src/Broker/Program.cs" | tr -d '"' | grep -vxE -- '--(listener-pid|help)' | sort -u >"$d/parser-options"
+# And the other way: the parser's options are generated from man/reference.json (BrokerOptions.g.cs,
+# at build time), so an option the source does not document can only come from hand-written code:
+# no broker source may name one. --listener-pid is the internal worker mode's, started by the
+# listener only; --help is the usage itself.
+grep -ohE '"--[a-z][a-z-]+"' "$ROOT"/src/Broker/*.cs | tr -d '"' | grep -vxE -- '--(listener-pid|help)' | sort -u >"$d/parser-options"
 cut -d' ' -f1 "$d/options" | sort -u >"$d/source-options"
 undocumented=$(comm -23 "$d/parser-options" "$d/source-options")
-[ -z "$undocumented" ] || fail "src/Broker/Program.cs knows options man/reference.json does not document: $undocumented"
-echo "src/Broker/Program.cs names no option that man/reference.json lacks ($(wc -l <"$d/parser-options") names)"
+[ -z "$undocumented" ] || fail "src/Broker names options man/reference.json does not document: $undocumented"
+echo "src/Broker names no option that man/reference.json lacks ($(wc -l <"$d/parser-options") names)"
 
 "$PY" "$ROOT/man/generate.py" man "$d/man"
 for page in p11proxy.8 p11proxy-broker.8 p11proxy.conf.5; do
