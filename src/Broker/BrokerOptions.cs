@@ -1,16 +1,14 @@
-using System.CommandLine;
-using System.CommandLine.Parsing;
 using P11Proxy.Wire.Transport;
 
 namespace P11Proxy.Broker;
 
 /// <summary>
-/// The broker's command line after the mode, parsed by System.CommandLine. Every documented option
-/// is defined once, in man/reference.json: man/generate.py turns it into BrokerOptions.g.cs (in
-/// obj/, at build time) with its System.CommandLine definition, its lines in the usage text, the
-/// property its value goes to and how it is parsed. This half holds what no option owns: the
-/// internal worker mode, the order options are applied in, the messages a mistake gets, and the
-/// parsers reference.json's "parse" expressions call. See docs/broker-command-line.md.
+/// The broker's command line after the mode. Every documented option is defined once, in
+/// man/reference.json: man/generate.py turns it into BrokerOptions.g.cs (in obj/, at build time)
+/// with its lines in the usage text, the property its value goes to and how it is parsed. This
+/// half holds what no option owns: the word-by-word reading, the internal worker mode, the order
+/// options are applied in, the messages a mistake gets, and the parsers reference.json's "parse"
+/// expressions call. See docs/broker-command-line.md.
 /// </summary>
 internal sealed partial class BrokerOptions
 {
@@ -35,48 +33,38 @@ internal sealed partial class BrokerOptions
     /// </summary>
     public static BrokerOptions? Parse(string[] args) => args[0] == "worker" ? ParseWorker(args) : ParseUser(args);
 
+    /// <summary>
+    /// The user's command line: each option as a word of its own, followed by its value if it
+    /// takes one (`--max-clients 8`), or with the value after `=` (`--max-clients=8`); short forms
+    /// as documented (`-v`). `--help` or `-h` anywhere asks for the usage.
+    /// </summary>
     private static BrokerOptions? ParseUser(string[] args)
     {
-        // Exactly the documented options and --help (which prints Usage): a plain Command, not a
-        // RootCommand, has no --version and no [directives], and its help is ours (System.CommandLine's
-        // help renderer would only be dead weight in the binary); no @response files either (a value
-        // starting with @ stays a value).
-        var help = new Option<bool>("--help", "-h") { Arity = ArgumentArity.Zero };
-        var command = new Command("p11proxy-broker") { help };
-        var byAlias = new Dictionary<string, string>(StringComparer.Ordinal);
-        foreach (var option in Documented())
-        {
-            command.Options.Add(option);
-            byAlias[option.Name] = option.Name;
-            foreach (var alias in option.Aliases) byAlias[alias] = option.Name;
-        }
-
-        var result = command.Parse(args[1..], new ParserConfiguration { ResponseFileTokenReplacer = null });
-        if (result.GetResult(help) is { Implicit: false })
-            return null;
-        if (result.UnmatchedTokens.Count > 0)
-            throw new BrokerException($"unknown option '{result.UnmatchedTokens[0]}'\n{Usage}");
-
-        // The options as given, in command-line order (a value missing is named before anything else).
         var given = new List<(string Name, string? Value)>();
-        var tokens = result.Tokens;
-        for (int i = 0; i < tokens.Count; i++)
+        for (int i = 1; i < args.Length; i++)
         {
-            if (tokens[i].Type != TokenType.Option) continue;
-            string name = byAlias[tokens[i].Value];
-            string? value = null;
-            if (TakesValue(name))
+            string word = args[i];
+            if (word is "--help" or "-h")
+                return null;
+            string? inline = null;
+            int equals = word.IndexOf('=');
+            if (word.StartsWith("--", StringComparison.Ordinal) && equals > 2)
             {
-                if (i + 1 >= tokens.Count || tokens[i + 1].Type != TokenType.Argument)
-                    throw new BrokerException($"{tokens[i].Value} needs a value\n{Usage}");
-                value = tokens[++i].Value;
+                inline = word[(equals + 1)..];
+                word = word[..equals];
             }
+            string name = ShortForms.TryGetValue(word, out var longForm) ? longForm : word;
+            if (!ValueOptions.Contains(name) && !FlagOptions.Contains(name))
+                throw new BrokerException($"unknown option '{args[i]}'\n{Usage}");
+            string? value = null;
+            if (ValueOptions.Contains(name))
+                value = inline ?? (i + 1 < args.Length ? args[++i] : throw new BrokerException($"{word} needs a value\n{Usage}"));
+            else if (inline is not null)
+                throw new BrokerException($"{word} takes no value, not '{inline}'\n{Usage}");
             given.Add((name, value));
         }
-        if (result.Errors.Count > 0)
-            throw new BrokerException($"{result.Errors[0].Message}\n{Usage}");
 
-        // Applied in that order: later values win, repeated ones add up.
+        // Applied in command-line order: later values win, repeated ones add up.
         var options = new BrokerOptions();
         foreach (var (name, value) in given)
             options.Apply(name, value);
@@ -85,9 +73,7 @@ internal sealed partial class BrokerOptions
 
     /// <summary>
     /// A worker's command line, which only the listener writes: its own ModuleOptions (parsed and
-    /// checked when the user gave them) and the listener's pid. Read with the same generated
-    /// appliers but without System.CommandLine, whose parser would cost every worker (one per
-    /// client) about 300 KiB of memory of its own with nothing to find.
+    /// checked when the user gave them) and the listener's pid, the one option no user gives.
     /// </summary>
     private static BrokerOptions ParseWorker(string[] args)
     {
