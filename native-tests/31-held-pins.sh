@@ -8,14 +8,15 @@
 #      `pkcs11-tool --login` without --pin signs through out/p11proxy.so (openssl verifies); C_Login
 #      with a NULL PIN is CKR_OK, a PIN the client sends is checked by the token (wrong:
 #      CKR_PIN_INCORRECT, right: CKR_OK); CKU_CONTEXT_SPECIFIC with a NULL PIN for a
-#      CKA_ALWAYS_AUTHENTICATE key signs (verified)
+#      CKA_ALWAYS_AUTHENTICATE key signs (verified); p11-kit-client.so gets the same
 #   3  uid nobody, admitted by --allow-uid but named by no policy: no protected path, and its NULL-PIN
 #      C_Login gets the module's own answer, CKR_ARGUMENTS_BAD as SoftHSM loaded directly gives; no key
 #   4  a gid policy (nobody's group) lets nobody log in with the held PIN
 #   5  a wrong PIN in the file: the NULL-PIN login is CKR_PIN_INCORRECT
 #   6  credential source; ask-pass source (with a percent-encoded argument): pkcs11-tool --login signs
 #   7  ask-pass timeout (--askpass-timeout-ms): CKR_FUNCTION_CANCELED, the program and its child
-#      killed; a client that leaves during the ask: the program is killed at once
+#      killed; a client that leaves, or whose other thread calls C_Finalize, during the ask: the
+#      program is killed at once (the login: CKR_FUNCTION_CANCELED)
 #   8  --login-on-arrival: the client finds its session logged in (CKS_RO_USER_FUNCTIONS) without a
 #      C_Login and signs; the hidden session is not counted and its C_CloseAllSessions keeps the
 #      login; nobody, not named, gets a public session
@@ -132,6 +133,16 @@ expect root $CKR_OK logout
 expect root $CKR_OK login user "$FIXTURE_PIN"
 expect root $CKR_OK logout
 client_quit root
+# p11-kit's own client sends the NULL PIN its way: the same login.
+client_start kit "$P11KIT_CLIENT" "$FIXTURE_ADDRESS"
+expect kit $CKR_OK tokeninfo
+[ "$(field protected)" = 1 ] || fail "2: p11-kit-client.so sees no protected path: $REPLY"
+expect kit $CKR_OK open ro
+expect kit $CKR_OK login user -
+expect kit $CKR_OK sign "$(cat "$FIXTURE_DIR/data")" "$FIXTURE_DIR/sig-kit"
+verify "$FIXTURE_DIR/sig-kit"
+client_quit kit
+echo "2 p11-kit-client.so: protected path shown, C_Login(NULL) CKR_OK, signs (verified)"
 echo "2 C_Login(CKU_USER, NULL): CKR_OK; a sent PIN is checked (9999: CKR_PIN_INCORRECT, the right one: CKR_OK); CKU_CONTEXT_SPECIFIC with NULL signs with the always-authenticate key (verified)"
 
 # ---- 3: a peer the policy does not name -----------------------------------------------------------
@@ -231,6 +242,17 @@ wait "${CLIENT_PID[leaving]}" 2>/dev/null || true
 for _ in $(seq 50); do kill -0 "$child" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$child" 2>/dev/null && fail "7: the ask-pass program's child (pid $child) still runs after its client was killed"
 echo "7 the client killed during the ask (default 60 s timeout): the program and its child are gone at once"
+rm -f "$FIXTURE_DIR/slowpass.child"
+client_start finalizing "$MODULE" "$FIXTURE_ADDRESS"
+expect finalizing $CKR_OK open ro
+expect finalizing $CKR_FUNCTION_CANCELED login-finalize 1000
+[ "$(field finalize)" = $CKR_OK ] || fail "7: C_Finalize during the ask: $REPLY"
+[ "$(field ms)" -lt 10000 ] || fail "7: the login ended $(field ms) ms after it began, not at the C_Finalize"
+child=$(cat "$FIXTURE_DIR/slowpass.child")
+for _ in $(seq 50); do kill -0 "$child" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$child" 2>/dev/null && fail "7: the ask-pass program's child (pid $child) still runs after the client's C_Finalize"
+client_quit finalizing
+echo "7 C_Finalize from another thread 1 s into the ask: that thread's C_Login = CKR_FUNCTION_CANCELED, both returned after $(field ms) ms, the program is gone"
 
 # ---- 8: login on arrival ----------------------------------------------------------------------------
 broker_restart --pin "$URI?pin-source=file:$FIXTURE_DIR/pin" --login-on-arrival "uid:0=$URI"

@@ -12,6 +12,8 @@
  *   tokeninfo               C_GetTokenInfo      -> flags=0xN protected=0|1 sessions=N
  *   state                   C_GetSessionInfo of the current session            -> state=N
  *   closeall                C_CloseAllSessions on the slot
+ *   login-finalize MS       a thread calls C_Login(CKU_USER, NULL); MS ms later this one calls
+ *                           C_Finalize             -> (the login's rv) finalize=0xN ms=N (until both returned)
  *   signctx DATA PIN|- [FILE]  SignInit with the key of id 02 (CKA_ALWAYS_AUTHENTICATE), C_Login
  *                           (CKU_CONTEXT_SPECIFIC, "-": a NULL PIN), Sign  -> step=LAST-CALL length=N
  *   logout                  C_Logout
@@ -31,9 +33,12 @@
  *   quit                    exits 0 (without C_Finalize: as a killed client would)
  */
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 #include <p11-kit/pkcs11.h>
 
 static CK_FUNCTION_LIST_PTR f;
@@ -55,6 +60,14 @@ static CK_RV find(CK_OBJECT_CLASS cls, const unsigned char *id, CK_ULONG id_leng
 	rv = f->C_FindObjects(session, found, max, count);
 	f->C_FindObjectsFinal(session);
 	return rv;
+}
+
+static CK_RV null_login_rv;
+static void *null_login(void *unused)
+{
+	(void)unused;
+	null_login_rv = f->C_Login(session, CKU_USER, NULL, 0);
+	return NULL;
 }
 
 static void command(char *line)
@@ -119,6 +132,20 @@ static void command(char *line)
 		}
 		snprintf(extra, sizeof extra, "step=%s length=%lu", step, rv == CKR_OK ? (unsigned long)length : 0ul);
 		answer(rv, extra);
+	} else if (!strcmp(verb, "login-finalize") && a1) {
+		/* another thread's C_Login(CKU_USER, NULL) is under way when this one calls C_Finalize */
+		pthread_t thread;
+		struct timespec start, end;
+		CK_RV finalized;
+		clock_gettime(CLOCK_MONOTONIC, &start);
+		pthread_create(&thread, NULL, null_login, NULL);
+		usleep(atoi(a1) * 1000);
+		finalized = f->C_Finalize(NULL);
+		pthread_join(thread, NULL);
+		clock_gettime(CLOCK_MONOTONIC, &end);
+		snprintf(extra, sizeof extra, "finalize=0x%lx ms=%ld", (unsigned long)finalized,
+			 (long)((end.tv_sec - start.tv_sec) * 1000 + (end.tv_nsec - start.tv_nsec) / 1000000));
+		answer(null_login_rv, extra);
 	} else if (!strcmp(verb, "closeall")) {
 		answer(f->C_CloseAllSessions(slot), "");
 	} else if (!strcmp(verb, "logout")) {
