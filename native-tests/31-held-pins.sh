@@ -11,7 +11,8 @@
 #      CKA_ALWAYS_AUTHENTICATE key signs (verified); p11-kit-client.so gets the same
 #   3  uid nobody, admitted by --allow-uid but named by no policy: no protected path, and its NULL-PIN
 #      C_Login gets the module's own answer, CKR_ARGUMENTS_BAD as SoftHSM loaded directly gives; no key
-#   4  a gid policy (nobody's group) lets nobody log in with the held PIN
+#   4  a gid policy lets nobody log in with the held PIN: by its primary group, and by a
+#      supplementary group (SO_PEERGROUPS), which without that group it does not get
 #   5  a wrong PIN in the file: the NULL-PIN login is CKR_PIN_INCORRECT
 #   6  credential source; ask-pass source (with a percent-encoded argument): pkcs11-tool --login signs
 #   7  ask-pass timeout (--askpass-timeout-ms): CKR_FUNCTION_CANCELED, the program and its child
@@ -20,6 +21,7 @@
 #   8  --login-on-arrival: the client finds its session logged in (CKS_RO_USER_FUNCTIONS) without a
 #      C_Login and signs; the hidden session is not counted and its C_CloseAllSessions keeps the
 #      login; nobody, not named, gets a public session
+#   9  stdio mode (|p11proxy-broker stdio): the peer is the broker's own uid
 set -euo pipefail
 OUT=${1:-out}
 DIR=$(dirname "$0")
@@ -74,14 +76,16 @@ broker_restart() {
 }
 
 # As uid nobody (group nogroup): clients started with client_start run through this wrapper.
-cat >"$FIXTURE_DIR/as-nobody" <<EOF
-#!/bin/sh
-exec setpriv --reuid=$nobody --regid=$(id -g nobody) --clear-groups "$ISO_CLIENT" "\$@"
-EOF
-chmod 0755 "$FIXTURE_DIR/as-nobody"
+# nobody_start NAME [GROUPS]: with no supplementary group, or with GROUPS (setpriv --groups).
 nobody_start() {
-  local saved=$ISO_CLIENT
-  ISO_CLIENT=$FIXTURE_DIR/as-nobody
+  local saved=$ISO_CLIENT groups="--clear-groups"
+  [ -n "${2:-}" ] && groups="--groups=$2"
+  cat >"$FIXTURE_DIR/as-nobody-$1" <<EOF
+#!/bin/sh
+exec setpriv --reuid=$nobody --regid=$(id -g nobody) $groups "$ISO_CLIENT" "\$@"
+EOF
+  chmod 0755 "$FIXTURE_DIR/as-nobody-$1"
+  ISO_CLIENT=$FIXTURE_DIR/as-nobody-$1
   client_start "$1" "$MODULE" "$FIXTURE_ADDRESS"
   ISO_CLIENT=$saved
 }
@@ -179,6 +183,23 @@ expect root-not-member $CKR_OK tokeninfo
 [ "$(field protected)" = 0 ] || fail "4: root (not in $nogroup) sees the protected path"
 client_quit root-not-member
 echo "4 --protected-login gid:$nogroup: uid nobody logs in with NULL and signs (verified); root, not in the group, sees no protected path"
+users=$(getent group users | cut -d: -f3)
+broker_restart --pin "$URI?pin-source=file:$FIXTURE_DIR/pin" --protected-login "gid:users=$URI"
+nobody_start supplementary "$users"
+expect supplementary $CKR_OK tokeninfo
+[ "$(field protected)" = 1 ] || fail "4: nobody with supplementary group users sees no protected path: $REPLY"
+expect supplementary $CKR_OK open ro
+expect supplementary $CKR_OK login user -
+expect supplementary $CKR_OK count private
+[ "$(field count)" = 2 ] || fail "4: nobody (group users) logged in but finds $(field count) private keys"
+client_quit supplementary
+nobody_start no-supplementary
+expect no-supplementary $CKR_OK tokeninfo
+[ "$(field protected)" = 0 ] || fail "4: nobody without group users sees the protected path"
+expect no-supplementary $CKR_OK open ro
+expect no-supplementary $CKR_ARGUMENTS_BAD login user -
+client_quit no-supplementary
+echo "4 --protected-login gid:users: nobody with users as a supplementary group (SO_PEERGROUPS) logs in with NULL; without it, CKR_ARGUMENTS_BAD"
 
 # ---- 5: a wrong PIN in the file ---------------------------------------------------------------------
 printf '999999\n' >"$FIXTURE_DIR/wrong-pin"
@@ -237,8 +258,10 @@ expect leaving $CKR_OK open ro
 send leaving login user -
 for _ in $(seq 100); do [ -s "$FIXTURE_DIR/slowpass.child" ] && break; sleep 0.1; done
 child=$(cat "$FIXTURE_DIR/slowpass.child")
+exec {stderr}>&2 2>/dev/null # bash's "Killed" job notice is expected here
 kill -9 "${CLIENT_PID[leaving]}"
-wait "${CLIENT_PID[leaving]}" 2>/dev/null || true
+wait "${CLIENT_PID[leaving]}" || true
+exec 2>&"$stderr" {stderr}>&-
 for _ in $(seq 50); do kill -0 "$child" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$child" 2>/dev/null && fail "7: the ask-pass program's child (pid $child) still runs after its client was killed"
 echo "7 the client killed during the ask (default 60 s timeout): the program and its child are gone at once"
@@ -283,4 +306,22 @@ expect stranger $CKR_OK count private
 [ "$(field count)" = 0 ] || fail "8: uid nobody finds private keys"
 client_quit stranger
 echo "8 uid $nobody, not named: a public session, 0 private keys"
+
+# ---- 9: stdio mode: the peer is whoever started the broker -----------------------------------------
+STDIO_BROKER="|$(cd "$OUT" && pwd)/p11proxy-broker stdio --module $SOFTHSM_MODULE --pin '$URI?pin-source=file:$FIXTURE_DIR/pin'"
+client_start stdio-named "$MODULE" "$STDIO_BROKER --protected-login uid:0=$URI"
+expect stdio-named $CKR_OK tokeninfo
+[ "$(field protected)" = 1 ] || fail "9: stdio mode shows no protected path to root: $REPLY"
+expect stdio-named $CKR_OK open ro
+expect stdio-named $CKR_OK login user -
+expect stdio-named $CKR_OK sign "$(cat "$FIXTURE_DIR/data")" "$FIXTURE_DIR/sig-stdio"
+verify "$FIXTURE_DIR/sig-stdio"
+client_quit stdio-named
+client_start stdio-other "$MODULE" "$STDIO_BROKER --protected-login uid:nobody=$URI"
+expect stdio-other $CKR_OK tokeninfo
+[ "$(field protected)" = 0 ] || fail "9: stdio mode shows root the protected path of a policy for nobody"
+expect stdio-other $CKR_OK open ro
+expect stdio-other $CKR_ARGUMENTS_BAD login user -
+client_quit stdio-other
+echo "9 |p11proxy-broker stdio: root named: C_Login(NULL) signs (verified); a policy for nobody only: CKR_ARGUMENTS_BAD"
 echo PASS

@@ -67,11 +67,10 @@ internal abstract class PinSource
     {
         if (value.StartsWith('|'))
         {
-            // Decoded first (a URI has no raw spaces: %20 separates), then split as a shell would,
-            // with '...', "..." and backslash quoting, as p11-kit splits a '|command' address.
-            var words = SplitCommand(Decode(value[1..], option), option);
-            if (words.Length == 0)
-                throw new BrokerException($"{option}: pin-source '|' names no program (write e.g. pin-source=|/bin/systemd-ask-password%20'PIN%20for%20the%20token')");
+            // Decoded first (a URI has no raw spaces: %20 separates), then split as a '|command'
+            // address is (p11-kit's rules: quotes group, no shell).
+            if (!P11Proxy.Wire.Transport.CommandLine.TrySplit(Decode(value[1..], option), out var words, out var error))
+                throw new BrokerException($"{option}: the ask-pass command after '|' cannot be used: {error} (write e.g. pin-source=|/bin/systemd-ask-password%20'PIN%20for%20the%20token')");
             return new ProgramPinSource(words);
         }
         string decoded = Decode(value, option);
@@ -91,55 +90,6 @@ internal abstract class PinSource
             return new CredentialPinSource(name);
         }
         throw new BrokerException($"{option}: pin-source '{decoded}' is not file:/PATH, credential:NAME or |PROGRAM [ARGS]");
-    }
-
-    /// <summary>Splits a command line at unquoted white space; '...' is literal, "..." and a backslash quote.</summary>
-    internal static string[] SplitCommand(string text, string option)
-    {
-        var words = new List<string>();
-        var word = new StringBuilder();
-        bool inWord = false;
-        char quote = '\0';
-        for (int i = 0; i < text.Length; i++)
-        {
-            char c = text[i];
-            if (quote == '\'')
-            {
-                if (c == '\'') quote = '\0'; else word.Append(c);
-                continue;
-            }
-            if (c == '\\')
-            {
-                if (++i >= text.Length) throw new BrokerException($"{option}: the ask-pass command ends with a lone backslash");
-                word.Append(text[i]);
-                inWord = true;
-                continue;
-            }
-            if (quote == '"')
-            {
-                if (c == '"') quote = '\0'; else word.Append(c);
-                continue;
-            }
-            if (c is '\'' or '"')
-            {
-                quote = c;
-                inWord = true;
-            }
-            else if (char.IsWhiteSpace(c))
-            {
-                if (inWord) words.Add(word.ToString());
-                word.Clear();
-                inWord = false;
-            }
-            else
-            {
-                word.Append(c);
-                inWord = true;
-            }
-        }
-        if (quote != '\0') throw new BrokerException($"{option}: the ask-pass command has an unclosed {quote} quote");
-        if (inWord) words.Add(word.ToString());
-        return words.ToArray();
     }
 
     internal static string Decode(string value, string option)
