@@ -231,6 +231,9 @@ internal sealed class ProgramPinSource : PinSource
 
     public string[] Argv { get; private set; }
 
+    /// <summary>How long the program may stay after printing its line.</summary>
+    private const int LingerMilliseconds = 1000;
+
     public override string Description => $"ask-pass program {Argv[0]}";
 
     public override void Check()
@@ -280,9 +283,14 @@ internal sealed class ProgramPinSource : PinSource
             int length = FirstLine(pin.Room[..total], complete: complete);
             Posix.close(readFd);
             readFd = -1;
-            int status = PinNative.WaitExit(pid, Math.Max(0, (int)(deadline - Environment.TickCount64)), cancelFd);
+            // Its exit status says whether the line is a PIN (a cancelled dialog exits non-zero). A
+            // program that stays after giving its line has a second to end, then is ended.
+            int left = Math.Max(0, (int)(deadline - Environment.TickCount64));
+            int status = PinNative.WaitExit(pid, length > 0 ? Math.Min(left, LingerMilliseconds) : left, cancelFd);
             pid = -1;
-            if (status != 0)
+            if (cancelFd >= 0 && PinNative.IsSignalled(cancelFd))
+                throw new PinUnavailableException(CKR_FUNCTION_CANCELED, $"{Description} stopped: its client finalised or left");
+            if (status > 0 || (status < 0 && length <= 0))
                 throw new PinUnavailableException(CKR_FUNCTION_CANCELED, $"{Description} {(status > 0 ? $"exited with status {status}" : "did not finish")}: the PIN was not given (cancelled)");
             if (length < 0)
                 throw new PinUnavailableException(CKR_DEVICE_ERROR, $"{Description}: its first line is longer than {PinBuffer.Capacity - 1} bytes, no PIN is that long");
@@ -476,7 +484,7 @@ internal static unsafe partial class PinNative
         }
     }
 
-    private static bool IsSignalled(int fd)
+    public static bool IsSignalled(int fd)
     {
         Span<Posix.PollFd> fds = stackalloc Posix.PollFd[1];
         fds[0] = new() { Fd = fd, Events = Posix.POLLIN };

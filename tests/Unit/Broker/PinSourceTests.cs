@@ -236,6 +236,18 @@ namespace P11Proxy.UnitTests.Broker
         }
 
         [Test]
+        public void AskPassProgramThatStaysAfterItsLineIsEndedAndItsLineUsed()
+        {
+            string childFile = Path.Combine(_dir, "child");
+            var watch = Stopwatch.StartNew();
+            using var pin = Program($"echo 2468; sleep 60 & echo $! > {childFile}; wait").Read(30_000, -1);
+            Assert.That(Text(pin), Is.EqualTo("2468"));
+            Assert.That(watch.ElapsedMilliseconds, Is.LessThan(10_000), "ended about a second after its line, not at the timeout");
+            int child = int.Parse(File.ReadAllText(childFile).Trim());
+            Assert.That(SpinWait.SpinUntil(() => !Directory.Exists($"/proc/{child}") || File.ReadAllText($"/proc/{child}/stat").Split(' ')[2] == "Z", 3000), Is.True);
+        }
+
+        [Test]
         public void AskPassFailureEmptinessAndAbsenceAreReported()
         {
             var cancelled = Assert.Throws<PinUnavailableException>(() => Program("echo 5678; exit 1").Read(5000, -1))!;
