@@ -294,9 +294,20 @@ expect arrived $CKR_OK closeall
 expect arrived $CKR_OK open ro
 expect arrived $CKR_OK state
 [ "$(field state)" = $CKS_RO_USER_FUNCTIONS ] || fail "8: after its C_CloseAllSessions the client's login is gone: $REPLY"
-expect arrived $CKR_USER_ALREADY_LOGGED_IN login user -
+# Its own C_Login: with a NULL PIN the protected path answers that the login is done; a PIN it
+# sends goes to the token, which is logged in already.
+expect arrived $CKR_OK login user -
+expect arrived $CKR_USER_ALREADY_LOGGED_IN login user "$FIXTURE_PIN"
+expect arrived $CKR_OK logout
+expect arrived $CKR_OK state
+[ "$(field state)" = $CKS_RO_PUBLIC_SESSION ] || fail "8: after its C_Logout the client is still logged in: $REPLY"
+expect arrived $CKR_OK login user -
+expect arrived $CKR_OK state
+[ "$(field state)" = $CKS_RO_USER_FUNCTIONS ] || fail "8: the NULL-PIN login after C_Logout did not log in: $REPLY"
 client_quit arrived
+pkcs11_tool_sign arrival
 grep -q "logged in to token '$FIXTURE_LABEL' (slot [0-9]*) on arrival" "$FIXTURE_DIR/broker.err" || fail "8: no log line for the login on arrival"
+echo "8 --login-on-arrival uid:0: C_Login(NULL) CKR_OK (the login is there), with the PIN CKR_USER_ALREADY_LOGGED_IN; after its C_Logout, C_Login(NULL) logs in again; pkcs11-tool --login signs (verified)"
 echo "8 --login-on-arrival uid:0: a new session is CKS_RO_USER_FUNCTIONS with no C_Login, signs (verified), still logged in after C_CloseAllSessions; C_GetTokenInfo session count $sessions_before before, $sessions_open with one session open (-1: SoftHSM does not count)"
 nobody_start stranger
 expect stranger $CKR_OK open ro

@@ -137,7 +137,27 @@ internal sealed unsafe class HeldPins
         CK_TOKEN_INFO info = default;
         if (functions->C_GetTokenInfo(slot, &info) != (nuint)CKR_OK) return NotHeld;
         var pin = MayUse(functions, slot, &info) ? PinFor(functions, slot, &info) : null;
-        return pin is null ? NotHeld : LoginWith(backend, pin, session, userType);
+        if (pin is null) return NotHeld;
+        // Logged in on arrival and still so: the protected path's answer is that the login is
+        // done (CKR_USER_ALREADY_LOGGED_IN would stop pkcs11-tool --login, which asks for the login
+        // it sees is needed), with no PIN read and no ask-pass program run.
+        if (userType == CKU_USER && IsLoggedInOnArrival(functions, slot)) return CKR_OK;
+        return LoginWith(backend, pin, session, userType);
+    }
+
+    /// <summary>Whether a hidden session on the slot is in a user state (the client may have logged the token out since).</summary>
+    private bool IsLoggedInOnArrival(CK_FUNCTION_LIST_3_0* functions, nuint slot)
+    {
+        nuint[] hidden;
+        lock (_gate) hidden = _hiddenSessions.Where(entry => entry.Value == slot).Select(entry => entry.Key).ToArray();
+        foreach (var session in hidden)
+        {
+            CK_SESSION_INFO info = default;
+            if (functions->C_GetSessionInfo(session, &info) == (nuint)CKR_OK &&
+                (info.state == (nuint)CKS_RO_USER_FUNCTIONS || info.state == (nuint)CKS_RW_USER_FUNCTIONS))
+                return true;
+        }
+        return false;
     }
 
     /// <summary>Not a CK_RV: the held PIN is not this peer's to use for that token.</summary>
