@@ -22,6 +22,7 @@
 #      C_Login and signs; the hidden session is not counted and its C_CloseAllSessions keeps the
 #      login; nobody, not named, gets a public session
 #   9  stdio mode (|p11proxy-broker stdio): the peer is the broker's own uid
+#  10  systemd-ask-password as the source, answered by a password agent (own mount namespace)
 set -euo pipefail
 OUT=${1:-out}
 DIR=$(dirname "$0")
@@ -335,4 +336,41 @@ expect stdio-other $CKR_OK open ro
 expect stdio-other $CKR_ARGUMENTS_BAD login user -
 client_quit stdio-other
 echo "9 |p11proxy-broker stdio: root named: C_Login(NULL) signs (verified); a policy for nobody only: CKR_ARGUMENTS_BAD"
+
+# ---- 10: systemd-ask-password, answered by a password agent --------------------------------------
+# The broker and a small agent (systemd's agent protocol: an ask.* file naming a socket, the answer
+# "+PIN" sent there) share a mount namespace with its own /run/systemd/ask-password, so the
+# machine's agents and questions are never touched.
+[ -d /run/systemd/ask-password ] || fail "10: /run/systemd/ask-password is missing (package systemd)"
+cat >"$FIXTURE_DIR/agent.py" <<'EOF'
+import configparser, glob, os, socket, sys, time
+pin, log = sys.argv[1], sys.argv[2]
+answered = set()
+parent = os.getppid()
+while os.getppid() == parent:  # ends with the broker it was started beside
+    for ask in glob.glob("/run/systemd/ask-password/ask.*"):
+        if ask in answered:
+            continue
+        answered.add(ask)
+        question = configparser.ConfigParser()
+        question.read(ask)
+        with open(log, "a") as out:
+            out.write(f"asked: {question['Ask'].get('Message', '')}\n")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as answer:
+            answer.sendto(("+" + pin).encode(), question["Ask"]["Socket"])
+    time.sleep(0.05)
+EOF
+if [ -n "$BROKER_PID" ]; then kill "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true; BROKER_PID=""; fi
+rm -f "$FIXTURE_DIR/broker.sock"
+unshare --mount sh -c 'mount -t tmpfs -o mode=0755 p11proxy-ask /run/systemd/ask-password &&
+  { python3 "$1/agent.py" "$2" "$1/agent.log" & } && shift 2 && exec "$@"' sh "$FIXTURE_DIR" "$FIXTURE_PIN" \
+  "$OUT/p11proxy-broker" serve --module "$SOFTHSM_MODULE" --socket "$FIXTURE_DIR/broker.sock" \
+  --pin "$URI?pin-source=|systemd-ask-password%20--timeout=20%20'PIN%20of%20$FIXTURE_LABEL'" --protected-login "uid:0=$URI" \
+  >"$FIXTURE_DIR/broker.out" 2>"$FIXTURE_DIR/broker.err" &
+FIXTURE_PIDS+=($!)
+fixture_wait_socket "$FIXTURE_DIR/broker.sock"
+FIXTURE_ADDRESS="unix:path=$FIXTURE_DIR/broker.sock"
+pkcs11_tool_sign systemd-ask-password
+grep -qx "asked: PIN of $FIXTURE_LABEL" "$FIXTURE_DIR/agent.log" || fail "10: the agent was not asked: $(cat "$FIXTURE_DIR/agent.log" 2>&1)"
+echo "10 |systemd-ask-password: the agent was asked 'PIN of $FIXTURE_LABEL'; pkcs11-tool --login signs (verified)"
 echo PASS
