@@ -16,7 +16,8 @@
 #   5  a wrong PIN in the file: the NULL-PIN login is CKR_PIN_INCORRECT
 #   6  credential source; ask-pass source (with a percent-encoded argument): pkcs11-tool --login signs
 #   7  ask-pass timeout (--askpass-timeout-ms): CKR_FUNCTION_CANCELED, the program and its child
-#      killed; a client that leaves, or whose other thread calls C_Finalize, during the ask: the
+#      killed; a client that leaves (also while being logged in on arrival), or whose other thread
+#      calls C_Finalize, during the ask: the
 #      program is killed at once (the login: CKR_FUNCTION_CANCELED)
 #   8  --login-on-arrival: the client finds its session logged in (CKS_RO_USER_FUNCTIONS) without a
 #      C_Login and signs; the hidden session is not counted and its C_CloseAllSessions keeps the
@@ -277,6 +278,20 @@ for _ in $(seq 50); do kill -0 "$child" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$child" 2>/dev/null && fail "7: the ask-pass program's child (pid $child) still runs after the client's C_Finalize"
 client_quit finalizing
 echo "7 C_Finalize from another thread 1 s into the ask: that thread's C_Login = CKR_FUNCTION_CANCELED, both returned after $(field ms) ms, the program is gone"
+broker_restart --pin "$URI?pin-source=|$FIXTURE_DIR/slowpass" --login-on-arrival "uid:0=$URI"
+rm -f "$FIXTURE_DIR/slowpass.child"
+P11_KIT_SERVER_ADDRESS=$FIXTURE_ADDRESS pkcs11-tool --module "$MODULE" -L >/dev/null 2>&1 &
+arriving=$!
+for _ in $(seq 100); do [ -s "$FIXTURE_DIR/slowpass.child" ] && break; sleep 0.1; done
+[ -s "$FIXTURE_DIR/slowpass.child" ] || fail "7: no ask-pass program ran for the client arriving"
+child=$(cat "$FIXTURE_DIR/slowpass.child")
+exec {stderr}>&2 2>/dev/null
+kill -9 "$arriving"
+wait "$arriving" || true
+exec 2>&"$stderr" {stderr}>&-
+for _ in $(seq 50); do kill -0 "$child" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$child" 2>/dev/null && fail "7: the ask-pass program for a login on arrival (child pid $child) still runs after its client was killed"
+echo "7 a login-on-arrival client killed while its ask-pass program runs (before its first call is served): the program is gone at once"
 
 # ---- 8: login on arrival ----------------------------------------------------------------------------
 broker_restart --pin "$URI?pin-source=file:$FIXTURE_DIR/pin" --login-on-arrival "uid:0=$URI"

@@ -55,7 +55,29 @@ internal sealed unsafe class HeldPins
         if (Configuration.IsEmpty) return;
         var held = new HeldPins(Configuration, peer.Uid, peer.Gid, PolicyNative.PeerGroups(clientFd), peer.Name, log);
         Current = held;
-        held.LogInAllOnArrival(backend);
+        if (!held.MyRules(held._config.LoginOnArrival).Any()) return;
+        // The client may leave while an ask-pass program runs for it: that ends the ask, as it
+        // does once the client is being served.
+        int stop = Posix.WakeFd();
+        var watch = new Thread(() =>
+        {
+            Span<Posix.PollFd> fds = stackalloc Posix.PollFd[2];
+            fds[0] = new() { Fd = clientFd, Events = Posix.POLLRDHUP };
+            fds[1] = new() { Fd = stop, Events = Posix.POLLIN };
+            while (Posix.poll(fds, 2, -1) < 0 && Posix.LastError == Posix.EINTR) { }
+            if (fds[1].Revents == 0) held.CancelAsks();
+        }) { IsBackground = true, Name = "arrival watch" };
+        watch.Start();
+        try
+        {
+            held.LogInAllOnArrival(backend);
+        }
+        finally
+        {
+            Posix.Wake(stop);
+            watch.Join();
+            Posix.close(stop);
+        }
     }
 
     /// <summary>stdio mode: the peer is whoever started this process, as this process's own credentials say.</summary>
