@@ -17,8 +17,7 @@
 #   6  credential source; ask-pass source (with a percent-encoded argument): pkcs11-tool --login signs
 #   7  ask-pass timeout (--askpass-timeout-ms): CKR_FUNCTION_CANCELED, the program and its child
 #      killed; a client that leaves (also while being logged in on arrival), or whose other thread
-#      calls C_Finalize, during the ask: the
-#      program is killed at once (the login: CKR_FUNCTION_CANCELED)
+#      calls C_Finalize, during the ask: the program is killed at once (CKR_FUNCTION_CANCELED)
 #   8  --login-on-arrival: the client finds its session logged in (CKS_RO_USER_FUNCTIONS) without a
 #      C_Login and signs; the hidden session is not counted and its C_CloseAllSessions keeps the
 #      login; nobody, not named, gets a public session
