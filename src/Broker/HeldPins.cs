@@ -16,6 +16,10 @@ namespace P11Proxy.Broker;
 /// the worker's own that the client never sees (not in its handles, not closed by its
 /// C_CloseAllSessions, not counted in C_GetTokenInfo's session count): a PKCS#11 login lasts only
 /// while the process has a session open on the token.
+///
+/// A process that will read PINs makes itself non-dumpable first (PR_SET_DUMPABLE 0): no core
+/// file, and other processes of the broker's user cannot read its memory (/proc/PID/mem, ptrace)
+/// while a PIN passes through it; only root (CAP_SYS_PTRACE) can.
 /// </summary>
 internal sealed unsafe class HeldPins
 {
@@ -53,6 +57,7 @@ internal sealed unsafe class HeldPins
     public static void Arrive(ClientPeer peer, int clientFd, Backend backend, BrokerLog log)
     {
         if (Configuration.IsEmpty) return;
+        PolicyNative.NotDumpable();
         var held = new HeldPins(Configuration, peer.Uid, peer.Gid, PolicyNative.PeerGroups(clientFd), peer.Name, log);
         Current = held;
         if (!held.MyRules(held._config.LoginOnArrival).Any()) return;
@@ -84,6 +89,7 @@ internal sealed unsafe class HeldPins
     public static void ArriveStdio(Backend backend, BrokerLog log)
     {
         if (Configuration.IsEmpty) return;
+        PolicyNative.NotDumpable();
         uint uid = Posix.getuid(), gid = PolicyNative.getgid();
         var held = new HeldPins(Configuration, uid, gid, PolicyNative.OwnGroups(), $"stdio client (uid {uid})", log);
         Current = held;
