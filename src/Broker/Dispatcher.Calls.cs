@@ -458,7 +458,6 @@ internal sealed unsafe partial class Dispatcher
         if (!ReadSession(out var session, out ulong rv)) return rv;
         if (!ReadULong(out var userType) || !ReadInput(out var pin, out var pinLength) || !Done) return Malformed;
         rv = HeldPins.Login(_backend, session, userType, pin, pinLength); // a NULL PIN may mean the held one
-
         if (rv == CKR_OK) BeginReply();
         return rv;
     }
