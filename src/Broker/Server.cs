@@ -397,8 +397,10 @@ internal sealed class CallDurations
 
     private readonly long[] _average = new long[256];
 
-    /// <summary>Calls that may block for as long as they like: always run beside the reader.</summary>
-    /// C_Login may wait for a person (an ask-pass program on a protected path): the client's C_Finalize must still get through.
+    /// <summary>
+    /// Calls that may block for as long as they like: always run beside the reader. C_Login may
+    /// wait for a person (an ask-pass program for a held PIN): the client's C_Finalize must get through.
+    /// </summary>
     public static bool MayBlock(uint callId) => (RpcCallId)callId is RpcCallId.C_WaitForSlotEvent or RpcCallId.C_Login;
 
     /// <summary>
