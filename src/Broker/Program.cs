@@ -41,6 +41,11 @@ namespace P11Proxy.Broker
                     throw new BrokerException($"{listenerOnly} applies to 'serve' only");
                 if (mode == "worker" && options.ListenerPid is null)
                     throw new BrokerException("the worker mode is started by 'p11proxy-broker serve' only");
+                // --askpass-timeout-ms has a property of its own (one value, not a list); checked with the PIN lines.
+                var heldPinOptions = new List<(string Option, string Value)>(options.HeldPins);
+                if (options.AskpassTimeout is { } askpassTimeout) heldPinOptions.Add(("--askpass-timeout-ms", askpassTimeout));
+                HeldPins.Configuration = HeldPinConfiguration.Parse(heldPinOptions);
+                HeldPins.Configuration.Check();
             }
             catch (BrokerException e)
             {
@@ -62,6 +67,7 @@ namespace P11Proxy.Broker
                     // Before the module is loaded: its allocations from the start follow the same rule.
                     NativeHeap.KeepLargeBlocksOutOfThreadHeaps();
                     using var backend = Backend.Load(options.Module, options.InitReserved);
+                    HeldPins.ArriveStdio(backend, log);
                     log.Info($"serving {options.Module}{(backend.Has30 ? " (PKCS#11 3.0 interface)" : "")}" +
                              (filter.FiltersAnything ? $", tokens matching {string.Join(" or ", filter.Descriptions)}" : ""));
                     new Server(backend, filter, log).ServeStdio();
@@ -139,6 +145,7 @@ namespace P11Proxy.Broker
                      (settings.InitializeAhead ? " (module initialised ahead)" : "") +
                      (settings.WorkerMemoryBytes > 0 ? $", {settings.WorkerMemoryBytes >> 20} MiB per worker" : ", no memory limit per worker") +
                      $", open-file limit {limitAfter}{(limitAfter != limitBefore ? $" (raised from {limitBefore})" : "")}");
+            if (!HeldPins.Configuration.IsEmpty) log.Info(HeldPins.Configuration.Describe());
             if (!listener.StartFirstWorker())
                 return 1;
 

@@ -299,7 +299,8 @@ public static class CallTable
         new(RpcCallId.C_SetPIN, CallShapes.DataData, 0, secret: [1, 2]),
         new(RpcCallId.C_GetOperationState, CallShapes.ToData, 0),
         new(RpcCallId.C_SetOperationState, "uayuu", "", 0),
-        new(RpcCallId.C_Login, "uuay", "", 0, secret: [2]),
+        // Blocking: with a PIN the broker holds, a login may wait for a person at an ask-pass program.
+        new(RpcCallId.C_Login, "uuay", "", 0, secret: [2], traits: Blocking),
         new(RpcCallId.C_Logout, CallShapes.Session, 0, traits: Quick),
         new(RpcCallId.C_CreateObject, "uaA", "u", 0),
         new(RpcCallId.C_CopyObject, "uuaA", "u", 0),
