@@ -7,20 +7,21 @@ namespace P11Proxy.Broker;
 
 internal sealed unsafe partial class Dispatcher
 {
-    private ulong Dispatch(Id id)
+    private ulong Dispatch(RpcCall call)
     {
-        ulong rv = DispatchCall(id);
+        ulong rv = DispatchCall(call);
         if (_arena.RefusedOutput != 0)
-            _log.Warn($"{_client.Peer}: {_request.Call!.Name}: refused a {_arena.RefusedOutput}-byte output, over the " +
+            _log.Warn($"{_client.Peer}: {call.Name}: refused a {_arena.RefusedOutput}-byte output, over the " +
                       $"{OutputBudget.Bytes >> 20} MiB all large outputs may use at once (--output-memory-mib); CKR_DEVICE_MEMORY");
         return rv;
     }
 
-    private ulong DispatchCall(Id id)
+    private ulong DispatchCall(RpcCall call)
     {
+        var id = call.Id;
         if (id != Id.C_Initialize && !_client.Initialized)
             return CKR_CRYPTOKI_NOT_INITIALIZED;
-        if (!_backend.Has30 && _request.Call!.Needs30Backend)
+        if (!_backend.Has30 && call.Needs30Backend)
             return CKR_FUNCTION_NOT_SUPPORTED;
         switch (id)
         {

@@ -96,7 +96,7 @@ internal sealed unsafe partial class Dispatcher : IDisposable
         _malformed = false;
         try
         {
-            rv = Dispatch(call.Id);
+            rv = Dispatch(call);
         }
         catch (InvalidOperationException e)
         {
@@ -124,7 +124,7 @@ internal sealed unsafe partial class Dispatcher : IDisposable
         if (_log.Verbose)
             _log.Trace($"{_client.Peer}: {call.Name}{_traceDetail} -> {Pkcs11Names.ReturnValue(rv) ?? rv.ToString("x")} " +
                        $"({Stopwatch.GetElapsedTime(started).TotalMicroseconds:0} µs)");
-        _traceDetail = "";
+        if (_traceDetail.Length != 0) _traceDetail = "";
         return true;
     }
 

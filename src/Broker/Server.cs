@@ -161,7 +161,7 @@ internal sealed class ClientConnection
                     Volatile.Write(ref _lastOverlap, now);
                 // A call that may block always goes to another worker, up to the client's limit of
                 // waiting threads; beyond it the reader runs it without letting it block.
-                bool mayBlock = CallDurations.MayBlock(callId);
+                bool mayBlock = _durations.MayBlock(callId);
                 bool handOver = mayBlock
                     ? Volatile.Read(ref _blocking) < SlotEvents.MaxWaitsPerClient
                     // A quick request is handled here even when the next one is already buffered
@@ -346,7 +346,7 @@ internal sealed class ClientConnection
         // After a slow call the reader ran itself, look (before answering, so the answer cannot
         // have prompted it) whether the client sent more meanwhile: if so it overlaps its calls,
         // and the next slow one goes to another worker.
-        if (elapsed > CallDurations.HandOverTicks && CallDurations.UsuallySlow(callId) &&
+        if (elapsed > CallDurations.HandOverTicks && _durations.UsuallySlow(callId) &&
             Volatile.Read(ref _running) == Volatile.Read(ref _blocking) && _channel.InputWaiting())
             Volatile.Write(ref _lastOverlap, started + elapsed);
         // Only the reader hands requests to workers, and a worker counts in _running until its
@@ -397,8 +397,13 @@ internal sealed class CallDurations
 
     private readonly long[] _average = new long[256];
 
+    /// <summary>The rows' traits by call id (read per request: a flat array, no row lookup).</summary>
+    private readonly CallTraits[] _traits = CallTable.TraitsById();
+
+    private CallTraits TraitsOf(uint callId) => callId < (uint)_traits.Length ? _traits[callId] : CallTraits.None;
+
     /// <summary>Calls that may block for as long as they like (the row's <see cref="CallTraits.Blocking"/>): always run beside the reader.</summary>
-    public static bool MayBlock(uint callId) => CallTable.TryGet(callId, out var call) && call.Blocking;
+    public bool MayBlock(uint callId) => (TraitsOf(callId) & CallTraits.Blocking) != 0;
 
     /// <summary>
     /// The calls that usually need the token's work or a person (rows not <see cref="CallTraits.Quick"/>):
@@ -406,7 +411,7 @@ internal sealed class CallDurations
     /// requests (a poll per call would otherwise be paid by quick calls whenever the machine is
     /// slow, e.g. under a profiler).
     /// </summary>
-    public static bool UsuallySlow(uint callId) => !CallTable.TryGet(callId, out var call) || !call.Quick;
+    public bool UsuallySlow(uint callId) => callId >= (uint)_traits.Length || (_traits[callId] & CallTraits.Quick) == 0;
 
     public bool WorthHandingOver(uint callId)
     {

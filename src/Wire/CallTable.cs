@@ -386,16 +386,20 @@ public static class CallTable
 
     public static RpcCall Get(RpcCallId id) => Calls[(int)id];
 
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
     public static bool TryGet(uint id, out RpcCall call)
     {
-        if (id < (uint)Calls.Length)
-        {
-            call = Calls[id];
-            return true;
-        }
-        call = null!;
-        return false;
+        var calls = Calls;
+        call = id < (uint)calls.Length ? calls[id] : null!;
+        return call is not null;
     }
+
+    /// <summary>
+    /// Each row's <see cref="RpcCall.Traits"/> in a flat array indexed by call id, taken from the
+    /// rows once: per-request decisions (the broker's hand-off) read a value here instead of a row.
+    /// Callers keep the array in a field and never write to it.
+    /// </summary>
+    public static CallTraits[] TraitsById() => Array.ConvertAll(Calls, call => call.Traits);
 
     public static bool TryGetByName(string name, out RpcCall call) => ByName.TryGetValue(name, out call!);
 }

@@ -39,6 +39,7 @@ public sealed unsafe class BackendArguments(RpcMessageReader request, RpcMessage
     /// 'fy': the client's output capacity (0: size query; 0xffffffff: a zero-length non-NULL buffer).
     /// <see cref="ReadResult.Malformed"/> when absent; CKR_DEVICE_MEMORY above <see cref="MaxOutputBuffer"/>.
     /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
     public ReadResult ReadOutputCapacity(out uint capacity)
     {
         if (!request.TryReadByteBuffer(out capacity))

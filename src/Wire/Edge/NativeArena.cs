@@ -98,15 +98,22 @@ public sealed unsafe class NativeArena : IDisposable
             NativeMemory.Clear(_block, (nuint)_blockUsed);
             _blockUsed = 0;
         }
-        foreach (var pin in _pins)
-            pin.Dispose();
-        _pins.Clear();
-        foreach (var (pointer, size) in _blocks)
+        // Most requests pin nothing and need no extra block: no enumerator for them (the broker's per-call path).
+        if (_pins.Count != 0)
         {
-            NativeMemory.Clear((void*)pointer, size);
-            NativeMemory.Free((void*)pointer);
+            foreach (var pin in _pins)
+                pin.Dispose();
+            _pins.Clear();
         }
-        _blocks.Clear();
+        if (_blocks.Count != 0)
+        {
+            foreach (var (pointer, size) in _blocks)
+            {
+                NativeMemory.Clear((void*)pointer, size);
+                NativeMemory.Free((void*)pointer);
+            }
+            _blocks.Clear();
+        }
         if (_largeReserved != 0)
         {
             OutputBudget.Release(_largeReserved);
