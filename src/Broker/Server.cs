@@ -398,7 +398,8 @@ internal sealed class CallDurations
     private readonly long[] _average = new long[256];
 
     /// <summary>Calls that may block for as long as they like: always run beside the reader.</summary>
-    public static bool MayBlock(uint callId) => (RpcCallId)callId is RpcCallId.C_WaitForSlotEvent;
+    /// C_Login may wait for a person (an ask-pass program on a protected path): the client's C_Finalize must still get through.
+    public static bool MayBlock(uint callId) => (RpcCallId)callId is RpcCallId.C_WaitForSlotEvent or RpcCallId.C_Login;
 
     /// <summary>
     /// The calls that usually need the token's work or a person: assumed slow until timed, and
