@@ -35,10 +35,10 @@ done
 CLIENTS_PIN=unattended-PIN-4711
 fixture_clients_token unattended
 d=$FIXTURE_DIR
-fixture_unattended_broker protected --protected-login "uid:root=$TOKEN_URI"
+fixture_unattended_broker protected file --protected-login "uid:root=$TOKEN_URI"
 ME=root
 NOBODY="nobody (uid $STRANGER_UID)"
-echo "== broker $BROKER_ADDRESS: --pin $TOKEN_URI?pin-source=file:$d/broker-pin (0600),"\
+echo "== broker $BROKER_ADDRESS: --pin $TOKEN_URI?pin-source=$BROKER_PIN_SOURCE (0600),"\
   "--protected-login uid:root=$TOKEN_URI, --allow-uid $STRANGER_UID (nobody)"
 printf 'data signed without a PIN\n' > "$d/data"
 chmod 0644 "$d/data"
@@ -106,7 +106,7 @@ echo "protected-path broker: root's C_Login (user) with the held PIN -> CKR_OK l
 ! grep -qF "$FIXTURE_PIN" "$BROKER_LOG" || fail "the broker's trace holds the PIN"
 
 # ---- ssh -I, logged in on arrival -----------------------------------------------------------------
-fixture_unattended_broker arrival --login-on-arrival "uid:root=$TOKEN_URI"
+fixture_unattended_broker arrival file --login-on-arrival "uid:root=$TOKEN_URI"
 echo "== broker $BROKER_ADDRESS: the same --pin, --login-on-arrival uid:root=$TOKEN_URI, --allow-uid $STRANGER_UID (nobody)"
 for kind in rsa ec; do ssh-keygen -y -f "$d/$kind-key.pem"; done > "$d/authorized_keys"
 chmod 0644 "$d/authorized_keys"

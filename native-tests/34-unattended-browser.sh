@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Unattended Chromium (issue 16): the broker holds the token's PIN and logs root's clients in on
-# arrival (--login-on-arrival uid:root=TOKEN); Chromium, with out/p11proxy.so in its NSS database
+# arrival (--login-on-arrival uid:0=TOKEN), asking its ask-pass program for it (pin-source=|PROGRAM,
+# as on a desktop); Chromium, with out/p11proxy.so in its NSS database
 # and Chromium's AutoSelectCertificateForUrls policy (a managed policy file, removed at exit),
 # fetches a page that requires a client certificate and shows its subject, nobody giving it a PIN:
 #   root, chromium --headless=new (no window, no keyboard): the page shows the token
@@ -9,7 +10,7 @@
 #     the subject and no PIN dialog ("Unlock Security Device") ever appeared;
 #   the system user nobody (admitted by --allow-uid, named by no policy), the same windowed run:
 #     Chromium asks for the token's PIN in its "Unlock Security Device" dialog, and no page.
-# The broker's trace shows root's on-arrival login and the signature.
+# The broker's trace shows root's on-arrival logins (one ask-pass run each) and the signature.
 set -euo pipefail
 OUT=${1:-out}
 . "$(dirname "$0")/lib.sh"
@@ -23,8 +24,8 @@ setpriv --reuid=nobody --regid=nogroup --clear-groups test -r "$MODULE" || fail 
 CLIENTS_PIN=unattended-PIN-4711
 fixture_clients_token browser-unattended
 d=$FIXTURE_DIR
-fixture_unattended_broker arrival --login-on-arrival "uid:root=$TOKEN_URI"
-echo "broker: $BROKER_ADDRESS, --pin $TOKEN_URI?pin-source=file:$d/broker-pin (0600), --login-on-arrival uid:root=$TOKEN_URI," \
+fixture_unattended_broker arrival askpass --login-on-arrival "uid:0=$TOKEN_URI"
+echo "broker: $BROKER_ADDRESS, --pin '$TOKEN_URI?pin-source=$BROKER_PIN_SOURCE', --login-on-arrival uid:0=$TOKEN_URI," \
   "--allow-uid $STRANGER_UID (nobody)"
 
 browsers_tls_site unattended "$d/ca.pem"
@@ -91,5 +92,10 @@ grep -qE "^$(sed 's/[.]/[.]/g' <<<"$SITE_URL"): dialog: Unlock Security Device.*
   || fail "nobody's Chromium failed otherwise than by asking for the PIN: $(cat "$d/nobody-windowed/drive.out")"
 ! grep -q ': subject: CN=' "$d/nobody-windowed/drive.out" || fail "nobody's Chromium got the page"
 ! grep -qE "uid $STRANGER_UID.* logged in to token" "$BROKER_LOG" || fail "the broker logged nobody in"
+logins=$(grep -cE "\(uid 0, pid [0-9]+\): logged in to token '$FIXTURE_LABEL' .* on arrival, PIN from ask-pass program $d/broker-askpass " "$BROKER_LOG" || true)
+[ "$logins" -ge 2 ] || fail "the broker logged $logins logins on arrival with the ask-pass program's PIN, not one per root Chromium at least"
+[ "$(wc -l <"$d/broker-askpass.log")" -eq "$logins" ] \
+  || fail "the broker ran its ask-pass program $(wc -l <"$d/broker-askpass.log") times for $logins logins on arrival"
 echo "nobody windowed: Chromium shows its 'Unlock Security Device' PIN dialog, no page; the broker logged no login for uid $STRANGER_UID"
+echo "broker: $logins logins on arrival for root's clients (chromium, modutil), each after one run of its ask-pass program"
 echo "unattended Chromium: root's gets the page with no PIN, headless and windowed; nobody's is asked for a PIN ($(fixture_elapsed) s)"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Unattended 802.1X (issue 16): wpa_supplicant EAP-TLS with the token's key and no pin= in its
 # configuration, against hostapd (wired driver, internal EAP server), the two in network
-# namespaces joined by a veth pair (as 15-wpa-supplicant.sh). The broker holds the PIN and logs
-# root's clients in on arrival (--login-on-arrival uid:root=TOKEN):
+# namespaces joined by a veth pair (as 15-wpa-supplicant.sh). The broker holds the PIN, from a
+# systemd credential (pin-source=credential:token-pin, $CREDENTIALS_DIRECTORY as a unit with
+# LoadCredentialEncrypted= gives it), and logs root's group in on arrival
+# (--login-on-arrival gid:root=TOKEN):
 #   root's wpa_supplicant (engine=1 with key_id/cert_id, RSA; private_key="pkcs11:..." with a
 #     certificate file, EC): CTRL-EVENT-EAP-SUCCESS, hostapd verified the token's certificate;
 #   the same supplicant run as the system user nobody (admitted by --allow-uid, named by no
@@ -25,8 +27,9 @@ done
 CLIENTS_PIN=unattended-PIN-4711
 fixture_clients_token wpa-unattended
 d=$FIXTURE_DIR
-fixture_unattended_broker arrival --login-on-arrival "uid:root=$TOKEN_URI"
-echo "broker: $BROKER_ADDRESS, --pin $TOKEN_URI?pin-source=file:$d/broker-pin (0600), --login-on-arrival uid:root=$TOKEN_URI," \
+fixture_unattended_broker arrival credential --login-on-arrival "gid:root=$TOKEN_URI"
+echo "broker: $BROKER_ADDRESS, --pin $TOKEN_URI?pin-source=$BROKER_PIN_SOURCE (CREDENTIALS_DIRECTORY=$d/credentials)," \
+  "--login-on-arrival gid:root=$TOKEN_URI," \
   "--allow-uid $STRANGER_UID (nobody)"
 fixture_install
 [ -f "$INSTALLED_MODULE" ] || fail "./build.sh install did not install $INSTALLED_MODULE"

@@ -264,21 +264,41 @@ fixture_netns_pair() {
 
 # --- unattended clients (issue 16): the broker holds the PIN, the client is given none -----------------
 
-# fixture_unattended_broker NAME [ARGS...]: a broker of ours (socket broker-NAME.sock, trace
-# broker-NAME.err) serving the token made by fixture_clients_token, holding its PIN (a 0600 file
-# of the broker's own: --pin 'pkcs11:token=...?pin-source=file:...') and admitting the system
-# user nobody besides the test's own uid, traced (--verbose); ARGS add the policy under test. The
-# PIN file is the only place the PIN is written for a client test. Sets BROKER_ADDRESS (also
-# exported as P11_KIT_SERVER_ADDRESS), BROKER_LOG, STRANGER_UID, STRANGER_GID.
+# fixture_unattended_broker NAME SOURCE [ARGS...]: a broker of ours (socket broker-NAME.sock,
+# trace broker-NAME.err) serving the token made by fixture_clients_token, holding its PIN, and
+# admitting the system user nobody besides the test's own uid, traced (--verbose); ARGS add the
+# policy under test. SOURCE is where the broker reads the PIN (--pin TOKEN?pin-source=...):
+#   file        a 0600 file of the broker's own, $FIXTURE_DIR/broker-pin
+#   credential  credential:token-pin, $CREDENTIALS_DIRECTORY (0700) set for the broker as systemd
+#               does for LoadCredentialEncrypted=token-pin:...
+#   askpass     |$FIXTURE_DIR/broker-askpass, an ask-pass program (0700) that answers with the PIN
+#               and appends a line to broker-askpass.log each time it runs
+# These (0600/0700, root's) are the only places the PIN is written for a client test. Sets
+# BROKER_ADDRESS (also exported as P11_KIT_SERVER_ADDRESS), BROKER_LOG, BROKER_PIN_SOURCE,
+# STRANGER_UID, STRANGER_GID.
 fixture_unattended_broker() {
-  local d=$FIXTURE_DIR name=$1 socket
-  shift
+  local d=$FIXTURE_DIR name=$1 source=$2 socket environment=()
+  shift 2
   socket=$d/broker-$name.sock
   STRANGER_UID=$(id -u nobody)
   STRANGER_GID=$(id -g nobody)
-  [ -e "$d/broker-pin" ] || ( umask 077; printf '%s\n' "$FIXTURE_PIN" > "$d/broker-pin" )
-  "${OUT:-out}/p11proxy-broker" serve --module "$SOFTHSM_MODULE" --socket "$socket" \
-    --pin "$TOKEN_URI?pin-source=file:$d/broker-pin" --allow-uid "$STRANGER_UID" --verbose "$@" \
+  case $source in
+    file)
+      [ -e "$d/broker-pin" ] || ( umask 077; printf '%s\n' "$FIXTURE_PIN" > "$d/broker-pin" )
+      BROKER_PIN_SOURCE="file:$d/broker-pin" ;;
+    credential)
+      ( umask 077; mkdir -p "$d/credentials"; printf '%s\n' "$FIXTURE_PIN" > "$d/credentials/token-pin" )
+      environment=(CREDENTIALS_DIRECTORY="$d/credentials")
+      BROKER_PIN_SOURCE="credential:token-pin" ;;
+    askpass)
+      ( umask 077; printf '#!/bin/sh\necho "asked: $*" >> %s/broker-askpass.log\necho %s\n' "$d" "$FIXTURE_PIN" > "$d/broker-askpass" )
+      chmod 0700 "$d/broker-askpass"
+      : > "$d/broker-askpass.log"
+      BROKER_PIN_SOURCE="|$d/broker-askpass" ;;
+    *) fail "fixture_unattended_broker: no PIN source '$source'" ;;
+  esac
+  env "${environment[@]}" "${OUT:-out}/p11proxy-broker" serve --module "$SOFTHSM_MODULE" --socket "$socket" \
+    --pin "$TOKEN_URI?pin-source=$BROKER_PIN_SOURCE" --allow-uid "$STRANGER_UID" --verbose "$@" \
     >"$d/broker-$name.out" 2>"$d/broker-$name.err" &
   FIXTURE_PIDS+=($!)
   fixture_wait_socket "$socket"
@@ -289,7 +309,7 @@ fixture_unattended_broker() {
   # file stay 0600 root) and has a home of its own.
   chmod 0711 "$d"
   chmod 0644 "$d"/*.pem "$d"/*.der 2>/dev/null || true
-  chmod 0600 "$d"/*-key.pem "$d/broker-pin" "$d/pinfile"
+  chmod 0600 "$d"/*-key.pem "$d/pinfile"
   mkdir -p "$d/stranger-home"
   chown "$STRANGER_UID:$STRANGER_GID" "$d/stranger-home"
 }
