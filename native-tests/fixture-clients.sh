@@ -300,8 +300,14 @@ fixture_unattended_broker() {
   env "${environment[@]}" "${OUT:-out}/p11proxy-broker" serve --module "$SOFTHSM_MODULE" --socket "$socket" \
     --pin "$TOKEN_URI?pin-source=$BROKER_PIN_SOURCE" --allow-uid "$STRANGER_UID" --verbose "$@" \
     >"$d/broker-$name.out" 2>"$d/broker-$name.err" &
-  FIXTURE_PIDS+=($!)
-  fixture_wait_socket "$socket"
+  local pid=$! i
+  FIXTURE_PIDS+=($pid)
+  for i in $(seq 1 100); do
+    [ -S "$socket" ] && break
+    kill -0 "$pid" 2>/dev/null || fail "the broker ($name) did not start: $(cat "$d/broker-$name.err")"
+    sleep 0.1
+  done
+  [ -S "$socket" ] || fail "the broker ($name) is not listening on $socket after 10 s"
   BROKER_ADDRESS="unix:path=$socket"
   BROKER_LOG=$d/broker-$name.err
   export P11_KIT_SERVER_ADDRESS=$BROKER_ADDRESS
