@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
 # Unattended clients (issue 16): the broker holds the token's PIN (--pin ...?pin-source=file:...)
-# and no client is given it: no --pin, no PIN in any configuration, an askpass that fails the test
-# if it is ever run. Through out/p11proxy.so -> p11proxy-broker -> SoftHSM, for root (named by the
-# policy) and for the system user nobody (admitted by --allow-uid, named by no policy), with two
-# brokers, one per policy:
-#   pkcs11-tool --login (--protected-login uid:root=TOKEN: root's token shows a protected
-#     authentication path): root signs with the RSA and the EC key, openssl verifies both
-#     signatures; nobody sees no protected path, so pkcs11-tool asks for a PIN, and gets none
-#   the others with --login-on-arrival uid:root=TOKEN (pkcs11-tool --login itself does not fit it:
-#     its C_Login on a session already logged in is CKR_USER_ALREADY_LOGGED_IN, which it treats
-#     as fatal, as it does with the module loaded directly)
-#   ssh -I: root logs in to a local sshd, askpass never run;
-#     nobody's ssh is denied (publickey), askpass never run
+# and no client is given it: no --pin, no PIN in any configuration, no terminal to type one into,
+# an ssh askpass that fails if it is run. Through out/p11proxy.so -> p11proxy-broker -> SoftHSM,
+# for root (named by the policy) and for the system user nobody (admitted by --allow-uid, named by
+# no policy, so it sees the token as without --pin and must be asked for a PIN), two brokers, one
+# per policy:
+#   --protected-login uid:root=TOKEN, pkcs11-tool --login: root's token shows a protected
+#     authentication path ("PIN pad present"); root signs with the RSA and the EC key, openssl
+#     verifies both signatures; nobody's shows none, and pkcs11-tool asks nobody for the PIN
+#   --login-on-arrival uid:root=TOKEN for the others (not pkcs11-tool --login: its C_Login on a
+#     token already logged in gets CKR_USER_ALREADY_LOGGED_IN, which it treats as fatal, as with
+#     any module):
+#   ssh -I: root logs in to a local sshd, the askpass never run; nobody's ssh asks the askpass
+#     for the token's PIN, gets none, and is denied (publickey)
 #   curl with libp11's engine and a pkcs11: key URI with no pin-value: root fetches a page that
-#     requires a client certificate and shows its subject; nobody's curl gets no page
+#     requires a client certificate and shows its subject; nobody's engine asks for the PIN, no page
 #   NSS certutil -K / -L -h TOKEN / -R (no -f pwfile): root lists the private keys and signs a
-#     request (openssl verifies it); nobody lists no key and cannot sign
-# The broker's trace shows the login made for root's workers and none for nobody's.
+#     request (openssl verifies it); nobody's certutil cannot authenticate, lists no key, signs nothing
+# The brokers' traces show the logins made for root's clients and none for nobody's.
 set -euo pipefail
 OUT=${1:-out}
 . "$(dirname "$0")/lib.sh"
@@ -68,14 +69,17 @@ openssl dgst -sha256 -binary "$d/data" > "$d/data.sha256"
 chmod 0644 "$d/data.sha256"
 
 # p11tool_sign WHO KIND MECHANISM [RUNNER]: pkcs11-tool --login --sign with no PIN, on a session
-# with no terminal (setsid), so a PIN prompt could only fail.
+# with no terminal (setsid), so a PIN prompt could only fail. The signature goes to SIG (in a
+# directory WHO may write).
 p11tool_sign() {
   local who=$1 kind=$2 mechanism=$3 id=01 input=$d/data format=()
   shift 3
   [ "$kind" = ec ] && { id=02; input=$d/data.sha256; format=(--signature-format openssl); }
-  rm -f "$d/sig-$kind"
+  SIG=$d/sig-$kind
+  [ "$who" = root ] || SIG=$d/stranger-home/sig-$kind
+  rm -f "$SIG"
   "$@" timeout 30 setsid -w pkcs11-tool --module "$MODULE" --token-label "$FIXTURE_LABEL" --login --sign --id "$id" \
-    --mechanism "$mechanism" "${format[@]}" --input-file "$input" --output-file "$d/sig-$kind" \
+    --mechanism "$mechanism" "${format[@]}" --input-file "$input" --output-file "$SIG" \
     </dev/null >"$d/p11tool-$who-$kind.out" 2>&1
 }
 p11tool_sign root rsa SHA256-RSA-PKCS || fail "root: pkcs11-tool --login --sign (RSA) failed: $(cat "$d/p11tool-root-rsa.out")"
@@ -93,7 +97,7 @@ flags=$(grep -m1 'token flags' <<<"$out") || fail "nobody: pkcs11-tool -L shows 
 status=0
 p11tool_sign nobody rsa SHA256-RSA-PKCS as_stranger || status=$?
 [ $status -ne 0 ] || fail "nobody signed with pkcs11-tool --login and no PIN: the policy names only root"
-[ ! -s "$d/sig-rsa" ] || fail "nobody's pkcs11-tool wrote a signature"
+[ ! -s "$SIG" ] || fail "nobody's pkcs11-tool wrote a signature"
 grep -q '^Please enter User PIN: error: util_getpass error$' "$d/p11tool-nobody-rsa.out" \
   || fail "nobody: pkcs11-tool failed otherwise than by asking for the PIN: $(cat "$d/p11tool-nobody-rsa.out")"
 echo "$NOBODY: pkcs11-tool -L: no 'PIN pad present'; --login --sign: 'Please enter User PIN:' (no terminal to answer:"\
