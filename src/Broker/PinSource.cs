@@ -67,10 +67,11 @@ internal abstract class PinSource
     {
         if (value.StartsWith('|'))
         {
-            // Split at raw spaces first, then decode each word: %20 is a space inside an argument.
-            var words = value[1..].Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(w => Decode(w, option)).ToArray();
+            // Decoded first (a URI has no raw spaces: %20 separates), then split as a shell would,
+            // with '...', "..." and backslash quoting, as p11-kit splits a '|command' address.
+            var words = SplitCommand(Decode(value[1..], option), option);
             if (words.Length == 0)
-                throw new BrokerException($"{option}: pin-source '|' names no program (write e.g. pin-source=|/usr/bin/systemd-ask-password%20--timeout=0%20PIN)");
+                throw new BrokerException($"{option}: pin-source '|' names no program (write e.g. pin-source=|/bin/systemd-ask-password%20'PIN%20for%20the%20token')");
             return new ProgramPinSource(words);
         }
         string decoded = Decode(value, option);
@@ -90,6 +91,55 @@ internal abstract class PinSource
             return new CredentialPinSource(name);
         }
         throw new BrokerException($"{option}: pin-source '{decoded}' is not file:/PATH, credential:NAME or |PROGRAM [ARGS]");
+    }
+
+    /// <summary>Splits a command line at unquoted white space; '...' is literal, "..." and a backslash quote.</summary>
+    internal static string[] SplitCommand(string text, string option)
+    {
+        var words = new List<string>();
+        var word = new StringBuilder();
+        bool inWord = false;
+        char quote = '\0';
+        for (int i = 0; i < text.Length; i++)
+        {
+            char c = text[i];
+            if (quote == '\'')
+            {
+                if (c == '\'') quote = '\0'; else word.Append(c);
+                continue;
+            }
+            if (c == '\\')
+            {
+                if (++i >= text.Length) throw new BrokerException($"{option}: the ask-pass command ends with a lone backslash");
+                word.Append(text[i]);
+                inWord = true;
+                continue;
+            }
+            if (quote == '"')
+            {
+                if (c == '"') quote = '\0'; else word.Append(c);
+                continue;
+            }
+            if (c is '\'' or '"')
+            {
+                quote = c;
+                inWord = true;
+            }
+            else if (char.IsWhiteSpace(c))
+            {
+                if (inWord) words.Add(word.ToString());
+                word.Clear();
+                inWord = false;
+            }
+            else
+            {
+                word.Append(c);
+                inWord = true;
+            }
+        }
+        if (quote != '\0') throw new BrokerException($"{option}: the ask-pass command has an unclosed {quote} quote");
+        if (inWord) words.Add(word.ToString());
+        return words.ToArray();
     }
 
     internal static string Decode(string value, string option)
@@ -147,7 +197,7 @@ internal class FilePinSource(string path) : PinSource
     {
         uint uid = PinNative.geteuid();
         if (!status.IsRegular)
-            throw new BrokerException($"{What} is not a regular file; the PIN must be in a plain file owned by the broker's user with mode 0600");
+            throw new BrokerException($"{What} is not a regular file (a symbolic link is not followed); the PIN must be in a plain file owned by the broker's user with mode 0600");
         if (status.Uid != uid)
             throw new BrokerException($"{What} is owned by uid {status.Uid}, not by the broker's user (uid {uid}): another user could change the PIN the broker logs in with; 'chown {uid} {Path}'");
         if ((status.Mode & 0x3F) != 0)
@@ -244,7 +294,7 @@ internal sealed class ProgramPinSource : PinSource
             throw new BrokerException($"ask-pass program '{program}' not found{(program.Contains('/') ? "" : " in $PATH")}; give its absolute path in pin-source=|/PATH");
         if (!System.IO.Path.IsPathRooted(found))
             found = System.IO.Path.GetFullPath(found);
-        if (PinNative.Status(found, out _) is not { } status || (status.Mode & 0x49) == 0) // no x bit for anyone
+        if (PinNative.Status(found, out _, followLinks: true) is not { } status || (status.Mode & 0x49) == 0) // no x bit for anyone
             throw new BrokerException($"ask-pass program {found} is not executable; 'chmod +x {found}'");
         Argv = [found, .. Argv[1..]];
     }
@@ -366,7 +416,7 @@ internal static unsafe partial class PinNative
     private static partial int sigemptyset(nint set);
 
     private const int O_RDONLY = 0, O_NOFOLLOW = 0x20000, O_CLOEXEC = 0x80000, O_NONBLOCK = 0x800;
-    private const int AT_FDCWD = -100, AT_EMPTY_PATH = 0x1000;
+    private const int AT_FDCWD = -100, AT_EMPTY_PATH = 0x1000, AT_SYMLINK_NOFOLLOW = 0x100;
     private const uint STATX_BASIC_STATS = 0x7ff;
 
     public readonly record struct FileStatus(uint Uid, uint Mode)
@@ -377,11 +427,11 @@ internal static unsafe partial class PinNative
     /// <summary>Opens a file for reading without following a final symbolic link; -1 with errno.</summary>
     public static int OpenForReading(string path) => open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 
-    /// <summary>Owner and mode of a path (a symbolic link is followed), or null with the errno.</summary>
-    public static FileStatus? Status(string path, out int errno)
+    /// <summary>Owner and mode of a path (unless <paramref name="followLinks"/>, of a symbolic link itself), or null with the errno.</summary>
+    public static FileStatus? Status(string path, out int errno, bool followLinks = false)
     {
         errno = 0;
-        var status = StatusOf(AT_FDCWD, path, 0);
+        var status = StatusOf(AT_FDCWD, path, followLinks ? 0 : AT_SYMLINK_NOFOLLOW);
         if (status is null) errno = Posix.LastError;
         return status;
     }
