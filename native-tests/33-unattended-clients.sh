@@ -216,7 +216,7 @@ grep -qE "^$FIXTURE_LABEL:rsa-key +u,u,u\$" "$d/certutil-L-root.out" \
   || fail "root: certutil -L -h $FIXTURE_LABEL does not list rsa-key as a user certificate (a key behind it): $(cat "$d/certutil-L-root.out")"
 certutil_no_pin root "$d/certutil-R-root.out" -- -R -h "$FIXTURE_LABEL" -k 02 -s "CN=unattended nss request" -a -o "$d/req-root.pem" \
   || fail "root: certutil -R -k 02 without -f failed: $(cat "$d/certutil-R-root.out")"
-openssl req -in "$d/req-root.pem" -verify -noout 2>&1 | grep -q "verify OK" || fail "root: the request's signature does not verify"
+grep -q "verify OK" <<<"$(openssl req -in "$d/req-root.pem" -verify -noout 2>&1)" || fail "root: the request's signature does not verify"
 openssl req -in "$d/req-root.pem" -pubkey -noout | cmp -s - "$d/ec-pub.pem" || fail "root: the request holds another public key"
 echo "$ME: certutil -K -h $FIXTURE_LABEL (no -f): rsa 01 rsa-key, ec 02 ec-key; -L: rsa-key u,u,u;" \
   "-R -k 02 signs a request, openssl verifies it"

@@ -15,8 +15,8 @@ browser window, is accepted with Return. With no --pin, a PIN dialog is an error
 when the window shows its TITLE and its element #subject contains TEXT.
 --unattended: no key is ever sent (Chromium must choose the certificate itself, e.g. by the
 AutoSelectCertificateForUrls policy); a PIN dialog is an error, reported as below.
---headless (Chromium, implies --unattended): chromium --headless=new, no window at all; the page
-is read through WebDriver alone. Prints, one line each:
+--headless (implies --unattended): chromium --headless=new or firefox-esr -headless, no window at
+all; the page is read through WebDriver or Marionette alone. Prints, one line each:
   URL: dialog: <window title>: PIN typed     a PIN dialog was answered
   URL: subject: <#subject's text>           what the page showed
   URL: dialog: <window title> (no PIN to give)   a PIN dialog appeared without --pin
@@ -130,10 +130,11 @@ class ChromeDriver:
 # --- firefox: Marionette over TCP ----------------------------------------------------------------------
 
 class Marionette:
-    def __init__(self, port, profile):
+    def __init__(self, port, profile, headless=False):
         log_path = os.path.join(profile, "firefox.log")
         self.log_file = open(log_path, "wb")
-        self.process = subprocess.Popen(["/usr/bin/firefox-esr", "-marionette", "-no-remote", "-profile", profile],
+        self.process = subprocess.Popen(["/usr/bin/firefox-esr", "-marionette", "-no-remote", "-profile", profile]
+                                        + (["-headless"] if headless else []),
                                         stdout=self.log_file, stderr=subprocess.STDOUT)
         self.message_id = 0
         self.buffer = b""
@@ -194,10 +195,13 @@ class Marionette:
         return self.command("WebDriver:ExecuteScript", {"script": script, "args": []}).get("value")
 
     def quit(self):
+        # A modal dialog left open (a PIN nobody gave) keeps Marionette from answering: wait for
+        # the answer briefly, then stop Firefox with SIGTERM.
         try:
+            self.sock.settimeout(10)
             self.command("Marionette:Quit", {"flags": ["eForceQuit"]})
         except (OSError, WebDriverError, ValueError):
-            pass
+            self.process.terminate()
         try:
             self.process.wait(20)
         except subprocess.TimeoutExpired:
@@ -259,11 +263,9 @@ def main():
     parser.add_argument("--pin")
     parser.add_argument("--timeout", type=float, default=90, help="seconds per page")
     parser.add_argument("--unattended", action="store_true", help="send no key at all")
-    parser.add_argument("--headless", action="store_true", help="chromium --headless=new (implies --unattended)")
+    parser.add_argument("--headless", action="store_true", help="no window (implies --unattended)")
     options = parser.parse_args()
     if options.headless:
-        if options.browser != "chromium":
-            parser.error("--headless is for chromium")
         options.unattended = True
     if options.unattended and options.pin is not None:
         parser.error("--unattended sends no key, so no --pin")
@@ -271,7 +273,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
 
     driver = ChromeDriver(options.port, options.profile) if options.browser == "chromium" \
-        else Marionette(options.port, options.profile)
+        else Marionette(options.port, options.profile, options.headless)
     try:
         driver.start(options.profile, options.headless)
         for url, title, expect in options.visit:
