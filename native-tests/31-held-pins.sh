@@ -11,15 +11,18 @@
 #      CKA_ALWAYS_AUTHENTICATE key signs (verified); p11-kit-client.so gets the same
 #   3  uid nobody, admitted by --allow-uid but named by no policy: no protected path, and its NULL-PIN
 #      C_Login gets the module's own answer, CKR_ARGUMENTS_BAD as SoftHSM loaded directly gives; no key
-#   4  a gid policy (nobody's group) lets nobody log in with the held PIN
+#   4  a gid policy lets nobody log in with the held PIN: by its primary group, and by a
+#      supplementary group (SO_PEERGROUPS), which without that group it does not get
 #   5  a wrong PIN in the file: the NULL-PIN login is CKR_PIN_INCORRECT
 #   6  credential source; ask-pass source (with a percent-encoded argument): pkcs11-tool --login signs
 #   7  ask-pass timeout (--askpass-timeout-ms): CKR_FUNCTION_CANCELED, the program and its child
-#      killed; a client that leaves, or whose other thread calls C_Finalize, during the ask: the
-#      program is killed at once (the login: CKR_FUNCTION_CANCELED)
+#      killed; a client that leaves (also while being logged in on arrival), or whose other thread
+#      calls C_Finalize, during the ask: the program is killed at once (CKR_FUNCTION_CANCELED)
 #   8  --login-on-arrival: the client finds its session logged in (CKS_RO_USER_FUNCTIONS) without a
 #      C_Login and signs; the hidden session is not counted and its C_CloseAllSessions keeps the
 #      login; nobody, not named, gets a public session
+#   9  stdio mode (|p11proxy-broker stdio): the peer is the broker's own uid
+#  10  systemd-ask-password as the source, answered by a password agent (own mount namespace)
 set -euo pipefail
 OUT=${1:-out}
 DIR=$(dirname "$0")
@@ -74,14 +77,16 @@ broker_restart() {
 }
 
 # As uid nobody (group nogroup): clients started with client_start run through this wrapper.
-cat >"$FIXTURE_DIR/as-nobody" <<EOF
-#!/bin/sh
-exec setpriv --reuid=$nobody --regid=$(id -g nobody) --clear-groups "$ISO_CLIENT" "\$@"
-EOF
-chmod 0755 "$FIXTURE_DIR/as-nobody"
+# nobody_start NAME [GROUPS]: with no supplementary group, or with GROUPS (setpriv --groups).
 nobody_start() {
-  local saved=$ISO_CLIENT
-  ISO_CLIENT=$FIXTURE_DIR/as-nobody
+  local saved=$ISO_CLIENT groups="--clear-groups"
+  [ -n "${2:-}" ] && groups="--groups=$2"
+  cat >"$FIXTURE_DIR/as-nobody-$1" <<EOF
+#!/bin/sh
+exec setpriv --reuid=$nobody --regid=$(id -g nobody) $groups "$ISO_CLIENT" "\$@"
+EOF
+  chmod 0755 "$FIXTURE_DIR/as-nobody-$1"
+  ISO_CLIENT=$FIXTURE_DIR/as-nobody-$1
   client_start "$1" "$MODULE" "$FIXTURE_ADDRESS"
   ISO_CLIENT=$saved
 }
@@ -179,6 +184,23 @@ expect root-not-member $CKR_OK tokeninfo
 [ "$(field protected)" = 0 ] || fail "4: root (not in $nogroup) sees the protected path"
 client_quit root-not-member
 echo "4 --protected-login gid:$nogroup: uid nobody logs in with NULL and signs (verified); root, not in the group, sees no protected path"
+users=$(getent group users | cut -d: -f3)
+broker_restart --pin "$URI?pin-source=file:$FIXTURE_DIR/pin" --protected-login "gid:users=$URI"
+nobody_start supplementary "$users"
+expect supplementary $CKR_OK tokeninfo
+[ "$(field protected)" = 1 ] || fail "4: nobody with supplementary group users sees no protected path: $REPLY"
+expect supplementary $CKR_OK open ro
+expect supplementary $CKR_OK login user -
+expect supplementary $CKR_OK count private
+[ "$(field count)" = 2 ] || fail "4: nobody (group users) logged in but finds $(field count) private keys"
+client_quit supplementary
+nobody_start no-supplementary
+expect no-supplementary $CKR_OK tokeninfo
+[ "$(field protected)" = 0 ] || fail "4: nobody without group users sees the protected path"
+expect no-supplementary $CKR_OK open ro
+expect no-supplementary $CKR_ARGUMENTS_BAD login user -
+client_quit no-supplementary
+echo "4 --protected-login gid:users: nobody with users as a supplementary group (SO_PEERGROUPS) logs in with NULL; without it, CKR_ARGUMENTS_BAD"
 
 # ---- 5: a wrong PIN in the file ---------------------------------------------------------------------
 printf '999999\n' >"$FIXTURE_DIR/wrong-pin"
@@ -237,8 +259,10 @@ expect leaving $CKR_OK open ro
 send leaving login user -
 for _ in $(seq 100); do [ -s "$FIXTURE_DIR/slowpass.child" ] && break; sleep 0.1; done
 child=$(cat "$FIXTURE_DIR/slowpass.child")
+exec {stderr}>&2 2>/dev/null # bash's "Killed" job notice is expected here
 kill -9 "${CLIENT_PID[leaving]}"
-wait "${CLIENT_PID[leaving]}" 2>/dev/null || true
+wait "${CLIENT_PID[leaving]}" || true
+exec 2>&"$stderr" {stderr}>&-
 for _ in $(seq 50); do kill -0 "$child" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$child" 2>/dev/null && fail "7: the ask-pass program's child (pid $child) still runs after its client was killed"
 echo "7 the client killed during the ask (default 60 s timeout): the program and its child are gone at once"
@@ -253,6 +277,20 @@ for _ in $(seq 50); do kill -0 "$child" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$child" 2>/dev/null && fail "7: the ask-pass program's child (pid $child) still runs after the client's C_Finalize"
 client_quit finalizing
 echo "7 C_Finalize from another thread 1 s into the ask: that thread's C_Login = CKR_FUNCTION_CANCELED, both returned after $(field ms) ms, the program is gone"
+broker_restart --pin "$URI?pin-source=|$FIXTURE_DIR/slowpass" --login-on-arrival "uid:0=$URI"
+rm -f "$FIXTURE_DIR/slowpass.child"
+P11_KIT_SERVER_ADDRESS=$FIXTURE_ADDRESS pkcs11-tool --module "$MODULE" -L >/dev/null 2>&1 &
+arriving=$!
+for _ in $(seq 100); do [ -s "$FIXTURE_DIR/slowpass.child" ] && break; sleep 0.1; done
+[ -s "$FIXTURE_DIR/slowpass.child" ] || fail "7: no ask-pass program ran for the client arriving"
+child=$(cat "$FIXTURE_DIR/slowpass.child")
+exec {stderr}>&2 2>/dev/null
+kill -9 "$arriving"
+wait "$arriving" || true
+exec 2>&"$stderr" {stderr}>&-
+for _ in $(seq 50); do kill -0 "$child" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$child" 2>/dev/null && fail "7: the ask-pass program for a login on arrival (child pid $child) still runs after its client was killed"
+echo "7 a login-on-arrival client killed while its ask-pass program runs (before its first call is served): the program is gone at once"
 
 # ---- 8: login on arrival ----------------------------------------------------------------------------
 broker_restart --pin "$URI?pin-source=file:$FIXTURE_DIR/pin" --login-on-arrival "uid:0=$URI"
@@ -271,9 +309,20 @@ expect arrived $CKR_OK closeall
 expect arrived $CKR_OK open ro
 expect arrived $CKR_OK state
 [ "$(field state)" = $CKS_RO_USER_FUNCTIONS ] || fail "8: after its C_CloseAllSessions the client's login is gone: $REPLY"
-expect arrived $CKR_USER_ALREADY_LOGGED_IN login user -
+# Its own C_Login: with a NULL PIN the protected path answers that the login is done; a PIN it
+# sends goes to the token, which is logged in already.
+expect arrived $CKR_OK login user -
+expect arrived $CKR_USER_ALREADY_LOGGED_IN login user "$FIXTURE_PIN"
+expect arrived $CKR_OK logout
+expect arrived $CKR_OK state
+[ "$(field state)" = $CKS_RO_PUBLIC_SESSION ] || fail "8: after its C_Logout the client is still logged in: $REPLY"
+expect arrived $CKR_OK login user -
+expect arrived $CKR_OK state
+[ "$(field state)" = $CKS_RO_USER_FUNCTIONS ] || fail "8: the NULL-PIN login after C_Logout did not log in: $REPLY"
 client_quit arrived
+pkcs11_tool_sign arrival
 grep -q "logged in to token '$FIXTURE_LABEL' (slot [0-9]*) on arrival" "$FIXTURE_DIR/broker.err" || fail "8: no log line for the login on arrival"
+echo "8 --login-on-arrival uid:0: C_Login(NULL) CKR_OK (the login is there), with the PIN CKR_USER_ALREADY_LOGGED_IN; after its C_Logout, C_Login(NULL) logs in again; pkcs11-tool --login signs (verified)"
 echo "8 --login-on-arrival uid:0: a new session is CKS_RO_USER_FUNCTIONS with no C_Login, signs (verified), still logged in after C_CloseAllSessions; C_GetTokenInfo session count $sessions_before before, $sessions_open with one session open (-1: SoftHSM does not count)"
 nobody_start stranger
 expect stranger $CKR_OK open ro
@@ -283,4 +332,59 @@ expect stranger $CKR_OK count private
 [ "$(field count)" = 0 ] || fail "8: uid nobody finds private keys"
 client_quit stranger
 echo "8 uid $nobody, not named: a public session, 0 private keys"
+
+# ---- 9: stdio mode: the peer is whoever started the broker -----------------------------------------
+STDIO_BROKER="|$(cd "$OUT" && pwd)/p11proxy-broker stdio --module $SOFTHSM_MODULE --pin '$URI?pin-source=file:$FIXTURE_DIR/pin'"
+client_start stdio-named "$MODULE" "$STDIO_BROKER --protected-login uid:0=$URI"
+expect stdio-named $CKR_OK tokeninfo
+[ "$(field protected)" = 1 ] || fail "9: stdio mode shows no protected path to root: $REPLY"
+expect stdio-named $CKR_OK open ro
+expect stdio-named $CKR_OK login user -
+expect stdio-named $CKR_OK sign "$(cat "$FIXTURE_DIR/data")" "$FIXTURE_DIR/sig-stdio"
+verify "$FIXTURE_DIR/sig-stdio"
+client_quit stdio-named
+client_start stdio-other "$MODULE" "$STDIO_BROKER --protected-login uid:nobody=$URI"
+expect stdio-other $CKR_OK tokeninfo
+[ "$(field protected)" = 0 ] || fail "9: stdio mode shows root the protected path of a policy for nobody"
+expect stdio-other $CKR_OK open ro
+expect stdio-other $CKR_ARGUMENTS_BAD login user -
+client_quit stdio-other
+echo "9 |p11proxy-broker stdio: root named: C_Login(NULL) signs (verified); a policy for nobody only: CKR_ARGUMENTS_BAD"
+
+# ---- 10: systemd-ask-password, answered by a password agent --------------------------------------
+# The broker and a small agent (systemd's agent protocol: an ask.* file naming a socket, the answer
+# "+PIN" sent there) share a mount namespace with its own /run/systemd/ask-password, so the
+# machine's agents and questions are never touched.
+[ -d /run/systemd/ask-password ] || fail "10: /run/systemd/ask-password is missing (package systemd)"
+cat >"$FIXTURE_DIR/agent.py" <<'EOF'
+import configparser, glob, os, socket, sys, time
+pin, log = sys.argv[1], sys.argv[2]
+answered = set()
+parent = os.getppid()
+while os.getppid() == parent:  # ends with the broker it was started beside
+    for ask in glob.glob("/run/systemd/ask-password/ask.*"):
+        if ask in answered:
+            continue
+        answered.add(ask)
+        question = configparser.ConfigParser()
+        question.read(ask)
+        with open(log, "a") as out:
+            out.write(f"asked: {question['Ask'].get('Message', '')}\n")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as answer:
+            answer.sendto(("+" + pin).encode(), question["Ask"]["Socket"])
+    time.sleep(0.05)
+EOF
+if [ -n "$BROKER_PID" ]; then kill "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true; BROKER_PID=""; fi
+rm -f "$FIXTURE_DIR/broker.sock"
+unshare --mount sh -c 'mount -t tmpfs -o mode=0755 p11proxy-ask /run/systemd/ask-password &&
+  { python3 "$1/agent.py" "$2" "$1/agent.log" & } && shift 2 && exec "$@"' sh "$FIXTURE_DIR" "$FIXTURE_PIN" \
+  "$OUT/p11proxy-broker" serve --module "$SOFTHSM_MODULE" --socket "$FIXTURE_DIR/broker.sock" \
+  --pin "$URI?pin-source=|systemd-ask-password%20--timeout=20%20'PIN%20of%20$FIXTURE_LABEL'" --protected-login "uid:0=$URI" \
+  >"$FIXTURE_DIR/broker.out" 2>"$FIXTURE_DIR/broker.err" &
+FIXTURE_PIDS+=($!)
+fixture_wait_socket "$FIXTURE_DIR/broker.sock"
+FIXTURE_ADDRESS="unix:path=$FIXTURE_DIR/broker.sock"
+pkcs11_tool_sign systemd-ask-password
+grep -qx "asked: PIN of $FIXTURE_LABEL" "$FIXTURE_DIR/agent.log" || fail "10: the agent was not asked: $(cat "$FIXTURE_DIR/agent.log" 2>&1)"
+echo "10 |systemd-ask-password: the agent was asked 'PIN of $FIXTURE_LABEL'; pkcs11-tool --login signs (verified)"
 echo PASS

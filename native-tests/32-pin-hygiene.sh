@@ -5,7 +5,9 @@
 #   - the broker's --verbose log holds no trace of the PIN;
 #   - the memory of the worker that logged in (every readable mapping, through /proc/PID/mem), of
 #     the listener and of the client holds no copy of it, neither as bytes nor as UTF-16 (a .NET string);
-#   - the search itself is shown able to find the PIN: a client that sends the PIN itself holds it.
+#   - the search itself is shown able to find the PIN: a client that sends the PIN itself holds it;
+#   - a worker that reads PINs is not dumpable: a broker run by nobody, another process of nobody
+#     reads the listener's memory but not the worker's.
 # The PIN is distinctive (739164825301) so that no other data matches it by chance.
 set -euo pipefail
 OUT=${1:-out}
@@ -122,4 +124,52 @@ for use in protected arrival; do
   check credential "$use" "$URI?pin-source=credential:token-pin" CREDENTIALS_DIRECTORY="$FIXTURE_DIR/creds"
   check askpass "$use" "$URI?pin-source=|$FIXTURE_DIR/askpass"
 done
+# A broker of an unprivileged user: its workers that read PINs are not dumpable, so another process
+# of that same user cannot read their memory (the listener's, which never reads a PIN, it can).
+nobody=$(id -u nobody)
+chmod 0711 "$FIXTURE_DIR"
+home=$FIXTURE_DIR/nobody
+mkdir -m 0700 "$home" "$home/tokens"
+printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$home/tokens" >"$home/softhsm2.conf"
+printf '%s\n' "$PIN" >"$home/pin"
+chmod 0600 "$home/pin"
+chown -R nobody "$home"
+# (setpriv and env exec what they run: a process started in the background keeps the pid in $!)
+AS_NOBODY=(setpriv --reuid="$nobody" --regid="$(id -g nobody)" --clear-groups env SOFTHSM2_CONF="$home/softhsm2.conf")
+as_nobody() { "${AS_NOBODY[@]}" "$@"; }
+as_nobody softhsm2-util --init-token --free --label nobody-token --so-pin 12345678 --pin "$PIN" >/dev/null || fail "nobody's token"
+"${AS_NOBODY[@]}" "$(cd "$OUT" && pwd)/p11proxy-broker" serve --module "$SOFTHSM_MODULE" --socket "$home/broker.sock" \
+  --pin "pkcs11:token=nobody-token?pin-source=file:$home/pin" --login-on-arrival "uid:nobody=pkcs11:token=nobody-token" \
+  >/dev/null 2>"$home/broker.err" &
+FIXTURE_PIDS+=($!)
+nobody_broker=$!
+fixture_wait_socket "$home/broker.sock"
+mkfifo "$home/in" "$home/out"
+chown nobody "$home/in" "$home/out"
+"${AS_NOBODY[@]}" P11_KIT_SERVER_ADDRESS="unix:path=$home/broker.sock" "$ISO_CLIENT" "$MODULE" <"$home/in" >"$home/out" 2>"$home/client.err" &
+FIXTURE_PIDS+=($!)
+nobody_client=$!
+exec {to}>"$home/in" {from}<"$home/out"
+read -t 60 -r REPLY <&"$from" || fail "nobody's client did not start: $(cat "$home/client.err")"
+echo "open ro" >&"$to"; read -t 60 -r REPLY <&"$from"
+echo "state" >&"$to"; read -t 60 -r REPLY <&"$from"
+[ "$REPLY" = "rv=0x0 state=$CKS_RO_USER_FUNCTIONS" ] || fail "nobody's client is not logged in on arrival: $REPLY $(cat "$home/broker.err")"
+worker=$(sed -n "s/.*pid $nobody_client) served by worker pid \([0-9]*\).*/\1/p" "$home/broker.err" | tail -1)
+[ -n "$worker" ] || fail "no worker for nobody's client: $(cat "$home/broker.err")"
+[ "$(stat -c %u "/proc/$worker")" = "$nobody" ] || [ "$(stat -c %u "/proc/$worker")" = 0 ] || fail "unexpected owner of /proc/$worker"
+read_mem() { as_nobody python3 -c '
+import sys
+pid = sys.argv[1]
+line = open(f"/proc/{pid}/maps").readline()
+start = int(line.split("-")[0], 16)
+with open(f"/proc/{pid}/mem", "rb", 0) as mem:
+    mem.seek(start)
+    mem.read(16)
+' "$1" 2>&1; }
+out=$(read_mem "$nobody_broker") || fail "control: uid nobody cannot read its own listener's memory: $out"
+if out=$(read_mem "$worker"); then fail "uid nobody read the memory of its worker that holds a login: it is dumpable"; fi
+grep -q "Permission denied\|Operation not permitted" <<<"$out" || fail "reading the worker's memory failed otherwise: $out"
+echo "quit" >&"$to"
+exec {to}>&- {from}<&-
+echo "non-dumpable: another process of the broker's user (nobody) reads its listener's memory but not its worker's ($(tail -1 <<<"$out"))"
 echo PASS

@@ -170,6 +170,12 @@ internal static unsafe partial class PolicyNative
     [LibraryImport("libc")]
     public static partial uint getgid();
 
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int prctl(int option, nuint argument2, nuint argument3, nuint argument4, nuint argument5);
+
+    /// <summary>PR_SET_DUMPABLE 0: no core dump, no ptrace or /proc/PID/mem access by the same uid.</summary>
+    public static void NotDumpable() => prctl(4 /* PR_SET_DUMPABLE */, 0, 0, 0, 0);
+
     /// <summary>The uid of a user name, or null.</summary>
     public static uint? UserId(string name)
     {

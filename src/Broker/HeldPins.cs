@@ -16,6 +16,10 @@ namespace P11Proxy.Broker;
 /// the worker's own that the client never sees (not in its handles, not closed by its
 /// C_CloseAllSessions, not counted in C_GetTokenInfo's session count): a PKCS#11 login lasts only
 /// while the process has a session open on the token.
+///
+/// A process that will read PINs makes itself non-dumpable first (PR_SET_DUMPABLE 0): no core
+/// file, and other processes of the broker's user cannot read its memory (/proc/PID/mem, ptrace)
+/// while a PIN passes through it; only root (CAP_SYS_PTRACE) can.
 /// </summary>
 internal sealed unsafe class HeldPins
 {
@@ -53,15 +57,39 @@ internal sealed unsafe class HeldPins
     public static void Arrive(ClientPeer peer, int clientFd, Backend backend, BrokerLog log)
     {
         if (Configuration.IsEmpty) return;
+        PolicyNative.NotDumpable();
         var held = new HeldPins(Configuration, peer.Uid, peer.Gid, PolicyNative.PeerGroups(clientFd), peer.Name, log);
         Current = held;
-        held.LogInAllOnArrival(backend);
+        if (!held.MyRules(held._config.LoginOnArrival).Any()) return;
+        // The client may leave while an ask-pass program runs for it: that ends the ask, as it
+        // does once the client is being served.
+        int stop = Posix.WakeFd();
+        var watch = new Thread(() =>
+        {
+            Span<Posix.PollFd> fds = stackalloc Posix.PollFd[2];
+            fds[0] = new() { Fd = clientFd, Events = Posix.POLLRDHUP };
+            fds[1] = new() { Fd = stop, Events = Posix.POLLIN };
+            while (Posix.poll(fds, 2, -1) < 0 && Posix.LastError == Posix.EINTR) { }
+            if (fds[1].Revents == 0) held.CancelAsks();
+        }) { IsBackground = true, Name = "arrival watch" };
+        watch.Start();
+        try
+        {
+            held.LogInAllOnArrival(backend);
+        }
+        finally
+        {
+            Posix.Wake(stop);
+            watch.Join();
+            Posix.close(stop);
+        }
     }
 
     /// <summary>stdio mode: the peer is whoever started this process, as this process's own credentials say.</summary>
     public static void ArriveStdio(Backend backend, BrokerLog log)
     {
         if (Configuration.IsEmpty) return;
+        PolicyNative.NotDumpable();
         uint uid = Posix.getuid(), gid = PolicyNative.getgid();
         var held = new HeldPins(Configuration, uid, gid, PolicyNative.OwnGroups(), $"stdio client (uid {uid})", log);
         Current = held;
@@ -137,7 +165,27 @@ internal sealed unsafe class HeldPins
         CK_TOKEN_INFO info = default;
         if (functions->C_GetTokenInfo(slot, &info) != (nuint)CKR_OK) return NotHeld;
         var pin = MayUse(functions, slot, &info) ? PinFor(functions, slot, &info) : null;
-        return pin is null ? NotHeld : LoginWith(backend, pin, session, userType);
+        if (pin is null) return NotHeld;
+        // Logged in on arrival and still so: the protected path's answer is that the login is
+        // done (CKR_USER_ALREADY_LOGGED_IN would stop pkcs11-tool --login, which asks for the login
+        // it sees is needed), with no PIN read and no ask-pass program run.
+        if (userType == CKU_USER && IsLoggedInOnArrival(functions, slot)) return CKR_OK;
+        return LoginWith(backend, pin, session, userType);
+    }
+
+    /// <summary>Whether a hidden session on the slot is in a user state (the client may have logged the token out since).</summary>
+    private bool IsLoggedInOnArrival(CK_FUNCTION_LIST_3_0* functions, nuint slot)
+    {
+        nuint[] hidden;
+        lock (_gate) hidden = _hiddenSessions.Where(entry => entry.Value == slot).Select(entry => entry.Key).ToArray();
+        foreach (var session in hidden)
+        {
+            CK_SESSION_INFO info = default;
+            if (functions->C_GetSessionInfo(session, &info) == (nuint)CKR_OK &&
+                (info.state == (nuint)CKS_RO_USER_FUNCTIONS || info.state == (nuint)CKS_RW_USER_FUNCTIONS))
+                return true;
+        }
+        return false;
     }
 
     /// <summary>Not a CK_RV: the held PIN is not this peer's to use for that token.</summary>

@@ -67,11 +67,10 @@ internal abstract class PinSource
     {
         if (value.StartsWith('|'))
         {
-            // Decoded first (a URI has no raw spaces: %20 separates), then split as a shell would,
-            // with '...', "..." and backslash quoting, as p11-kit splits a '|command' address.
-            var words = SplitCommand(Decode(value[1..], option), option);
-            if (words.Length == 0)
-                throw new BrokerException($"{option}: pin-source '|' names no program (write e.g. pin-source=|/bin/systemd-ask-password%20'PIN%20for%20the%20token')");
+            // Decoded first (a URI has no raw spaces: %20 separates), then split as a '|command'
+            // address is (p11-kit's rules: quotes group, no shell).
+            if (!P11Proxy.Wire.Transport.CommandLine.TrySplit(Decode(value[1..], option), out var words, out var error))
+                throw new BrokerException($"{option}: the ask-pass command after '|' cannot be used: {error} (write e.g. pin-source=|/bin/systemd-ask-password%20'PIN%20for%20the%20token')");
             return new ProgramPinSource(words);
         }
         string decoded = Decode(value, option);
@@ -91,55 +90,6 @@ internal abstract class PinSource
             return new CredentialPinSource(name);
         }
         throw new BrokerException($"{option}: pin-source '{decoded}' is not file:/PATH, credential:NAME or |PROGRAM [ARGS]");
-    }
-
-    /// <summary>Splits a command line at unquoted white space; '...' is literal, "..." and a backslash quote.</summary>
-    internal static string[] SplitCommand(string text, string option)
-    {
-        var words = new List<string>();
-        var word = new StringBuilder();
-        bool inWord = false;
-        char quote = '\0';
-        for (int i = 0; i < text.Length; i++)
-        {
-            char c = text[i];
-            if (quote == '\'')
-            {
-                if (c == '\'') quote = '\0'; else word.Append(c);
-                continue;
-            }
-            if (c == '\\')
-            {
-                if (++i >= text.Length) throw new BrokerException($"{option}: the ask-pass command ends with a lone backslash");
-                word.Append(text[i]);
-                inWord = true;
-                continue;
-            }
-            if (quote == '"')
-            {
-                if (c == '"') quote = '\0'; else word.Append(c);
-                continue;
-            }
-            if (c is '\'' or '"')
-            {
-                quote = c;
-                inWord = true;
-            }
-            else if (char.IsWhiteSpace(c))
-            {
-                if (inWord) words.Add(word.ToString());
-                word.Clear();
-                inWord = false;
-            }
-            else
-            {
-                word.Append(c);
-                inWord = true;
-            }
-        }
-        if (quote != '\0') throw new BrokerException($"{option}: the ask-pass command has an unclosed {quote} quote");
-        if (inWord) words.Add(word.ToString());
-        return words.ToArray();
     }
 
     internal static string Decode(string value, string option)
@@ -281,6 +231,9 @@ internal sealed class ProgramPinSource : PinSource
 
     public string[] Argv { get; private set; }
 
+    /// <summary>How long the program may stay after printing its line.</summary>
+    private const int LingerMilliseconds = 1000;
+
     public override string Description => $"ask-pass program {Argv[0]}";
 
     public override void Check()
@@ -330,9 +283,14 @@ internal sealed class ProgramPinSource : PinSource
             int length = FirstLine(pin.Room[..total], complete: complete);
             Posix.close(readFd);
             readFd = -1;
-            int status = PinNative.WaitExit(pid, Math.Max(0, (int)(deadline - Environment.TickCount64)), cancelFd);
+            // Its exit status says whether the line is a PIN (a cancelled dialog exits non-zero). A
+            // program that stays after giving its line has a second to end, then is ended.
+            int left = Math.Max(0, (int)(deadline - Environment.TickCount64));
+            int status = PinNative.WaitExit(pid, length > 0 ? Math.Min(left, LingerMilliseconds) : left, cancelFd);
             pid = -1;
-            if (status != 0)
+            if (cancelFd >= 0 && PinNative.IsSignalled(cancelFd))
+                throw new PinUnavailableException(CKR_FUNCTION_CANCELED, $"{Description} stopped: its client finalised or left");
+            if (status > 0 || (status < 0 && length <= 0))
                 throw new PinUnavailableException(CKR_FUNCTION_CANCELED, $"{Description} {(status > 0 ? $"exited with status {status}" : "did not finish")}: the PIN was not given (cancelled)");
             if (length < 0)
                 throw new PinUnavailableException(CKR_DEVICE_ERROR, $"{Description}: its first line is longer than {PinBuffer.Capacity - 1} bytes, no PIN is that long");
@@ -526,7 +484,7 @@ internal static unsafe partial class PinNative
         }
     }
 
-    private static bool IsSignalled(int fd)
+    public static bool IsSignalled(int fd)
     {
         Span<Posix.PollFd> fds = stackalloc Posix.PollFd[1];
         fds[0] = new() { Fd = fd, Events = Posix.POLLIN };

@@ -53,8 +53,9 @@ namespace P11Proxy.UnitTests.Broker
             Assert.That(((FilePinSource)HeldPinConfiguration.ParsePin("pkcs11:token=a?pin-source=file:///etc/a%20b.pin").Source).Path, Is.EqualTo("/etc/a b.pin"));
             var credential = HeldPinConfiguration.ParsePin("pkcs11:token=web?pin-source=credential:web-pin");
             Assert.That(((CredentialPinSource)credential.Source).Name, Is.EqualTo("web-pin"));
-            var program = HeldPinConfiguration.ParsePin("pkcs11:token=web?pin-source=|/usr/bin/ssh-askpass%20'PIN%20of%20web'%20--x=\"a%20b\"%20c\\%20d");
-            Assert.That(((ProgramPinSource)program.Source).Argv, Is.EqualTo(new[] { "/usr/bin/ssh-askpass", "PIN of web", "--x=a b", "c d" }));
+            // Percent-decoded, then split as a '|command' address is (p11-kit's rules).
+            var program = HeldPinConfiguration.ParsePin("pkcs11:token=web?pin-source=|/usr/bin/ssh-askpass%20'PIN%20of%20web'%20--x=\"a%20b\"%20%20c");
+            Assert.That(((ProgramPinSource)program.Source).Argv, Is.EqualTo(new[] { "/usr/bin/ssh-askpass", "PIN of web", "--x=a b", "c" }));
         }
 
         [TestCase("token=web?pin-source=file:/x", "is not a PKCS#11 URI")]
@@ -67,7 +68,8 @@ namespace P11Proxy.UnitTests.Broker
         [TestCase("pkcs11:token=web?pin-source=credential:../etc/shadow", "is not a credential name")]
         [TestCase("pkcs11:token=web?pin-source=credential:", "is not a credential name")]
         [TestCase("pkcs11:token=web?pin-source=|", "names no program")]
-        [TestCase("pkcs11:token=web?pin-source=|/bin/ask%20'unclosed", "unclosed ' quote")]
+        [TestCase("pkcs11:token=web?pin-source=|%20%20", "names no program")]
+        [TestCase("pkcs11:token=web?pin-source=|/bin/ask%20'unclosed", "a ' quote is not closed")]
         [TestCase("pkcs11:token=web?pin-source=https://x/pin", "is not file:/PATH, credential:NAME or |PROGRAM")]
         [TestCase("pkcs11:token=web?pin-source=file:/a%zz", "bad percent-encoding")]
         [TestCase("pkcs11:id=%01?pin-source=file:/x", "attribute 'id' does not select tokens")]
@@ -231,6 +233,18 @@ namespace P11Proxy.UnitTests.Broker
         {
             using var pin = Program("[ \"$1 $2\" = 'first second arg' ] || exit 3\nprintf '5678\\nmore\\n'").Read(5000, -1);
             Assert.That(Text(pin), Is.EqualTo("5678"));
+        }
+
+        [Test]
+        public void AskPassProgramThatStaysAfterItsLineIsEndedAndItsLineUsed()
+        {
+            string childFile = Path.Combine(_dir, "child");
+            var watch = Stopwatch.StartNew();
+            using var pin = Program($"echo 2468; sleep 60 & echo $! > {childFile}; wait").Read(30_000, -1);
+            Assert.That(Text(pin), Is.EqualTo("2468"));
+            Assert.That(watch.ElapsedMilliseconds, Is.LessThan(10_000), "ended about a second after its line, not at the timeout");
+            int child = int.Parse(File.ReadAllText(childFile).Trim());
+            Assert.That(SpinWait.SpinUntil(() => !Directory.Exists($"/proc/{child}") || File.ReadAllText($"/proc/{child}/stat").Split(' ')[2] == "Z", 3000), Is.True);
         }
 
         [Test]
