@@ -8,9 +8,8 @@
 #   --protected-login uid:root=TOKEN, pkcs11-tool --login: root's token shows a protected
 #     authentication path ("PIN pad present"); root signs with the RSA and the EC key, openssl
 #     verifies both signatures; nobody's shows none, and pkcs11-tool asks nobody for the PIN
-#   --login-on-arrival uid:root=TOKEN for the others (not pkcs11-tool --login: its C_Login on a
-#     token already logged in gets CKR_USER_ALREADY_LOGGED_IN, which it treats as fatal, as with
-#     any module):
+#   --login-on-arrival uid:root=TOKEN for the others (and pkcs11-tool --login again: its NULL-PIN
+#     C_Login on the token its worker logged in to on arrival answers CKR_OK):
 #   ssh -I: root logs in to a local sshd, the askpass never run; nobody's ssh asks the askpass
 #     for the token's PIN, gets none, and is denied (publickey)
 #   curl with libp11's engine and a pkcs11: key URI with no pin-value: root fetches a page that
@@ -112,6 +111,10 @@ echo "protected-path broker: root's C_Login (user) with the held PIN -> CKR_OK l
 # ---- ssh -I, logged in on arrival -----------------------------------------------------------------
 fixture_unattended_broker arrival file --login-on-arrival "uid:root=$TOKEN_URI"
 echo "== broker $BROKER_ADDRESS: the same --pin, --login-on-arrival uid:root=$TOKEN_URI, --allow-uid $STRANGER_UID (nobody)"
+p11tool_sign root rsa SHA256-RSA-PKCS || fail "root: pkcs11-tool --login --sign on the login-on-arrival broker failed: $(cat "$d/p11tool-root-rsa.out")"
+openssl dgst -sha256 -verify "$d/rsa-pub.pem" -signature "$d/sig-rsa" "$d/data" >/dev/null \
+  || fail "root: the RSA signature made on the login-on-arrival broker does not verify"
+echo "$ME: pkcs11-tool --login --sign, no --pin, logged in on arrival: SHA256-RSA-PKCS signature verified by openssl"
 for kind in rsa ec; do ssh-keygen -y -f "$d/$kind-key.pem"; done > "$d/authorized_keys"
 chmod 0644 "$d/authorized_keys"
 ssh-keygen -l -f "$d/authorized_keys" | awk '{print $2}' > "$d/token-key.fps"

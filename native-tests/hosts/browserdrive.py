@@ -72,8 +72,11 @@ class ChromeDriver:
     def __init__(self, port, profile):
         self.base = f"http://127.0.0.1:{port}"
         log_path = os.path.join(profile, "chromedriver.log")
+        # A session of its own: Chromium and its helpers stay in chromedriver's process group, so
+        # quit() can stop them all even when the browser no longer answers (a page that never
+        # loaded, headless, leaves Chromium running after chromedriver is gone).
         self.process = subprocess.Popen(["/usr/bin/chromedriver", f"--port={port}", f"--log-path={log_path}"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.session = None
         deadline = time.time() + 30
         while True:
@@ -125,6 +128,13 @@ class ChromeDriver:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        # Whatever of Chromium is left in the group.
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            time.sleep(1)
 
 
 # --- firefox: Marionette over TCP ----------------------------------------------------------------------
