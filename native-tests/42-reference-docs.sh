@@ -3,8 +3,9 @@
 # reference blocks and the broker's --help (rendered into the broker at build time). Fails when
 # README.md's generated blocks differ from the source, when the built broker's --help is not the
 # source's usage text, when the broker's parser refuses an option the source documents or accepts
-# it in a mode the source does not name (or names one the source lacks), or when a generated man
-# page makes man(1) warn.
+# it in a mode the source does not name (or a broker source names one the source lacks), when the
+# generator of the broker's parser takes an option that does not say where its value goes, or when
+# a generated man page makes man(1) warn.
 set -euo pipefail
 OUT=${1:-out}
 . "$(dirname "$0")/lib.sh"
@@ -26,6 +27,26 @@ cmp -s "$d/help" "$d/usage" \
   || fail "p11proxy-broker --help is not man/reference.json's usage text (rebuild the broker?):
 $(diff "$d/help" "$d/usage" | head -20)"
 echo "p11proxy-broker --help is man/reference.json's usage text ($(wc -l <"$d/usage") lines)"
+"$BROKER" serve --module /x -h >"$d/help-serve" 2>"$d/help-serve.err" || fail "p11proxy-broker serve ... -h failed: $(cat "$d/help-serve.err")"
+cmp -s "$d/help-serve" "$d/usage" || fail "p11proxy-broker serve ... -h is not the usage text"
+echo "p11proxy-broker serve ... -h prints the same usage text"
+
+# The broker's parser is generated from the same source (man/generate.py command-line-cs): an option
+# documented without saying where its value goes is refused at build time, naming it.
+mkdir -p "$d/gen/man"
+cp "$ROOT/man/generate.py" "$d/gen/man/" && cp "$ROOT/Directory.Build.props" "$d/gen/"
+"$PY" - "$ROOT/man/reference.json" "$d/gen/man/reference.json" <<'EOF'
+import json, sys
+reference = json.load(open(sys.argv[1]))
+del reference["broker"]["options"][-1]["code"]
+json.dump(reference, open(sys.argv[2], "w"))
+EOF
+last=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["broker"]["options"][-1]["name"])' "$ROOT/man/reference.json")
+if "$PY" "$d/gen/man/generate.py" command-line-cs "$d/gen/out.cs" 2>"$d/gen.err"; then
+  fail "man/generate.py generated the broker's parser for an option ($last) whose \"code\" is missing"
+fi
+grep -qF -- "$last has no \"code\"" "$d/gen.err" || fail "man/generate.py refused $last without naming it: $(cat "$d/gen.err")"
+echo "man/generate.py refuses an option without \"code\" ($last), naming it"
 
 # The parser: every documented option is accepted, and in stdio mode only where the source says so.
 "$PY" - "$ROOT/man/reference.json" >"$d/options" <<'EOF'
@@ -72,13 +93,15 @@ while read -r name value modes; do
 done <"$d/options"
 echo "p11proxy-broker accepts each of the $checked documented options, in stdio mode exactly those documented for it"
 
-# And the other way: an option the parser knows (Program.cs) that the source does not document.
-# --listener-pid is the internal worker mode's, started by the listener only; --help is the usage itself.
-grep -oE '"--[a-z][a-z-]+"' "$ROOT/src/Broker/Program.cs" | tr -d '"' | grep -vxE -- '--(listener-pid|help)' | sort -u >"$d/parser-options"
+# And the other way: the parser's options are generated from man/reference.json (BrokerOptions.g.cs,
+# at build time), so an option the source does not document can only come from hand-written code:
+# no broker source may name one. --listener-pid is the internal worker mode's, started by the
+# listener only; --help is the usage itself.
+grep -ohE '"--[a-z][a-z-]+"' "$ROOT"/src/Broker/*.cs | tr -d '"' | grep -vxE -- '--(listener-pid|help)' | sort -u >"$d/parser-options"
 cut -d' ' -f1 "$d/options" | sort -u >"$d/source-options"
 undocumented=$(comm -23 "$d/parser-options" "$d/source-options")
-[ -z "$undocumented" ] || fail "src/Broker/Program.cs knows options man/reference.json does not document: $undocumented"
-echo "src/Broker/Program.cs names no option that man/reference.json lacks ($(wc -l <"$d/parser-options") names)"
+[ -z "$undocumented" ] || fail "src/Broker names options man/reference.json does not document: $undocumented"
+echo "src/Broker names no option that man/reference.json lacks ($(wc -l <"$d/parser-options") names)"
 
 "$PY" "$ROOT/man/generate.py" man "$d/man"
 for page in p11proxy.8 p11proxy-broker.8 p11proxy.conf.5; do

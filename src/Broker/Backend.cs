@@ -120,7 +120,7 @@ internal sealed unsafe class Backend : IDisposable
     private SlotEvents? _events;
 
     /// <summary>The backend's slot events, shared by all its clients (a broker has one token filter).</summary>
-    public SlotEvents Events(TokenFilter filter, BrokerLog log)
+    public SlotEvents Events(TokenFilter filter, ProcessLog log)
     {
         lock (this) return _events ??= new SlotEvents(this, filter, log);
     }

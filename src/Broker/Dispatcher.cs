@@ -35,7 +35,7 @@ internal sealed unsafe partial class Dispatcher : IDisposable
     private readonly Backend _backend;
     private readonly TokenFilter _filter;
     private readonly ClientState _client;
-    private readonly BrokerLog _log;
+    private readonly ProcessLog _log;
     private readonly RpcMessageReader _request;
     private readonly RpcMessageWriter _reply;
     private readonly NativeArena _arena = new();
@@ -52,7 +52,7 @@ internal sealed unsafe partial class Dispatcher : IDisposable
     /// <summary>The request repeats a protocol-0 zero-output request already performed (see <see cref="CallWithOutput"/>).</summary>
     private bool _zeroOutputRepeat;
 
-    public Dispatcher(Backend backend, TokenFilter filter, ClientState client, BrokerLog log, WireProfile profile)
+    public Dispatcher(Backend backend, TokenFilter filter, ClientState client, ProcessLog log, WireProfile profile)
     {
         _backend = backend;
         _filter = filter;

@@ -201,7 +201,7 @@ internal static unsafe partial class PolicyNative
                 uint size = length;
                 if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, list, &size) == 0)
                     return groups[..(int)(size / sizeof(uint))];
-                if (Posix.LastError != 34 /* ERANGE */) return [];
+                if (Libc.LastError != 34 /* ERANGE */) return [];
                 length = Math.Max(size, length * 2);
             }
         }

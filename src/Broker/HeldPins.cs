@@ -32,13 +32,13 @@ internal sealed unsafe class HeldPins
     private readonly HeldPinConfiguration _config;
     private readonly uint _uid, _gid;
     private readonly uint[] _groups;
-    private readonly BrokerLog _log;
+    private readonly ProcessLog _log;
     private readonly string _peerName;
     private readonly Lock _gate = new();
     private readonly Dictionary<nuint, nuint> _hiddenSessions = new(); // session -> slot
     private readonly HashSet<int> _asking = new(); // eventfds of ask-pass programs running
 
-    private HeldPins(HeldPinConfiguration config, uint uid, uint gid, uint[] groups, string peerName, BrokerLog log)
+    private HeldPins(HeldPinConfiguration config, uint uid, uint gid, uint[] groups, string peerName, ProcessLog log)
     {
         _config = config;
         _uid = uid;
@@ -54,7 +54,7 @@ internal sealed unsafe class HeldPins
     /// A worker's client arrived (its connection is <paramref name="clientFd"/>): settles what the
     /// peer may use and logs it in to its login-on-arrival tokens, before its first request is read.
     /// </summary>
-    public static void Arrive(ClientPeer peer, int clientFd, Backend backend, BrokerLog log)
+    public static void Arrive(ClientPeer peer, int clientFd, Backend backend, ProcessLog log)
     {
         if (Configuration.IsEmpty) return;
         PolicyNative.NotDumpable();
@@ -66,10 +66,10 @@ internal sealed unsafe class HeldPins
         int stop = Posix.WakeFd();
         var watch = new Thread(() =>
         {
-            Span<Posix.PollFd> fds = stackalloc Posix.PollFd[2];
-            fds[0] = new() { Fd = clientFd, Events = Posix.POLLRDHUP };
-            fds[1] = new() { Fd = stop, Events = Posix.POLLIN };
-            while (Posix.poll(fds, 2, -1) < 0 && Posix.LastError == Posix.EINTR) { }
+            Span<Libc.PollFd> fds = stackalloc Libc.PollFd[2];
+            fds[0] = new() { Fd = clientFd, Events = Libc.POLLRDHUP };
+            fds[1] = new() { Fd = stop, Events = Libc.POLLIN };
+            while (Libc.poll(fds, 2, -1) < 0 && Libc.LastError == Libc.EINTR) { }
             if (fds[1].Revents == 0) held.CancelAsks();
         }) { IsBackground = true, Name = "arrival watch" };
         watch.Start();
@@ -81,16 +81,16 @@ internal sealed unsafe class HeldPins
         {
             Posix.Wake(stop);
             watch.Join();
-            Posix.close(stop);
+            Libc.close(stop);
         }
     }
 
     /// <summary>stdio mode: the peer is whoever started this process, as this process's own credentials say.</summary>
-    public static void ArriveStdio(Backend backend, BrokerLog log)
+    public static void ArriveStdio(Backend backend, ProcessLog log)
     {
         if (Configuration.IsEmpty) return;
         PolicyNative.NotDumpable();
-        uint uid = Posix.getuid(), gid = PolicyNative.getgid();
+        uint uid = Libc.getuid(), gid = PolicyNative.getgid();
         var held = new HeldPins(Configuration, uid, gid, PolicyNative.OwnGroups(), $"stdio client (uid {uid})", log);
         Current = held;
         held.LogInAllOnArrival(backend);
@@ -269,7 +269,7 @@ internal sealed unsafe class HeldPins
         finally
         {
             lock (_gate) _asking.Remove(cancelFd);
-            Posix.close(cancelFd);
+            Libc.close(cancelFd);
         }
     }
 

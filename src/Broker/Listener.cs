@@ -52,7 +52,7 @@ internal sealed class Listener
 
     private UnixListener _socket = null!; // set by Run
     private readonly ListenerSettings _settings;
-    private readonly BrokerLog _log;
+    private readonly ProcessLog _log;
     private readonly LogThrottle _throttle;
     private readonly int _stopFd = Posix.WakeFd();
     private readonly int _maxConcurrentStarts = Math.Max(4, 2 * Environment.ProcessorCount);
@@ -116,7 +116,7 @@ internal sealed class Listener
     /// <summary>The poll-set owner of a worker's pidfd (its control socket's owner is the worker itself).</summary>
     private sealed record PidWatch(WorkerProcess Worker);
 
-    public Listener(ListenerSettings settings, BrokerLog log)
+    public Listener(ListenerSettings settings, ProcessLog log)
     {
         _settings = settings;
         _log = log;
@@ -157,17 +157,17 @@ internal sealed class Listener
     {
         var first = Spawn(initializeAhead: true);
         if (first is null) return false;
-        Span<Posix.PollFd> fds = stackalloc Posix.PollFd[3];
+        Span<Libc.PollFd> fds = stackalloc Libc.PollFd[3];
         while (true)
         {
             int count = 0;
-            fds[count++] = new() { Fd = _stopFd, Events = Posix.POLLIN };
-            if (first.ControlFd >= 0) fds[count++] = new() { Fd = first.ControlFd, Events = Posix.POLLIN };
-            if (first.PidFd >= 0) fds[count++] = new() { Fd = first.PidFd, Events = Posix.POLLIN };
-            Posix.poll(fds, (nuint)count, first.PidFd >= 0 ? -1 : 200);
+            fds[count++] = new() { Fd = _stopFd, Events = Libc.POLLIN };
+            if (first.ControlFd >= 0) fds[count++] = new() { Fd = first.ControlFd, Events = Libc.POLLIN };
+            if (first.PidFd >= 0) fds[count++] = new() { Fd = first.PidFd, Events = Libc.POLLIN };
+            Libc.poll(fds, (nuint)count, first.PidFd >= 0 ? -1 : 200);
             if (_stopSignal is not null)
             {
-                Posix.kill(first.Pid, Posix.SIGKILL);
+                Libc.kill(first.Pid, Libc.SIGKILL);
                 _stopping = true;
                 Finish(first, Posix.Reap(first.Pid, block: true) ?? default);
                 return false;
@@ -191,7 +191,7 @@ internal sealed class Listener
     public void Run(UnixListener socket)
     {
         _socket = socket;
-        var fds = new List<Posix.PollFd>();
+        var fds = new List<Libc.PollFd>();
         var owners = new List<object>();
         while (true)
         {
@@ -208,28 +208,28 @@ internal sealed class Listener
             owners.Clear();
             void Watch(int fd, short events, object owner)
             {
-                fds.Add(new Posix.PollFd { Fd = fd, Events = events });
+                fds.Add(new Libc.PollFd { Fd = fd, Events = events });
                 owners.Add(owner);
             }
-            Watch(_stopFd, Posix.POLLIN, this);
+            Watch(_stopFd, Libc.POLLIN, this);
             if (!_stopping && Now >= _acceptPausedUntil && _socket.Fd >= 0)
-                Watch(_socket.Fd, Posix.POLLIN, _socket);
+                Watch(_socket.Fd, Libc.POLLIN, _socket);
             foreach (var pending in _pending)
-                Watch(pending.Fd, Posix.POLLIN | PollReadHangUp, pending);
+                Watch(pending.Fd, Libc.POLLIN | PollReadHangUp, pending);
             bool pollWorkers = false;
             foreach (var worker in _workers.Values)
             {
-                if (worker.ControlFd >= 0) Watch(worker.ControlFd, Posix.POLLIN, worker);
-                if (worker.PidFd >= 0) Watch(worker.PidFd, Posix.POLLIN, worker.Watch ??= new PidWatch(worker));
+                if (worker.ControlFd >= 0) Watch(worker.ControlFd, Libc.POLLIN, worker);
+                if (worker.PidFd >= 0) Watch(worker.PidFd, Libc.POLLIN, worker.Watch ??= new PidWatch(worker));
                 else pollWorkers = true;
             }
 
             int timeout = Timeout(pollWorkers);
             var array = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(fds);
-            int ready = Posix.poll(array, (nuint)array.Length, timeout);
-            if (ready < 0 && Posix.LastError != Posix.EINTR)
+            int ready = Libc.poll(array, (nuint)array.Length, timeout);
+            if (ready < 0 && Libc.LastError != Libc.EINTR)
             {
-                _log.Error($"poll failed: {Posix.Describe(Posix.LastError)}");
+                _log.Error($"poll failed: {Libc.Describe(Libc.LastError)}");
                 Thread.Sleep(100);
             }
             for (int i = 0; ready > 0 && i < array.Length; i++)
@@ -311,9 +311,9 @@ internal sealed class Listener
                 Admit(fd);
                 continue;
             }
-            if (errno == Posix.EAGAIN) return;
-            if (errno == Posix.ECONNABORTED) continue;
-            if (errno is Posix.EMFILE or Posix.ENFILE && _pending.First is { } oldest)
+            if (errno == Libc.EAGAIN) return;
+            if (errno == Libc.ECONNABORTED) continue;
+            if (errno is Libc.EMFILE or Libc.ENFILE && _pending.First is { } oldest)
             {
                 // Out of descriptors: the connection that has waited longest for its handshake
                 // makes room (a real client sends its version byte at once).
@@ -321,8 +321,8 @@ internal sealed class Listener
                                     $"the open-file limit ({OpenFileLimit}) is reached", "make room");
                 continue;
             }
-            _throttle.Warn("accept", $"cannot accept a connection: {Posix.Describe(errno)}" +
-                (errno is Posix.EMFILE or Posix.ENFILE ? $" (open-file limit {OpenFileLimit}, {_workers.Count} workers)" : "") +
+            _throttle.Warn("accept", $"cannot accept a connection: {Libc.Describe(errno)}" +
+                (errno is Libc.EMFILE or Libc.ENFILE ? $" (open-file limit {OpenFileLimit}, {_workers.Count} workers)" : "") +
                 $"; retrying in {_acceptBackoff} ms");
             _acceptPausedUntil = Now + _acceptBackoff;
             _acceptBackoff = Math.Min(_acceptBackoff * 2, 1000);
@@ -341,7 +341,7 @@ internal sealed class Listener
             _throttle.Warn("refused", peer is { } p
                 ? $"refused a connection from uid {p.Uid} gid {p.Gid} pid {p.Pid}: not allowed (see --allow-uid/--allow-gid)"
                 : "refused a connection whose credentials could not be read");
-            Posix.close(fd);
+            Libc.close(fd);
             return;
         }
         var pending = new Pending { Fd = fd, Peer = credentials, Serial = ++_serial, Accepted = Now };
@@ -373,13 +373,13 @@ internal sealed class Listener
     {
         Span<byte> offered = stackalloc byte[1];
         nint got;
-        while ((got = Posix.Read(pending.Fd, offered, 1)) < 0 && Posix.LastError == Posix.EINTR) { }
-        if (got < 0 && Posix.LastError == Posix.EAGAIN)
+        while ((got = Libc.read(pending.Fd, offered, 1)) < 0 && Libc.LastError == Libc.EINTR) { }
+        if (got < 0 && Libc.LastError == Libc.EAGAIN)
             return false;
         if (got <= 0)
         {
             _log.Trace($"connection {pending.Serial} (uid {pending.Peer.Uid}, pid {pending.Peer.Pid}) closed before its handshake");
-            Posix.close(pending.Fd);
+            Libc.close(pending.Fd);
             return true;
         }
         if (ClientCount >= _settings.MaxClients)
@@ -387,20 +387,20 @@ internal sealed class Listener
             // Refused before the answer: the client sees the connection end during the handshake.
             _throttle.Warn("max-clients", $"refused a connection from uid {pending.Peer.Uid} pid {pending.Peer.Pid}: " +
                                           $"{ClientCount} clients are connected, the most --max-clients allows");
-            Posix.close(pending.Fd);
+            Libc.close(pending.Fd);
             return true;
         }
         byte version = Math.Min(offered[0], WireProfile.MaxVersion);
         ReadOnlySpan<byte> answer = [version];
-        if (Posix.Send(pending.Fd, answer, 1, Posix.MSG_NOSIGNAL | Posix.MSG_DONTWAIT) != 1)
+        if (Libc.send(pending.Fd, answer, 1, Libc.MSG_NOSIGNAL | Libc.MSG_DONTWAIT) != 1)
         {
             _log.Trace($"connection {pending.Serial}: cannot answer the handshake; closed");
-            Posix.close(pending.Fd);
+            Libc.close(pending.Fd);
             return true;
         }
         // The worker reads and writes it blocking, as every RpcChannel does.
-        Posix.fcntl(pending.Fd, Posix.F_SETFL,
-            Posix.fcntl(pending.Fd, Posix.F_GETFL, 0) & ~Posix.O_NONBLOCK);
+        Libc.fcntl(pending.Fd, Libc.F_SETFL,
+            Libc.fcntl(pending.Fd, Libc.F_GETFL, 0) & ~Libc.O_NONBLOCK);
         _waiting.AddLast(new Waiting { Fd = pending.Fd, Peer = pending.Peer, Serial = pending.Serial, Version = version, Since = Now });
         return true;
     }
@@ -417,7 +417,7 @@ internal sealed class Listener
     {
         if (pending.Node is not null) _pending.Remove(pending.Node);
         pending.Node = null;
-        Posix.close(pending.Fd);
+        Libc.close(pending.Fd);
         _throttle.Warn(kind, $"closed the connection of uid {pending.Peer.Uid} pid {pending.Peer.Pid}{why}");
     }
 
@@ -467,14 +467,14 @@ internal sealed class Listener
         }
         catch (BrokerException e)
         {
-            Posix.close(ours);
-            Posix.close(theirs);
+            Libc.close(ours);
+            Libc.close(theirs);
             _spawnFailures++;
             _spawnPausedUntil = Now + SpawnBackoff();
             _throttle.Warn("spawn", $"{e.Message}; retrying in {SpawnBackoff()} ms");
             return null;
         }
-        Posix.close(theirs);
+        Libc.close(theirs);
         var worker = new WorkerProcess { Pid = pid, PidFd = Posix.PidFd(pid), ControlFd = ours, State = WorkerState.Starting, Spawned = Now };
         _workers[pid] = worker;
         return worker;
@@ -487,7 +487,7 @@ internal sealed class Listener
     {
         Span<byte> buffer = stackalloc byte[HandOffMessage.MaxLength];
         int length = Posix.ReceiveMessage(worker.ControlFd, buffer, out int strayFd, out _);
-        if (strayFd >= 0) Posix.close(strayFd);
+        if (strayFd >= 0) Libc.close(strayFd);
         if (length > 0 && worker.State == WorkerState.Starting && HandOffMessage.TryDecode(buffer[..length], out WorkerReady ready))
         {
             worker.State = WorkerState.Ready;
@@ -501,12 +501,12 @@ internal sealed class Listener
         if (length > 0)
             _log.Error($"worker pid {worker.Pid} sent an unexpected control message ({length} bytes); stopping it");
         // End of stream or garbage: the worker is ending (its pidfd reports when) or is stopped.
-        Posix.close(worker.ControlFd);
+        Libc.close(worker.ControlFd);
         worker.ControlFd = -1;
         if (worker.State is WorkerState.Starting or WorkerState.Ready)
         {
             worker.State = WorkerState.Lost;
-            if (length > 0) Posix.kill(worker.Pid, Posix.SIGKILL);
+            if (length > 0) Libc.kill(worker.Pid, Libc.SIGKILL);
         }
     }
 
@@ -518,14 +518,14 @@ internal sealed class Listener
         if (errno != 0)
         {
             // It died between getting ready and now: its exit is reported when it is reaped.
-            _log.Warn($"worker pid {worker.Pid} could not take client {client.Serial}: {Posix.Describe(errno)}; trying another");
-            Posix.close(worker.ControlFd);
+            _log.Warn($"worker pid {worker.Pid} could not take client {client.Serial}: {Libc.Describe(errno)}; trying another");
+            Libc.close(worker.ControlFd);
             worker.ControlFd = -1;
             worker.State = WorkerState.Lost;
             return false;
         }
-        Posix.close(client.Fd);
-        Posix.close(worker.ControlFd);
+        Libc.close(client.Fd);
+        Libc.close(worker.ControlFd);
         worker.ControlFd = -1;
         worker.State = WorkerState.Serving;
         worker.Client = client;
@@ -541,7 +541,7 @@ internal sealed class Listener
     /// <summary>Lets an idle worker go: it sees its control socket close, finalises the module and exits.</summary>
     private void Dismiss(WorkerProcess worker)
     {
-        if (worker.ControlFd >= 0) Posix.close(worker.ControlFd);
+        if (worker.ControlFd >= 0) Libc.close(worker.ControlFd);
         worker.ControlFd = -1;
         worker.State = WorkerState.Dismissed;
     }
@@ -550,8 +550,8 @@ internal sealed class Listener
     private void Finish(WorkerProcess worker, Posix.ExitReport report)
     {
         _workers.Remove(worker.Pid);
-        if (worker.PidFd >= 0) Posix.close(worker.PidFd);
-        if (worker.ControlFd >= 0) Posix.close(worker.ControlFd);
+        if (worker.PidFd >= 0) Libc.close(worker.PidFd);
+        if (worker.ControlFd >= 0) Libc.close(worker.ControlFd);
         worker.ControlFd = -1;
         long now = Now;
         string peak = $"peak RSS {report.PeakRssKib / 1024.0:0.0} MiB";
@@ -566,7 +566,7 @@ internal sealed class Listener
                 if (worker.KilledForMemoryKib > 0)
                     _log.Error($"worker pid {worker.Pid} serving {who} was stopped over --worker-memory-mib " +
                                $"({worker.KilledForMemoryKib / 1024} MiB resident): {report.Describe()} {served}");
-                else if (report.Signalled && !(worker.Terminated && report.Signal is Posix.SIGTERM or Posix.SIGKILL))
+                else if (report.Signalled && !(worker.Terminated && report.Signal is Libc.SIGTERM or Libc.SIGKILL))
                     _log.Error($"worker pid {worker.Pid} serving {who} {report.Describe()} {served}; " +
                                "its client's calls in flight fail with CKR_DEVICE_ERROR and it reconnects to a fresh worker, other clients are not affected");
                 else if (report.ExitCode != 0)
@@ -595,7 +595,7 @@ internal sealed class Listener
                     foreach (var waiting in _waiting)
                     {
                         _log.Error($"closing the connection of client {waiting.Serial} (uid {waiting.Peer.Uid}, pid {waiting.Peer.Pid}): no worker could be started for it");
-                        Posix.close(waiting.Fd);
+                        Libc.close(waiting.Fd);
                     }
                     _waiting.Clear();
                 }
@@ -618,7 +618,7 @@ internal sealed class Listener
             if (fields.Length < 2 || !long.TryParse(fields[1], out long pages)) continue;
             long residentKib = pages * pageKib;
             if (residentKib * 1024 <= _settings.WorkerMemoryBytes) continue;
-            Posix.kill(worker.Pid, Posix.SIGKILL);
+            Libc.kill(worker.Pid, Libc.SIGKILL);
             worker.KilledForMemoryKib = residentKib;
             string who = worker.Client is { } c ? $"serving client {c.Serial} (uid {c.Peer.Uid}, pid {c.Peer.Pid})" : "(idle)";
             _log.Error($"worker pid {worker.Pid} {who} uses {residentKib / 1024} MiB, over --worker-memory-mib " +
@@ -633,14 +633,14 @@ internal sealed class Listener
         _stopping = true;
         _log.Info($"received {_stopSignal}, shutting down ({ClientCount} client{(ClientCount == 1 ? "" : "s")} connected)");
         _socket?.Dispose();
-        foreach (var pending in _pending) Posix.close(pending.Fd);
+        foreach (var pending in _pending) Libc.close(pending.Fd);
         _pending.Clear();
-        foreach (var waiting in _waiting) Posix.close(waiting.Fd);
+        foreach (var waiting in _waiting) Libc.close(waiting.Fd);
         _waiting.Clear();
         foreach (var worker in _workers.Values)
         {
             worker.Terminated = true;
-            Posix.kill(worker.Pid, Posix.SIGTERM);
+            Libc.kill(worker.Pid, Libc.SIGTERM);
         }
         _shutdownDeadline = Now + ShutdownGraceMilliseconds;
     }
@@ -651,7 +651,7 @@ internal sealed class Listener
         foreach (var worker in _workers.Values)
         {
             _log.Warn($"worker pid {worker.Pid} did not end within {ShutdownGraceMilliseconds} ms of SIGTERM; killing it");
-            Posix.kill(worker.Pid, Posix.SIGKILL);
+            Libc.kill(worker.Pid, Libc.SIGKILL);
         }
     }
 }

@@ -6,7 +6,7 @@ namespace P11Proxy.Broker;
 /// the rest counted, then summed up in one line ("1,093 more lines like the above in the last second, the last of them: ...").
 /// Nothing is dropped silently. Used by the listener's single thread only.
 /// </summary>
-internal sealed class LogThrottle(BrokerLog log, int perSecond = 5)
+internal sealed class LogThrottle(ProcessLog log, int perSecond = 5)
 {
     private sealed class Kind(bool warning)
     {

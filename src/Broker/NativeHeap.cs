@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 
 namespace P11Proxy.Broker;
 
@@ -20,7 +19,7 @@ namespace P11Proxy.Broker;
 /// which bounds what freed memory the heaps may keep: about <see cref="ArenaLimit"/> ×
 /// <see cref="TrimThreshold"/>.
 /// </summary>
-internal static partial class NativeHeap
+internal static class NativeHeap
 {
     /// <summary>Blocks from this size on are mmapped and returned when freed.</summary>
     public const int MmapThreshold = 2 << 20;
@@ -31,18 +30,11 @@ internal static partial class NativeHeap
     /// <summary>Heaps glibc may create (it would make up to 8 per CPU for the broker's worker threads).</summary>
     public const int ArenaLimit = 2;
 
-    private const int M_TRIM_THRESHOLD = -1;
-    private const int M_MMAP_THRESHOLD = -3;
-    private const int M_ARENA_MAX = -8;
-
-    [LibraryImport("libc")]
-    private static partial int mallopt(int parameter, int value);
-
     /// <summary>Called before the module is loaded. A C library without these parameters ignores them.</summary>
     public static void KeepLargeBlocksOutOfThreadHeaps()
     {
-        mallopt(M_MMAP_THRESHOLD, MmapThreshold);
-        mallopt(M_TRIM_THRESHOLD, TrimThreshold);
-        mallopt(M_ARENA_MAX, ArenaLimit);
+        Libc.mallopt(Libc.M_MMAP_THRESHOLD, MmapThreshold);
+        Libc.mallopt(Libc.M_TRIM_THRESHOLD, TrimThreshold);
+        Libc.mallopt(Libc.M_ARENA_MAX, ArenaLimit);
     }
 }

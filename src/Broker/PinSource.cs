@@ -139,7 +139,7 @@ internal class FilePinSource(string path) : PinSource
     {
         var status = PinNative.Status(Path, out int errno);
         if (status is null)
-            throw new BrokerException($"{What}: {Posix.Describe(errno)}; create it holding the PIN on its first line, owned by the broker's user with mode 0600 (or 0400)");
+            throw new BrokerException($"{What}: {Libc.Describe(errno)}; create it holding the PIN on its first line, owned by the broker's user with mode 0600 (or 0400)");
         CheckStatus(status.Value);
     }
 
@@ -158,7 +158,7 @@ internal class FilePinSource(string path) : PinSource
     {
         int fd = PinNative.OpenForReading(Path);
         if (fd < 0)
-            throw new PinUnavailableException(CKR_DEVICE_ERROR, $"cannot open {What}: {Posix.Describe(Posix.LastError)}");
+            throw new PinUnavailableException(CKR_DEVICE_ERROR, $"cannot open {What}: {Libc.Describe(Libc.LastError)}");
         var pin = new PinBuffer();
         try
         {
@@ -171,8 +171,8 @@ internal class FilePinSource(string path) : PinSource
             while (total < PinBuffer.Capacity)
             {
                 nint got = PinNative.read(fd, pin.Bytes + total, PinBuffer.Capacity - total);
-                if (got < 0 && Posix.LastError == Posix.EINTR) continue;
-                if (got < 0) throw new PinUnavailableException(CKR_DEVICE_ERROR, $"cannot read {What}: {Posix.Describe(Posix.LastError)}");
+                if (got < 0 && Libc.LastError == Libc.EINTR) continue;
+                if (got < 0) throw new PinUnavailableException(CKR_DEVICE_ERROR, $"cannot read {What}: {Libc.Describe(Libc.LastError)}");
                 if (got == 0) break;
                 total += (int)got;
                 if (FirstLine(pin.Room[..total], complete: false) >= 0) break;
@@ -191,7 +191,7 @@ internal class FilePinSource(string path) : PinSource
         }
         finally
         {
-            Posix.close(fd);
+            Libc.close(fd);
         }
     }
 }
@@ -262,26 +262,26 @@ internal sealed class ProgramPinSource : PinSource
             long deadline = Environment.TickCount64 + timeoutMilliseconds;
             int total = 0;
             bool complete = false;
-            Span<Posix.PollFd> fds = stackalloc Posix.PollFd[2];
+            Span<Libc.PollFd> fds = stackalloc Libc.PollFd[2];
             while (true)
             {
                 int remaining = (int)Math.Max(0, deadline - Environment.TickCount64);
-                fds[0] = new() { Fd = readFd, Events = Posix.POLLIN };
-                fds[1] = new() { Fd = cancelFd, Events = Posix.POLLIN };
-                int ready = Posix.poll(fds, cancelFd >= 0 ? 2u : 1u, remaining);
-                if (ready < 0 && Posix.LastError == Posix.EINTR) continue;
+                fds[0] = new() { Fd = readFd, Events = Libc.POLLIN };
+                fds[1] = new() { Fd = cancelFd, Events = Libc.POLLIN };
+                int ready = Libc.poll(fds, cancelFd >= 0 ? 2u : 1u, remaining);
+                if (ready < 0 && Libc.LastError == Libc.EINTR) continue;
                 if (cancelFd >= 0 && fds[1].Revents != 0)
                     throw new PinUnavailableException(CKR_FUNCTION_CANCELED, $"{Description} stopped: its client finalised or left");
                 if (ready == 0)
                     throw new PinUnavailableException(CKR_FUNCTION_CANCELED, $"{Description} gave no PIN within {timeoutMilliseconds} ms (--askpass-timeout-ms); stopped it");
                 nint got = PinNative.read(readFd, pin.Bytes + total, PinBuffer.Capacity - total);
-                if (got < 0 && Posix.LastError is Posix.EINTR or Posix.EAGAIN) continue;
+                if (got < 0 && Libc.LastError is Libc.EINTR or Libc.EAGAIN) continue;
                 if (got <= 0) { complete = true; break; }
                 total += (int)got;
                 if (PinSource.FirstLine(pin.Room[..total], complete: false) >= 0 || total == PinBuffer.Capacity) break;
             }
             int length = FirstLine(pin.Room[..total], complete: complete);
-            Posix.close(readFd);
+            Libc.close(readFd);
             readFd = -1;
             // Its exit status says whether the line is a PIN (a cancelled dialog exits non-zero). A
             // program that stays after giving its line has a second to end, then is ended.
@@ -307,7 +307,7 @@ internal sealed class ProgramPinSource : PinSource
         }
         finally
         {
-            if (readFd >= 0) Posix.close(readFd);
+            if (readFd >= 0) Libc.close(readFd);
             if (pid > 0) PinNative.KillGroup(pid);
         }
     }
@@ -390,7 +390,7 @@ internal static unsafe partial class PinNative
     {
         errno = 0;
         var status = StatusOf(AT_FDCWD, path, followLinks ? 0 : AT_SYMLINK_NOFOLLOW);
-        if (status is null) errno = Posix.LastError;
+        if (status is null) errno = Libc.LastError;
         return status;
     }
 
@@ -416,7 +416,7 @@ internal static unsafe partial class PinNative
     {
         int* fds = stackalloc int[2];
         if (pipe2(fds, O_CLOEXEC) != 0)
-            throw new PinUnavailableException(CKR_DEVICE_ERROR, $"cannot create a pipe for the ask-pass program: {Posix.Describe(Posix.LastError)}");
+            throw new PinUnavailableException(CKR_DEVICE_ERROR, $"cannot create a pipe for the ask-pass program: {Libc.Describe(Libc.LastError)}");
         var strings = new List<nint>();
         byte* Utf8(string text)
         {
@@ -444,13 +444,13 @@ internal static unsafe partial class PinNative
             posix_spawnattr_setflags(attributes, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK);
             byte** envp = Environ != 0 ? *(byte***)Environ : null;
             int rc = posix_spawn(out int pid, args[0], actions, attributes, args, envp);
-            Posix.close(fds[1]);
+            Libc.close(fds[1]);
             if (rc != 0)
             {
-                Posix.close(fds[0]);
-                throw new PinUnavailableException(CKR_DEVICE_ERROR, $"cannot start the ask-pass program {argv[0]}: {Posix.Describe(rc)}");
+                Libc.close(fds[0]);
+                throw new PinUnavailableException(CKR_DEVICE_ERROR, $"cannot start the ask-pass program {argv[0]}: {Libc.Describe(rc)}");
             }
-            Posix.fcntl(fds[0], Posix.F_SETFL, Posix.fcntl(fds[0], Posix.F_GETFL, 0) | O_NONBLOCK);
+            Libc.fcntl(fds[0], Libc.F_SETFL, Libc.fcntl(fds[0], Libc.F_GETFL, 0) | O_NONBLOCK);
             return (pid, fds[0]);
         }
         finally
@@ -474,7 +474,7 @@ internal static unsafe partial class PinNative
             int result = waitpid(pid, out int status, 1 /* WNOHANG */);
             if (result == pid)
                 return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f);
-            if (result < 0 && Posix.LastError != Posix.EINTR) return -1;
+            if (result < 0 && Libc.LastError != Libc.EINTR) return -1;
             if (Environment.TickCount64 >= deadline || (cancelFd >= 0 && IsSignalled(cancelFd)))
             {
                 KillGroup(pid);
@@ -486,16 +486,16 @@ internal static unsafe partial class PinNative
 
     public static bool IsSignalled(int fd)
     {
-        Span<Posix.PollFd> fds = stackalloc Posix.PollFd[1];
-        fds[0] = new() { Fd = fd, Events = Posix.POLLIN };
-        return Posix.poll(fds, 1, 0) > 0;
+        Span<Libc.PollFd> fds = stackalloc Libc.PollFd[1];
+        fds[0] = new() { Fd = fd, Events = Libc.POLLIN };
+        return Libc.poll(fds, 1, 0) > 0;
     }
 
     /// <summary>Ends the program and anything it started (its process group), and reaps it.</summary>
     public static void KillGroup(int pid)
     {
-        Posix.kill(-pid, Posix.SIGKILL);
-        Posix.kill(pid, Posix.SIGKILL);
-        while (waitpid(pid, out _, 0) < 0 && Posix.LastError == Posix.EINTR) { }
+        Libc.kill(-pid, Libc.SIGKILL);
+        Libc.kill(pid, Libc.SIGKILL);
+        while (waitpid(pid, out _, 0) < 0 && Libc.LastError == Libc.EINTR) { }
     }
 }

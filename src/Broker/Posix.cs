@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using System.Text;
+using static P11Proxy.Platform.Libc;
 
 namespace P11Proxy.Broker;
 
@@ -8,178 +9,10 @@ namespace P11Proxy.Broker;
 /// never fork of this multi-threaded runtime), passing a connection to them (SCM_RIGHTS over a
 /// SOCK_SEQPACKET pair), tying them to the listener (PR_SET_PDEATHSIG), reaping them without
 /// signal races (pidfd + wait4, which also reports their peak RSS) and resource limits.
-/// Pointers stay inside this class.
+/// Pointers stay inside this class; the libc declarations it uses are the shared ones (P11Proxy.Platform.Libc).
 /// </summary>
-internal static unsafe partial class Posix
+internal static unsafe class Posix
 {
-    public const int SIGKILL = 9;
-    public const int SIGTERM = 15;
-    public const int EINTR = 4;
-    public const int EAGAIN = 11;
-    public const int EPIPE = 32;
-    public const int ECONNRESET = 104;
-    private const int AF_UNIX = 1;
-    private const int SOCK_SEQPACKET = 5;
-    private const int SOCK_CLOEXEC = 0x80000;
-    private const int SOL_SOCKET = 1;
-    private const int SCM_RIGHTS = 1;
-    public const int MSG_NOSIGNAL = 0x4000;
-    private const int MSG_CTRUNC = 0x8;
-    private const int MSG_CMSG_CLOEXEC = 0x40000000;
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int socketpair(int domain, int type, int protocol, int* fds);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial nint sendmsg(int fd, MessageHeader* message, int flags);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial nint recvmsg(int fd, MessageHeader* message, int flags);
-
-    [LibraryImport("libc", SetLastError = true)]
-    public static partial int close(int fd);
-
-    [LibraryImport("libc", SetLastError = true)]
-    public static partial int shutdown(int fd, int how);
-
-    [LibraryImport("libc", SetLastError = true)]
-    public static partial int kill(int pid, int signal);
-
-    [LibraryImport("libc")]
-    public static partial int getppid();
-
-    [LibraryImport("libc")]
-    public static partial uint getuid();
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int prctl(int option, nuint argument2, nuint argument3, nuint argument4, nuint argument5);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial nint syscall(nint number, int pid, uint flags);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int wait4(int pid, out int status, int options, ResourceUsage* usage);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int getrlimit(int resource, ResourceLimit* limit);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int setrlimit(int resource, ResourceLimit* limit);
-
-    [LibraryImport("libc", SetLastError = true)]
-    public static partial int eventfd(uint initial, int flags);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial nint write(int fd, void* buffer, nint count);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial nint read(int fd, void* buffer, nint count);
-
-    [LibraryImport("libc", SetLastError = true)]
-    public static partial int fcntl(int fd, int command, int argument);
-
-    public const short POLLIN = 0x001;
-    public const short POLLRDHUP = 0x2000;
-    public const int EMFILE = 24;
-    public const int ENFILE = 23;
-    public const int ECONNABORTED = 103;
-    public const int MSG_DONTWAIT = 0x40;
-    public const int F_GETFL = 3;
-    public const int F_SETFL = 4;
-    public const int F_DUPFD_CLOEXEC = 1030;
-    public const int O_NONBLOCK = 0x800;
-
-    [StructLayout(LayoutKind.Sequential)]
-    public struct PollFd
-    {
-        public int Fd;
-        public short Events;
-        public short Revents;
-    }
-
-    [LibraryImport("libc", SetLastError = true)]
-    public static partial int poll(Span<PollFd> fds, nuint count, int timeoutMilliseconds);
-
-    [LibraryImport("libc", EntryPoint = "read", SetLastError = true)]
-    public static partial nint Read(int fd, Span<byte> buffer, nint count);
-
-    [LibraryImport("libc", EntryPoint = "send", SetLastError = true)]
-    public static partial nint Send(int fd, ReadOnlySpan<byte> buffer, nint count, int flags);
-
-    [LibraryImport("libc", EntryPoint = "_exit")]
-    public static partial void ExitNow(int status);
-
-    [LibraryImport("libc")]
-    private static partial int posix_spawn(out int pid, byte* path, nint actions, nint attributes, byte** argv, byte** envp);
-
-    [LibraryImport("libc")]
-    private static partial int posix_spawn_file_actions_init(nint actions);
-
-    [LibraryImport("libc")]
-    private static partial int posix_spawn_file_actions_adddup2(nint actions, int fd, int newFd);
-
-    [LibraryImport("libc")]
-    private static partial int posix_spawn_file_actions_addopen(nint actions, int fd, byte* path, int flags, uint mode);
-
-    [LibraryImport("libc")]
-    private static partial int posix_spawn_file_actions_destroy(nint actions);
-
-    [LibraryImport("libc")]
-    private static partial int posix_spawnattr_init(nint attributes);
-
-    [LibraryImport("libc")]
-    private static partial int posix_spawnattr_setflags(nint attributes, short flags);
-
-    [LibraryImport("libc")]
-    private static partial int posix_spawnattr_setsigmask(nint attributes, nint mask);
-
-    [LibraryImport("libc")]
-    private static partial int posix_spawnattr_destroy(nint attributes);
-
-    [LibraryImport("libc")]
-    private static partial int sigemptyset(nint set);
-
-    [LibraryImport("libc", StringMarshalling = StringMarshalling.Utf8)]
-    private static partial nint getgrnam(string name);
-
-    [StructLayout(LayoutKind.Sequential)]
-    private struct MessageHeader
-    {
-        public void* Name;
-        public uint NameLength;
-        public IoVector* Vectors;
-        public nuint VectorCount;
-        public void* Control;
-        public nuint ControlLength;
-        public int Flags;
-    }
-
-    [StructLayout(LayoutKind.Sequential)]
-    private struct IoVector
-    {
-        public void* Base;
-        public nuint Length;
-    }
-
-    [StructLayout(LayoutKind.Sequential)]
-    private struct ResourceLimit
-    {
-        public ulong Current;
-        public ulong Maximum;
-    }
-
-    /// <summary>struct rusage: two timevals, then 14 longs (ru_maxrss first, in KiB).</summary>
-    [StructLayout(LayoutKind.Sequential)]
-    private struct ResourceUsage
-    {
-        public long UserSeconds, UserMicroseconds, SystemSeconds, SystemMicroseconds;
-        public long MaxResidentKib;
-        public fixed long Rest[13];
-    }
-
-    public static int LastError => Marshal.GetLastPInvokeError();
-    public static string Describe(int errno) => Marshal.GetPInvokeErrorMessage(errno);
-
     // ---- control socket: SOCK_SEQPACKET pair with descriptor passing -----------------------------------
 
     /// <summary>A connected pair of close-on-exec SOCK_SEQPACKET sockets.</summary>
@@ -272,10 +105,6 @@ internal static unsafe partial class Posix
 
     // ---- worker processes ---------------------------------------------------------------------------------
 
-    private const int O_RDONLY = 0;
-    private const int O_WRONLY = 1;
-    private const short POSIX_SPAWN_SETSIGMASK = 0x08;
-
     /// <summary>
     /// A prepared command line and environment for <see cref="Spawn"/>, in native memory for the
     /// life of the process: the listener starts a worker per client, and building these anew each
@@ -357,12 +186,8 @@ internal static unsafe partial class Posix
         }
     }
 
-    private const nint SYS_pidfd_open = 434; // the same number on x86-64 and arm64
-
     /// <summary>A descriptor that becomes readable when the process exits (Linux 5.3+), or -1.</summary>
     public static int PidFd(int pid) => (int)syscall(SYS_pidfd_open, pid, 0);
-
-    private const int WNOHANG = 1;
 
     /// <summary>How a reaped child ended.</summary>
     public readonly record struct ExitReport(int Status, long PeakRssKib)
@@ -400,14 +225,10 @@ internal static unsafe partial class Posix
         _ => $"signal {signal}",
     };
 
-    private const int PR_SET_PDEATHSIG = 1;
-
     /// <summary>Asks the kernel to send <paramref name="signal"/> to this process when the thread that started it ends.</summary>
     public static bool DieWithParent(int signal) => prctl(PR_SET_PDEATHSIG, (nuint)signal, 0, 0, 0) == 0;
 
     // ---- limits -----------------------------------------------------------------------------------------------
-
-    private const int RLIMIT_NOFILE = 7;
 
     /// <summary>Raises the soft open-file limit to the hard one; returns (before, after).</summary>
     public static (ulong, ulong) RaiseOpenFileLimit()
@@ -425,9 +246,6 @@ internal static unsafe partial class Posix
 
     // ---- small helpers ------------------------------------------------------------------------------------------
 
-    private const int EFD_CLOEXEC = 0x80000;
-    private const int EFD_NONBLOCK = 0x800;
-
     /// <summary>A close-on-exec, non-blocking eventfd: a wake-up a signal handler or another thread can give a poll loop.</summary>
     public static int WakeFd()
     {
@@ -439,13 +257,13 @@ internal static unsafe partial class Posix
     public static void Wake(int eventFd)
     {
         ulong one = 1;
-        write(eventFd, &one, sizeof(ulong));
+        write(eventFd, &one, (nuint)sizeof(ulong));
     }
 
     public static void Drain(int eventFd)
     {
         ulong value;
-        read(eventFd, &value, sizeof(ulong));
+        read(eventFd, &value, (nuint)sizeof(ulong));
     }
 
     /// <summary>Reads a small text file of /proc in one read (statm and the like); null when it is gone.</summary>

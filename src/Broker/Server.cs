@@ -12,7 +12,7 @@ internal sealed class Server
 {
     private readonly Backend _backend;
     private readonly TokenFilter _filter;
-    private readonly BrokerLog _log;
+    private readonly ProcessLog _log;
 
     /// <summary>Memory for large requests of this process's client (--request-memory-mib).</summary>
     public static FrameBudget RequestBudget { get; set; } = new(DefaultRequestMemory);
@@ -27,7 +27,7 @@ internal sealed class Server
     /// </summary>
     public static readonly SpareBufferPool SpareBuffers = new(16 << 20);
 
-    public Server(Backend backend, TokenFilter filter, BrokerLog log)
+    public Server(Backend backend, TokenFilter filter, ProcessLog log)
     {
         _backend = backend;
         _filter = filter;
@@ -86,7 +86,7 @@ internal sealed class ClientConnection
     private readonly WireProfile _profile;
     private readonly Backend _backend;
     private readonly TokenFilter _filter;
-    private readonly BrokerLog _log;
+    private readonly ProcessLog _log;
     private readonly ClientState _client;
     private readonly CallDurations _durations = new();
     private readonly SlotEvents _events;
@@ -100,7 +100,7 @@ internal sealed class ClientConnection
     /// <summary>Runs once the last thread serving the client has left (the connection is closed by then).</summary>
     public Action? Finished { get; init; }
 
-    public ClientConnection(RpcChannel channel, string name, WireProfile profile, Backend backend, TokenFilter filter, BrokerLog log)
+    public ClientConnection(RpcChannel channel, string name, WireProfile profile, Backend backend, TokenFilter filter, ProcessLog log)
     {
         _channel = channel;
         _name = name;

@@ -12,7 +12,7 @@ namespace P11Proxy.Broker;
 /// to every initialised client: each sees what a process that loaded the module itself would see.
 /// A client's wait is only a wait on its own queue, which C_Finalize and disconnecting end at once.
 /// </summary>
-internal sealed unsafe class SlotEvents(Backend backend, TokenFilter filter, BrokerLog log)
+internal sealed unsafe class SlotEvents(Backend backend, TokenFilter filter, ProcessLog log)
 {
     /// <summary>Threads of one client that may wait at once (each holds a broker thread).</summary>
     public const int MaxWaitsPerClient = 32;

@@ -38,13 +38,13 @@ internal static class WorkerMain
     public static int Run(string module, IReadOnlyList<string> tokens, bool verbose, int listenerPid, bool initializeAhead, string? initReserved)
     {
         // First of all: tied to the listener, which may have died before this line ran.
-        Posix.DieWithParent(Posix.SIGKILL);
-        if (Posix.getppid() != listenerPid)
+        Posix.DieWithParent(Libc.SIGKILL);
+        if (Libc.getppid() != listenerPid)
         {
             Console.Error.WriteLine("p11proxy-broker: the worker mode is started by 'p11proxy-broker serve' only");
             return 2;
         }
-        var log = new BrokerLog(verbose, source: $"worker {Environment.ProcessId}");
+        var log = new ProcessLog($"p11proxy-broker worker {Environment.ProcessId}", verbose);
         long started = Stopwatch.GetTimestamp();
         Backend backend;
         TokenFilter filter;
@@ -67,7 +67,7 @@ internal static class WorkerMain
         {
             context.Cancel = true;
             // Idle: the wait for a client ends; serving: the monitor below ends the connection.
-            if (!Volatile.Read(ref serving.Value)) Posix.shutdown(ControlFd, 2);
+            if (!Volatile.Read(ref serving.Value)) Libc.shutdown(ControlFd, 2);
             Posix.Wake(stopFd);
         }
         using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);
@@ -80,11 +80,11 @@ internal static class WorkerMain
 
         length = Posix.ReceiveMessage(ControlFd, message, out int clientFd, out _);
         Volatile.Write(ref serving.Value, true);
-        Posix.close(ControlFd);
+        Libc.close(ControlFd);
         if (length <= 0 || clientFd < 0 || !HandOffMessage.TryDecode(message[..length], out ClientHandOff handOff))
         {
             // Let go while idle (the listener shuts down, or keeps no spare): nothing to serve.
-            if (clientFd >= 0) Posix.close(clientFd);
+            if (clientFd >= 0) Libc.close(clientFd);
             if (length > 0) log.Error($"unexpected message from the listener ({length} bytes); exiting");
             return Finalize(backend, log);
         }
@@ -99,7 +99,7 @@ internal static class WorkerMain
             catch (BrokerException e)
             {
                 log.Error($"client {handOff.Serial} (uid {handOff.Uid}, pid {handOff.Pid}): {e.Message}; closing its connection");
-                Posix.close(clientFd);
+                Libc.close(clientFd);
                 return 1;
             }
             log.Trace($"client {handOff.Serial}: module initialised in {Stopwatch.GetElapsedTime(initializing).TotalMilliseconds:0.0} ms");
@@ -116,12 +116,12 @@ internal static class WorkerMain
     }
 
     /// <summary>Serves the client until it leaves (or SIGTERM), giving calls still running a grace period.</summary>
-    private static void Serve(ClientPeer client, int clientFd, Backend backend, TokenFilter filter, BrokerLog log, int stopFd)
+    private static void Serve(ClientPeer client, int clientFd, Backend backend, TokenFilter filter, ProcessLog log, int stopFd)
     {
         var channel = new RpcChannel(clientFd, clientFd, isSocket: true) { Budget = Server.RequestBudget, LargeBuffers = Server.SpareBuffers };
         // A second descriptor of the connection, watched for the client hanging up: the reader may
         // be stuck inside the module and never see it.
-        int watchFd = Posix.fcntl(clientFd, Posix.F_DUPFD_CLOEXEC, 0);
+        int watchFd = Libc.fcntl(clientFd, Libc.F_DUPFD_CLOEXEC, 0);
         int doneFd = Posix.WakeFd();
         var server = new Server(backend, filter, log);
         var thread = new Thread(() => server.ServeHandedOver(channel, client.Name, client.Version, () => Posix.Wake(doneFd)))
@@ -131,11 +131,11 @@ internal static class WorkerMain
         };
         thread.Start();
 
-        Span<Posix.PollFd> fds = stackalloc Posix.PollFd[3];
-        fds[0] = new() { Fd = doneFd, Events = Posix.POLLIN };
-        fds[1] = new() { Fd = stopFd, Events = Posix.POLLIN };
-        fds[2] = new() { Fd = watchFd, Events = Posix.POLLRDHUP };
-        while (Posix.poll(fds, watchFd >= 0 ? 3u : 2u, -1) < 0 && Posix.LastError == Posix.EINTR) { }
+        Span<Libc.PollFd> fds = stackalloc Libc.PollFd[3];
+        fds[0] = new() { Fd = doneFd, Events = Libc.POLLIN };
+        fds[1] = new() { Fd = stopFd, Events = Libc.POLLIN };
+        fds[2] = new() { Fd = watchFd, Events = Libc.POLLRDHUP };
+        while (Libc.poll(fds, watchFd >= 0 ? 3u : 2u, -1) < 0 && Libc.LastError == Libc.EINTR) { }
         if (fds[0].Revents != 0) // finished on its own: the usual way
         {
             CloseQuietly(watchFd);
@@ -147,26 +147,26 @@ internal static class WorkerMain
             log.Info($"{client.Name}: stopping at the listener's request");
             channel.Shutdown();
         }
-        Span<Posix.PollFd> done = stackalloc Posix.PollFd[1];
-        done[0] = new() { Fd = doneFd, Events = Posix.POLLIN };
-        if (Posix.poll(done, 1, CallGraceMilliseconds) <= 0)
+        Span<Libc.PollFd> done = stackalloc Libc.PollFd[1];
+        done[0] = new() { Fd = doneFd, Events = Libc.POLLIN };
+        if (Libc.poll(done, 1, CallGraceMilliseconds) <= 0)
             log.Warn($"{client.Name} left while a call was still running in the module; finalising the module without waiting for it");
         CloseQuietly(watchFd);
     }
 
     private static void CloseQuietly(int fd)
     {
-        if (fd >= 0) Posix.close(fd);
+        if (fd >= 0) Libc.close(fd);
     }
 
     /// <summary>C_Finalize, abandoned (and the process ended) if the module does not return from it in time.</summary>
-    private static int Finalize(Backend backend, BrokerLog log)
+    private static int Finalize(Backend backend, ProcessLog log)
     {
         var watchdog = new Thread(() =>
         {
             Thread.Sleep(FinalizeGraceMilliseconds);
             log.Error($"the module's C_Finalize has not returned after {FinalizeGraceMilliseconds} ms; exiting without it");
-            Posix.ExitNow(3);
+            Libc.ExitNow(3);
         }) { IsBackground = true, Name = "finalize watchdog" };
         watchdog.Start();
         HeldPins.Current?.CloseHiddenSessions(backend);
@@ -190,7 +190,7 @@ internal sealed record ClientPeer(ulong Serial, uint Uid, uint Gid, int Pid, byt
 /// </summary>
 internal static class ClientArrival
 {
-    public static ClientPeer Prepare(ClientHandOff handOff, Backend backend, BrokerLog log)
+    public static ClientPeer Prepare(ClientHandOff handOff, Backend backend, ProcessLog log)
     {
         var peer = new ClientPeer(handOff.Serial, handOff.Uid, handOff.Gid, handOff.Pid, handOff.Version);
         log.Trace($"client {peer.Serial} (uid {peer.Uid}, gid {peer.Gid}, pid {peer.Pid}) connected, protocol version {peer.Version}, module {backend.Path}");

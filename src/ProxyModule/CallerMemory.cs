@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using static P11Proxy.Platform.Libc;
 
 namespace P11Proxy.Module;
 
@@ -7,36 +8,8 @@ namespace P11Proxy.Module;
 /// pReserved): through the kernel, which answers EFAULT for an unmapped or inaccessible byte, never
 /// by dereferencing it, since a fault in the module's own code ends the host process.
 /// </summary>
-internal static unsafe partial class CallerMemory
+internal static unsafe class CallerMemory
 {
-    [StructLayout(LayoutKind.Sequential)]
-    private struct IoVec
-    {
-        public void* Base;
-        public nuint Length;
-    }
-
-    private const int EFAULT = 14;
-    private const int O_CLOEXEC = 0x80000;
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial nint process_vm_readv(int pid, IoVec* local, nuint localCount, IoVec* remote, nuint remoteCount, nuint flags);
-
-    [LibraryImport("libc")]
-    private static partial int getpid();
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int pipe2(int* fds, int flags);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial nint write(int fd, void* buffer, nuint count);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial nint read(int fd, void* buffer, nuint count);
-
-    [LibraryImport("libc")]
-    private static partial int close(int fd);
-
     /// <summary>
     /// The NUL-terminated bytes at <paramref name="address"/>, NUL included, if every one of them
     /// is readable and the NUL comes within <paramref name="max"/> bytes; read a page at a time, so
@@ -71,14 +44,14 @@ internal static unsafe partial class CallerMemory
     /// <summary>Copies <paramref name="length"/> bytes that lie within one page; false when they cannot be read.</summary>
     private static bool TryCopy(void* source, byte* destination, int length)
     {
-        var local = new IoVec { Base = destination, Length = (nuint)length };
-        var remote = new IoVec { Base = source, Length = (nuint)length };
+        var local = new IoVector { Base = destination, Length = (nuint)length };
+        var remote = new IoVector { Base = source, Length = (nuint)length };
         nint got = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
         if (got == length) return true;
         if (got >= 0 || Marshal.GetLastPInvokeError() == EFAULT) return false;
         // process_vm_readv refused by policy (a seccomp filter, say): a pipe does the same check,
         // write(2) answering EFAULT for bytes the process cannot read.
-        int* fds = stackalloc int[2];
+        Span<int> fds = stackalloc int[2];
         if (pipe2(fds, O_CLOEXEC) != 0) return false;
         try
         {

@@ -14,11 +14,8 @@ namespace P11Proxy.Module;
 /// a write lock in one system call; one waiting thread at a time reads (leader/follower), and a
 /// reply wakes only the thread it is for.
 /// </summary>
-internal sealed partial class Connection : IDisposable
+internal sealed class Connection : IDisposable
 {
-    [System.Runtime.InteropServices.LibraryImport("libc")]
-    private static partial uint getuid();
-
     private readonly Lock _writeGate = new();
     private readonly Lock _gate = new();
     private readonly WaiterTable _waiters = new();
@@ -139,7 +136,7 @@ internal sealed partial class Connection : IDisposable
                 var socket = RpcChannel.ConnectUnix(address.Path);
                 try
                 {
-                    BrokerPeer.Check(socket.ReadFd, getuid(), brokerUid, address.Path, ModuleConfig.BrokerUidHint);
+                    BrokerPeer.Check(socket.ReadFd, Libc.getuid(), brokerUid, address.Path, ModuleConfig.BrokerUidHint);
                 }
                 catch
                 {

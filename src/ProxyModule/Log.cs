@@ -1,40 +1,21 @@
-using System.Text;
+using P11Proxy.Platform;
 
 namespace P11Proxy.Module;
 
 /// <summary>
-/// Diagnostics on stderr, prefixed "p11proxy:". Errors always; call tracing with P11PROXY_DEBUG=1.
+/// The module's handle on its <see cref="ProcessLog"/>: a C host gives a library no Main to pass a
+/// log from, so the one instance lives here. Errors always; call tracing with P11PROXY_DEBUG=1.
 /// Callers never pass PINs or key material here: only call names, handles and return codes.
 /// </summary>
 internal static class Log
 {
-    private static readonly object Gate = new();
-
     public static bool Debug { get; } = Environment.GetEnvironmentVariable("P11PROXY_DEBUG") is { Length: > 0 } v && v != "0";
 
-    public static void Error(string message) => Write(message);
+    private static readonly ProcessLog Writer = new("p11proxy", Debug, levelWords: false);
 
-    public static void Trace(string message)
-    {
-        if (Debug) Write(message);
-    }
+    public static void Error(string message) => Writer.Error(message);
 
-    private static void Write(string message)
-    {
-        var line = Encoding.UTF8.GetBytes($"p11proxy: {message}\n");
-        lock (Gate)
-        {
-            try
-            {
-                using var stderr = Console.OpenStandardError();
-                stderr.Write(line);
-            }
-            catch
-            {
-                // A host without stderr must not fail because of a log line.
-            }
-        }
-    }
+    public static void Trace(string message) => Writer.Trace(message);
 
     /// <summary>Last line of defence at an export: an exception must never reach the C host.</summary>
     public static nuint Unexpected(string function, Exception exception)

@@ -9,7 +9,7 @@ namespace P11Proxy.Module;
 /// parent's memory but must not share its socket: it sees CKR_CRYPTOKI_NOT_INITIALIZED until it
 /// calls C_Initialize itself, which opens a connection of its own (PKCS#11's rule, and p11-kit's).
 /// </summary>
-internal static partial class ModuleState
+internal static class ModuleState
 {
     private static readonly object Gate = new();
     private static Connection? _connection;
@@ -22,9 +22,6 @@ internal static partial class ModuleState
     private static readonly unsafe int* ForkGeneration = p11proxy_fork_generation();
 
     private static unsafe int CurrentForkGeneration => Volatile.Read(ref *ForkGeneration);
-
-    [LibraryImport("libc")]
-    private static partial uint getuid();
 
     /// <summary>The live connection, or the CK_RV to return when there is none.</summary>
     public static ulong TryGet(out Connection connection)
@@ -104,7 +101,7 @@ internal static partial class ModuleState
     {
         connection = null!;
         {
-            var config = ModuleConfig.Settled(getuid());
+            var config = ModuleConfig.Settled(Libc.getuid());
             if (!ServerAddress.TryParse(config.Address, out var address, out string error))
             {
                 Log.Error($"bad broker address from {config.Source}: {error}");

@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using System.Text;
+using static P11Proxy.Platform.Libc;
 
 namespace P11Proxy.Wire.Transport;
 
@@ -10,13 +11,8 @@ namespace P11Proxy.Wire.Transport;
 /// pipes on our side are close-on-exec. At disposal the child's stdin is closed (it exits on EOF)
 /// and the child is reaped as soon as it exits, without a fixed sleep.
 /// </summary>
-public sealed partial class SpawnedProcess : IDisposable
+public sealed class SpawnedProcess : IDisposable
 {
-    private const int O_CLOEXEC = 0x80000;
-    private const int WNOHANG = 1;
-    private const int SIGKILL = 9;
-    private const int SIGTERM = 15;
-
     private int _pid;
 
     private SpawnedProcess(int pid, RpcChannel channel)
@@ -27,43 +23,6 @@ public sealed partial class SpawnedProcess : IDisposable
 
     public RpcChannel Channel { get; }
     public int Pid => _pid;
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int pipe2(Span<int> fds, int flags);
-
-    [LibraryImport("libc")]
-    private static partial int posix_spawn_file_actions_init(nint actions);
-
-    [LibraryImport("libc")]
-    private static partial int posix_spawn_file_actions_adddup2(nint actions, int fd, int newFd);
-
-    [LibraryImport("libc")]
-    private static partial int posix_spawn_file_actions_destroy(nint actions);
-
-    [LibraryImport("libc")]
-    private static partial int posix_spawnp(out int pid, nint file, nint actions, nint attributes, nint argv, nint envp);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int syscall(nint number, int pid, uint flags);
-
-    private const nint SYS_pidfd_open = 434; // the same number on x86-64 and arm64
-
-    [StructLayout(LayoutKind.Sequential)]
-    private struct PollFd
-    {
-        public int Fd;
-        public short Events;
-        public short Returned;
-    }
-
-    [LibraryImport("libc")]
-    private static unsafe partial int poll(PollFd* fds, nuint count, int timeoutMilliseconds);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int waitpid(int pid, out int status, int options);
-
-    [LibraryImport("libc")]
-    private static partial int kill(int pid, int signal);
 
     /// <summary>
     /// Starts the program <c>arguments[0]</c> (looked up on PATH) with its stdin and stdout connected
@@ -178,7 +137,7 @@ public sealed partial class SpawnedProcess : IDisposable
     /// exits (C_Finalize of a spawned broker costs its exit, not a polling interval); kernels
     /// without pidfd_open (before 5.3) are polled every millisecond.
     /// </summary>
-    private unsafe bool WaitForExit(int milliseconds)
+    private bool WaitForExit(int milliseconds)
     {
         if (HasExited()) return true;
         int pidfd = (int)syscall(SYS_pidfd_open, _pid, 0);
@@ -186,12 +145,12 @@ public sealed partial class SpawnedProcess : IDisposable
         {
             try
             {
-                var entry = new PollFd { Fd = pidfd, Events = 1 /* POLLIN: exited */ };
+                Span<PollFd> entry = [new PollFd { Fd = pidfd, Events = POLLIN /* exited */ }];
                 long deadline = Environment.TickCount64 + milliseconds;
                 while (true)
                 {
                     int left = (int)Math.Max(0, deadline - Environment.TickCount64);
-                    int ready = poll(&entry, 1, left);
+                    int ready = poll(entry, 1, left);
                     if (HasExited()) return true;
                     if (ready == 0 || left == 0) return false; // timed out
                     // interrupted by a signal, or readable but not yet reapable: look again

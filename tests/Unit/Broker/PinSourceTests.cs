@@ -292,7 +292,7 @@ namespace P11Proxy.UnitTests.Broker
             }
             finally
             {
-                Posix.close(cancel);
+                Libc.close(cancel);
             }
         }
     }

@@ -1,9 +1,9 @@
 using System.Runtime.InteropServices;
 
-namespace P11Proxy.Wire.Transport;
+namespace P11Proxy.Platform;
 
-/// <summary>File-system and descriptor calls for the broker's socket place (see <see cref="UnixSocketPlace"/>).</summary>
-internal static partial class Libc
+/// <summary>File-system and descriptor calls (the broker's socket place, P11Proxy.Wire.Transport.UnixSocketPlace).</summary>
+public static unsafe partial class Libc
 {
     public const int ENOENT = 2;
     public const int EACCES = 13;

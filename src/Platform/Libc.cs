@@ -1,12 +1,16 @@
 using System.Runtime.InteropServices;
 
-namespace P11Proxy.Wire.Transport;
+namespace P11Proxy.Platform;
 
 /// <summary>
-/// The few libc calls the transports need. Plain blocking system calls on the caller's thread:
-/// no thread pool, no async engine, so the module adds no threads to its host process.
+/// The one set of libc declarations of p11proxy: the module, the broker and the transports they
+/// share call the C library only through this class (split by topic: sockets and descriptors here,
+/// files in Libc.Files.cs, processes and memory in Libc.Process.cs). Plain blocking system calls on
+/// the caller's thread: no thread pool, no async engine, so the module adds no threads to its host
+/// process. Every assembly that calls them is bound to libc at link time (DirectPInvoke "libc" in
+/// the two executables' projects).
 /// </summary>
-internal static partial class Libc
+public static unsafe partial class Libc
 {
     public const int AF_UNIX = 1;
     public const int AF_VSOCK = 40;
@@ -20,6 +24,15 @@ internal static partial class Libc
     public const short POLLOUT = 0x004;
     public const short POLLERR = 0x008;
     public const short POLLHUP = 0x010;
+    public const short POLLRDHUP = 0x2000;
+    public const int SOCK_SEQPACKET = 5;
+    public const int SCM_RIGHTS = 1;
+    public const int MSG_CTRUNC = 0x8;
+    public const int MSG_CMSG_CLOEXEC = 0x40000000;
+    public const int EPIPE = 32;
+    public const int ECONNRESET = 104;
+    public const int EFAULT = 14;
+    public const int O_CLOEXEC = 0x80000;
     public const int SOL_SOCKET = 1;
     public const int SO_PEERCRED = 17;
     public const int SO_RCVTIMEO = 20;
@@ -63,6 +76,12 @@ internal static partial class Libc
     public static partial nint read(int fd, Span<byte> buffer, nint length);
 
     [LibraryImport("libc", SetLastError = true)]
+    public static partial nint write(int fd, void* buffer, nuint length);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial nint read(int fd, void* buffer, nuint length);
+
+    [LibraryImport("libc", SetLastError = true)]
     public static partial int close(int fd);
 
     [LibraryImport("libc", SetLastError = true)]
@@ -89,6 +108,36 @@ internal static partial class Libc
 
     [LibraryImport("libc", SetLastError = true)]
     public static partial int getsockopt(int fd, int level, int name, out UCred value, ref uint length);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int socketpair(int domain, int type, int protocol, int* fds);
+
+    /// <summary>struct msghdr.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct MessageHeader
+    {
+        public void* Name;
+        public uint NameLength;
+        public IoVector* Vectors;
+        public nuint VectorCount;
+        public void* Control;
+        public nuint ControlLength;
+        public int Flags;
+    }
+
+    /// <summary>struct iovec.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct IoVector
+    {
+        public void* Base;
+        public nuint Length;
+    }
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial nint sendmsg(int fd, MessageHeader* message, int flags);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial nint recvmsg(int fd, MessageHeader* message, int flags);
 
     /// <summary>SIOCOUTQ (= TIOCOUTQ): for a unix socket, the bytes sent that the peer has not read yet.</summary>
     public const nuint SIOCOUTQ = 0x5411;
