@@ -48,12 +48,12 @@ fixture_clients_cert() {
   openssl x509 -in "$d/$name.pem" -outform DER -out "$d/$name.der"
 }
 
-# fixture_clients_token NAME: see the top of this file. Sets FIXTURE_DIR, FIXTURE_LABEL,
-# FIXTURE_PIN, FIXTURE_SO_PIN, SOFTHSM2_CONF, RSA_URI, EC_URI, TOKEN_URI.
+# fixture_clients_token NAME: see the top of this file (the user PIN is $CLIENTS_PIN if set, else
+# 1234). Sets FIXTURE_DIR, FIXTURE_LABEL, FIXTURE_PIN, FIXTURE_SO_PIN, SOFTHSM2_CONF, RSA_URI, EC_URI, TOKEN_URI.
 fixture_clients_token() {
   FIXTURE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/p11proxy-$1.XXXXXX")
   FIXTURE_LABEL="p11proxy-$1"
-  FIXTURE_PIN=1234
+  FIXTURE_PIN=${CLIENTS_PIN:-1234}
   FIXTURE_SO_PIN=12345678
   local d=$FIXTURE_DIR
   mkdir -p "$d/tokens"
@@ -178,11 +178,14 @@ subjectAltName=IP:127.0.0.1,DNS:localhost'
   EC_SERVER_URI="pkcs11:token=$FIXTURE_LABEL;object=ec-server;type=private"
 }
 
-# fixture_clients_engine_conf FILE MODULE [INIT]: an OpenSSL configuration loading libp11's pkcs11
-# engine on MODULE with the token's PIN (what nginx, httpd, openssl and curl read via OPENSSL_CONF).
+# fixture_clients_engine_conf FILE MODULE [INIT] [no-pin]: an OpenSSL configuration loading libp11's
+# pkcs11 engine on MODULE with the token's PIN (what nginx, httpd, openssl and curl read via
+# OPENSSL_CONF), or with no PIN at all when the fourth argument is no-pin (the broker holds it).
 # INIT (default 1) is the engine's `init`: 1 for nginx, which loads keys from the engine without
 # initialising it itself; 0 leaves that to the program (openssl -engine, curl --engine).
 fixture_clients_engine_conf() {
+  local pin_line="PIN = $FIXTURE_PIN"
+  [ "${4:-}" != no-pin ] || pin_line="# no PIN: the broker holds it"
   cat > "$1" <<EOF
 openssl_conf = openssl_init
 [openssl_init]
@@ -193,7 +196,7 @@ pkcs11 = pkcs11_section
 engine_id = pkcs11
 dynamic_path = /usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so
 MODULE_PATH = $2
-PIN = $FIXTURE_PIN
+$pin_line
 init = ${3:-1}
 EOF
 }
@@ -258,3 +261,81 @@ fixture_netns_pair() {
   ip -n "$a" link set lo up && ip -n "$a" link set "$a" up || fail "cannot bring up $a's links"
   ip -n "$b" link set lo up && ip -n "$b" link set "$b" up || fail "cannot bring up $b's links"
 }
+
+# --- unattended clients (issue 16): the broker holds the PIN, the client is given none -----------------
+
+# fixture_unattended_broker NAME SOURCE [ARGS...]: a broker of ours (socket broker-NAME.sock,
+# trace broker-NAME.err) serving the token made by fixture_clients_token, holding its PIN, and
+# admitting the system user nobody besides the test's own uid, traced (--verbose); ARGS add the
+# policy under test. SOURCE is where the broker reads the PIN (--pin TOKEN?pin-source=...):
+#   file        a 0600 file of the broker's own, $FIXTURE_DIR/broker-pin
+#   credential  credential:token-pin, $CREDENTIALS_DIRECTORY (0700) set for the broker as systemd
+#               does for LoadCredentialEncrypted=token-pin:...
+#   askpass     |$FIXTURE_DIR/broker-askpass, an ask-pass program (0700) that answers with the PIN
+#               and appends a line to broker-askpass.log each time it runs
+# These (0600/0700, root's) are the only places the PIN is written for a client test. Sets
+# BROKER_ADDRESS (also exported as P11_KIT_SERVER_ADDRESS), BROKER_LOG, BROKER_PIN_SOURCE,
+# STRANGER_UID, STRANGER_GID.
+fixture_unattended_broker() {
+  local d=$FIXTURE_DIR name=$1 source=$2 socket environment=()
+  shift 2
+  socket=$d/broker-$name.sock
+  STRANGER_UID=$(id -u nobody)
+  STRANGER_GID=$(id -g nobody)
+  case $source in
+    file)
+      [ -e "$d/broker-pin" ] || ( umask 077; printf '%s\n' "$FIXTURE_PIN" > "$d/broker-pin" )
+      BROKER_PIN_SOURCE="file:$d/broker-pin" ;;
+    credential)
+      ( umask 077; mkdir -p "$d/credentials"; printf '%s\n' "$FIXTURE_PIN" > "$d/credentials/token-pin" )
+      environment=(CREDENTIALS_DIRECTORY="$d/credentials")
+      BROKER_PIN_SOURCE="credential:token-pin" ;;
+    askpass)
+      ( umask 077; printf '#!/bin/sh\necho "asked: $*" >> %s/broker-askpass.log\necho %s\n' "$d" "$FIXTURE_PIN" > "$d/broker-askpass" )
+      chmod 0700 "$d/broker-askpass"
+      : > "$d/broker-askpass.log"
+      BROKER_PIN_SOURCE="|$d/broker-askpass" ;;
+    *) fail "fixture_unattended_broker: no PIN source '$source'" ;;
+  esac
+  env "${environment[@]}" "${OUT:-out}/p11proxy-broker" serve --module "$SOFTHSM_MODULE" --socket "$socket" \
+    --pin "$TOKEN_URI?pin-source=$BROKER_PIN_SOURCE" --allow-uid "$STRANGER_UID" --verbose "$@" \
+    >"$d/broker-$name.out" 2>"$d/broker-$name.err" &
+  local pid=$! i
+  FIXTURE_PIDS+=($pid)
+  for i in $(seq 1 100); do
+    [ -S "$socket" ] && break
+    kill -0 "$pid" 2>/dev/null || fail "the broker ($name) did not start: $(cat "$d/broker-$name.err")"
+    sleep 0.1
+  done
+  [ -S "$socket" ] || fail "the broker ($name) is not listening on $socket after 10 s"
+  BROKER_ADDRESS="unix:path=$socket"
+  BROKER_LOG=$d/broker-$name.err
+  export P11_KIT_SERVER_ADDRESS=$BROKER_ADDRESS
+  # The stranger reaches the fixture directory (public files only: the key files and the PIN
+  # file stay 0600 root) and has a home of its own.
+  chmod 0711 "$d"
+  chmod 0644 "$d"/*.pem "$d"/*.der 2>/dev/null || true
+  chmod 0600 "$d"/*-key.pem "$d/pinfile"
+  mkdir -p "$d/stranger-home"
+  chown "$STRANGER_UID:$STRANGER_GID" "$d/stranger-home"
+}
+
+# as_stranger COMMAND...: runs COMMAND as the system user nobody (uid STRANGER_UID, no
+# supplementary groups), with HOME in the fixture directory and the broker's address.
+as_stranger() {
+  setpriv --reuid="$STRANGER_UID" --regid="$STRANGER_GID" --clear-groups \
+    env HOME="$FIXTURE_DIR/stranger-home" P11_KIT_SERVER_ADDRESS="$P11_KIT_SERVER_ADDRESS" "$@"
+}
+
+# fixture_unattended_no_pin_anywhere FILE...: fails if the PIN appears in any of FILE (the
+# configuration a client was given): a test of unattended clients must not hand it the PIN.
+fixture_unattended_no_pin_anywhere() {
+  local f
+  for f in "$@"; do
+    ! grep -qF "$FIXTURE_PIN" "$f" || fail "$f holds the token's PIN: the client must be given none"
+  done
+}
+
+# broker_log_since OFFSET: the broker's trace from byte OFFSET (see broker_log_mark).
+broker_log_mark() { wc -c <"$BROKER_LOG"; }
+broker_log_since() { tail -c +"$(($1 + 1))" "$BROKER_LOG"; }

@@ -2,6 +2,7 @@
 """Drives a real browser to a page that needs a TLS client certificate (standard library only).
 
   browserdrive.py chromium|firefox --visit URL TITLE TEXT [--visit ...] --profile DIR --port PORT [--pin PIN] [--timeout S]
+                  [--unattended] [--headless]
 
 chromium: chromedriver (W3C WebDriver over HTTP on PORT) starts /usr/bin/chromium with the NSS
           database in $HOME/.pki/nssdb (the caller sets HOME).
@@ -11,9 +12,14 @@ Both run on $DISPLAY (Xvfb), load pages without waiting (pageLoadStrategy none),
 watch the X windows: the browser's own "enter the token's PIN" dialog gets PIN typed into it with
 xdotool (real key events, as a person types); Chromium's certificate selector, shown inside the
 browser window, is accepted with Return. With no --pin, a PIN dialog is an error. A page is done
-when the window shows its TITLE and its element #subject contains TEXT. Prints, one line each:
+when the window shows its TITLE and its element #subject contains TEXT.
+--unattended: no key is ever sent (Chromium must choose the certificate itself, e.g. by the
+AutoSelectCertificateForUrls policy); a PIN dialog is an error, reported as below.
+--headless (implies --unattended): chromium --headless=new or firefox-esr -headless, no window at
+all; the page is read through WebDriver or Marionette alone. Prints, one line each:
   URL: dialog: <window title>: PIN typed     a PIN dialog was answered
   URL: subject: <#subject's text>           what the page showed
+  URL: dialog: <window title> (no PIN to give)   a PIN dialog appeared without --pin
 Exit status 0 only when every page showed its TEXT, in one browser start.
 """
 import argparse
@@ -66,8 +72,11 @@ class ChromeDriver:
     def __init__(self, port, profile):
         self.base = f"http://127.0.0.1:{port}"
         log_path = os.path.join(profile, "chromedriver.log")
+        # A session of its own: Chromium and its helpers stay in chromedriver's process group, so
+        # quit() can stop them all even when the browser no longer answers (a page that never
+        # loaded, headless, leaves Chromium running after chromedriver is gone).
         self.process = subprocess.Popen(["/usr/bin/chromedriver", f"--port={port}", f"--log-path={log_path}"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.session = None
         deadline = time.time() + 30
         while True:
@@ -90,8 +99,8 @@ class ChromeDriver:
         except urllib.error.HTTPError as e:
             raise WebDriverError(f"{method} {path}: {e.code} {e.read()[:300]!r}")
 
-    def start(self, profile):
-        args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--no-default-browser-check",
+    def start(self, profile, headless=False):
+        args = (["--headless=new"] if headless else []) + ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--no-default-browser-check",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--password-store=basic", f"--user-data-dir={os.path.join(profile, 'chromium')}",
                 "--window-size=1024,768"]
@@ -119,15 +128,23 @@ class ChromeDriver:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        # Whatever of Chromium is left in the group.
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            time.sleep(1)
 
 
 # --- firefox: Marionette over TCP ----------------------------------------------------------------------
 
 class Marionette:
-    def __init__(self, port, profile):
+    def __init__(self, port, profile, headless=False):
         log_path = os.path.join(profile, "firefox.log")
         self.log_file = open(log_path, "wb")
-        self.process = subprocess.Popen(["/usr/bin/firefox-esr", "-marionette", "-no-remote", "-profile", profile],
+        self.process = subprocess.Popen(["/usr/bin/firefox-esr", "-marionette", "-no-remote", "-profile", profile]
+                                        + (["-headless"] if headless else []),
                                         stdout=self.log_file, stderr=subprocess.STDOUT)
         self.message_id = 0
         self.buffer = b""
@@ -176,7 +193,7 @@ class Marionette:
                     raise WebDriverError(f"{name}: {reply[2]}")
                 return reply[3]
 
-    def start(self, profile):
+    def start(self, profile, headless=False):
         self.command("WebDriver:NewSession", {"capabilities": {"alwaysMatch": {"pageLoadStrategy": "none"}}})
 
     def navigate(self, url):
@@ -188,10 +205,13 @@ class Marionette:
         return self.command("WebDriver:ExecuteScript", {"script": script, "args": []}).get("value")
 
     def quit(self):
+        # A modal dialog left open (a PIN nobody gave) keeps Marionette from answering: wait for
+        # the answer briefly, then stop Firefox with SIGTERM.
         try:
+            self.sock.settimeout(10)
             self.command("Marionette:Quit", {"flags": ["eForceQuit"]})
         except (OSError, WebDriverError, ValueError):
-            pass
+            self.process.terminate()
         try:
             self.process.wait(20)
         except subprocess.TimeoutExpired:
@@ -219,8 +239,9 @@ def visit(driver, options, url, title, expect):
                 log(f"{url}: dialog: {name}: PIN typed")
                 time.sleep(1)
         # Ask the page only once its title is in the window's name: a script sent while the
-        # browser waits for a certificate or a PIN only times out.
-        if visible_windows(title):
+        # browser waits for a certificate or a PIN only times out. Headless, there is no window
+        # to look at: ask, with a short timeout.
+        if options.headless or visible_windows(title):
             try:
                 shown = driver.subject()
             except (OSError, WebDriverError):
@@ -228,7 +249,7 @@ def visit(driver, options, url, title, expect):
             if shown is not None and expect in shown:
                 log(f"{url}: subject: {shown}")
                 return True
-        elif options.browser == "chromium" and time.time() - last_return > 3:
+        elif options.browser == "chromium" and not options.unattended and time.time() - last_return > 3:
             # Chromium's certificate selector lives inside the browser window: Return accepts
             # the certificate it offers (harmless while nothing is shown).
             windows = visible_windows(browser_window)
@@ -251,14 +272,20 @@ def main():
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--pin")
     parser.add_argument("--timeout", type=float, default=90, help="seconds per page")
+    parser.add_argument("--unattended", action="store_true", help="send no key at all")
+    parser.add_argument("--headless", action="store_true", help="no window (implies --unattended)")
     options = parser.parse_args()
+    if options.headless:
+        options.unattended = True
+    if options.unattended and options.pin is not None:
+        parser.error("--unattended sends no key, so no --pin")
     # A timeout's SIGTERM still stops the browser and its driver (the finally below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
 
     driver = ChromeDriver(options.port, options.profile) if options.browser == "chromium" \
-        else Marionette(options.port, options.profile)
+        else Marionette(options.port, options.profile, options.headless)
     try:
-        driver.start(options.profile)
+        driver.start(options.profile, options.headless)
         for url, title, expect in options.visit:
             if not visit(driver, options, url, title, expect):
                 return 1
