@@ -80,3 +80,38 @@ card_remove() {
   wait "${CARD_PID[$name]}" 2>/dev/null || true
   card_wait_event "Card Removed From" "$before"
 }
+
+# card_start_broker [ARGS...]: our broker serving OpenSC (OPENSC_CONF reaches its workers through
+# the environment); sets FIXTURE_ADDRESS.
+card_start_broker() {
+  local socket="$FIXTURE_DIR/broker.sock"
+  rm -f "$socket"
+  "${OUT:-out}/p11proxy-broker" serve --module "$OPENSC_MODULE" --socket "$socket" "$@" \
+    >"$FIXTURE_DIR/broker.out" 2>>"$FIXTURE_DIR/broker.err" &
+  CARD_BROKER_PID=$!
+  FIXTURE_PIDS+=($!)
+  fixture_wait_socket "$socket"
+  FIXTURE_ADDRESS="unix:path=$socket"
+}
+
+# card_stop_broker: stops the broker card_start_broker started.
+card_stop_broker() {
+  kill "$CARD_BROKER_PID" 2>/dev/null || true
+  wait "$CARD_BROKER_PID" 2>/dev/null || true
+}
+
+# cardhost_build: compiles native-tests/hosts/cardhost.c; isolation-lib.sh's client_start, ask,
+# send and receive then drive it.
+cardhost_build() {
+  ISO_CLIENT=$FIXTURE_DIR/cardhost
+  cc -O2 -Wall -o "$ISO_CLIENT" "$(dirname "${BASH_SOURCE[0]}")/hosts/cardhost.c" -I/usr/include/p11-kit-1 -ldl -lpthread \
+    || fail "cannot build cardhost"
+}
+
+# row CLIENT LABEL COMMAND...: asks CLIENT and writes "LABEL | ANSWER" to its transcript.
+row() {
+  local name=$1 label=$2
+  shift 2
+  ask "$name" "$@"
+  printf '%-48s | %s\n' "$label" "$REPLY" >>"$FIXTURE_DIR/$name.transcript"
+}
