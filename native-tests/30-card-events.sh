@@ -9,6 +9,10 @@
 #      blocking; another thread's calls answered while one waits; sessions after removal; a
 #      signature with the card present (verified with openssl) and absent (an error, not a hang);
 #      C_Finalize during a blocking wait (the wait ends with CKR_CRYPTOKI_NOT_INITIALIZED)
+#   3  --wait-for-token: the card leaves reader 0; the client's C_OpenSession on its old slot
+#      waits and opens where the same card (label, serial) comes back, in reader 1; it signs there
+#      (verified). Without the option the same call fails at once, as direct (row of 2)
+#   4  the wait's deadline (--token-wait-ms) gives the direct error; C_Finalize and leaving end it
 set -euo pipefail
 OUT=${1:-out}
 DIR=$(dirname "$0")
@@ -121,4 +125,72 @@ for sig in direct-1 direct-2 proxy-1 proxy-2; do
 done
 cat "$FIXTURE_DIR/direct.transcript"
 echo "2 through the broker, every row above equal to OpenSC direct; the four signatures verify"
+
+# 3: --wait-for-token. The card leaves reader 0; the client's C_OpenSession on its old slot waits
+# and opens where the same card (label and serial) comes back: reader 1.
+SIG_TOKEN='pkcs11:token=OpenPGP%20card%20(User%20PIN%20(sig));serial=ffff0000a001'
+broker_log_count() { grep -c "$1" "$FIXTURE_DIR/broker.err" || true; }
+card_start_broker --wait-for-token "$SIG_TOKEN" --token-wait-ms 20000
+card_insert wait "$CARD_READER0_PORT"
+client_start wait "$OUT/p11proxy.so" "$FIXTURE_ADDRESS"
+row wait "open a session" open 1
+row wait "login" login "$CARD_PIN"
+row wait "sign" sign "signed-on-the-card" "$FIXTURE_DIR/wait-1.sig"
+card_remove wait
+before=$(broker_log_count "is absent: waiting")
+send wait open 1
+for i in $(seq 1 50); do [ "$(broker_log_count "is absent: waiting")" -gt "$before" ] && break; sleep 0.1; done
+[ "$(broker_log_count "is absent: waiting")" -gt "$before" ] || fail "the broker did not wait for the card: $(tail -5 "$FIXTURE_DIR/broker.err")"
+card_insert wait "$CARD_READER1_PORT"
+receive wait
+printf '%-48s | %s\n' "open a session, card away, back in reader 1" "$REPLY" >>"$FIXTURE_DIR/wait.transcript"
+row wait "session" sessioninfo
+row wait "login" login "$CARD_PIN"
+row wait "sign" sign "signed-on-the-card" "$FIXTURE_DIR/wait-2.sig"
+client_quit wait
+card_remove wait
+card_stop_broker
+cat "$FIXTURE_DIR/wait.transcript"
+wait_row() {
+  local label=$1 pattern=$2 line
+  line=$(grep -F "$label " "$FIXTURE_DIR/wait.transcript" | tail -1)
+  grep -Eq -- "\| $pattern\$" <<<"$line" || fail "--wait-for-token row '$label': '$line', expected '$pattern'"
+}
+wait_row "open a session, card away, back in reader 1" "rv=0x0"
+wait_row "session" "rv=0x0 slot=5 state=0"
+wait_row "sign" "rv=0x0 length=256"
+for sig in wait-1 wait-2; do
+  printf 'signed-on-the-card' | openssl dgst -sha256 -verify "$FIXTURE_DIR/card-pub.pem" -signature "$FIXTURE_DIR/$sig.sig" >/dev/null \
+    || fail "signature $sig does not verify with the card's public key"
+done
+grep -q "token 'OpenPGP card (User PIN (sig))' (serial ffff0000a001) is back in slot 5" "$FIXTURE_DIR/broker.err" \
+  || fail "the broker did not log where the card came back"
+echo "3 --wait-for-token: C_OpenSession on the card's old slot waited and opened in reader 1 (slot 5); the signature verifies"
+
+# 4: the wait's deadline gives the direct error (CKR_TOKEN_NOT_PRESENT); C_Finalize and
+# disconnecting end a wait at once.
+card_start_broker --wait-for-token "$SIG_TOKEN" --token-wait-ms 4000
+card_insert limits "$CARD_READER0_PORT"
+for name in late final gone; do
+  client_start "$name" "$OUT/p11proxy.so" "$FIXTURE_ADDRESS"
+  expect "$name" "$CKR_OK" open 1
+done
+card_remove limits
+expect late 0xe0 open 1
+grep -q "did not come back within 4000 ms" "$FIXTURE_DIR/broker.err" || fail "no log line for the wait's deadline"
+expect final "$CKR_OK" open-start 1
+ask final open-result 1
+[ "$REPLY" = "rv=pending" ] || fail "C_OpenSession did not wait for the card: $REPLY"
+expect final "$CKR_OK" finalize
+ASK_TIMEOUT=3 ask final open-result 2
+[ "$REPLY" = "rv=0x190 slot=0" ] || fail "C_Finalize did not end the wait with CKR_CRYPTOKI_NOT_INITIALIZED: $REPLY"
+ended=$(broker_log_count "ended: the client finalised or left")
+expect gone "$CKR_OK" open-start 1
+ask gone open-result 1
+[ "$REPLY" = "rv=pending" ] || fail "C_OpenSession did not wait for the card: $REPLY"
+client_quit gone
+for i in $(seq 1 20); do [ "$(broker_log_count "ended: the client finalised or left")" -gt "$ended" ] && break; sleep 0.1; done
+[ "$(broker_log_count "ended: the client finalised or left")" -gt "$ended" ] || fail "a client that left did not end its wait"
+card_stop_broker
+echo "4 the wait's deadline answers CKR_TOKEN_NOT_PRESENT as direct does; C_Finalize (CKR_CRYPTOKI_NOT_INITIALIZED) and leaving end a wait"
 echo "PASS"

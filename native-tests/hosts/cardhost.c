@@ -18,8 +18,10 @@
  *   drain                 C_WaitForSlotEvent(CKF_DONT_BLOCK) until it is not CKR_OK (at most 16)
  *                         -> the last CK_RV, events=ID,..
  *   wait-start            a thread starts a blocking C_WaitForSlotEvent -> rv=0x0 started
+ *   open-start ID         a thread starts C_OpenSession on slot ID (the session becomes current)
  *   wait-result SECONDS   that thread's result, waiting at most SECONDS -> rv=0xN slot=N,
- *                         or rv=pending when it is still waiting
+ *   open-result SECONDS   or rv=pending when it is still waiting (after open-start: slot=1 when
+ *                         a session was opened)
  *   finalize              C_Finalize
  *   initialize            C_Initialize again
  *   quit                  exits 0 (without C_Finalize)
@@ -158,11 +160,21 @@ static void drain(void)
 	answer_rv(rv, extra);
 }
 
-static void *waiter(void *unused)
+static CK_SLOT_ID open_slot;
+
+/* The thread's call: a blocking C_WaitForSlotEvent (its slot), or C_OpenSession (its session). */
+static void *waiter(void *opening)
 {
 	CK_SLOT_ID slot = 0;
-	CK_RV rv = f->C_WaitForSlotEvent(0, &slot, NULL);
-	(void)unused;
+	CK_SESSION_HANDLE opened = 0;
+	CK_RV rv;
+	if (opening) {
+		rv = f->C_OpenSession(open_slot, CKF_SERIAL_SESSION, NULL, NULL, &opened);
+		if (rv == CKR_OK) session = opened;
+		slot = opened != 0;
+	} else {
+		rv = f->C_WaitForSlotEvent(0, &slot, NULL);
+	}
 	pthread_mutex_lock(&wait_lock);
 	wait_rv = rv;
 	wait_slot = slot;
@@ -172,12 +184,12 @@ static void *waiter(void *unused)
 	return NULL;
 }
 
-static void wait_start(void)
+static void wait_start(int opening)
 {
 	if (wait_running) { answer("busy", ""); return; }
 	wait_running = 1;
 	wait_finished = 0;
-	if (pthread_create(&wait_thread, NULL, waiter, NULL) != 0) { perror("pthread_create"); exit(1); }
+	if (pthread_create(&wait_thread, NULL, waiter, opening ? &open_slot : NULL) != 0) { perror("pthread_create"); exit(1); }
 	answer_rv(CKR_OK, "started");
 }
 
@@ -235,8 +247,11 @@ static void command(char *line)
 	} else if (!strcmp(verb, "drain")) {
 		drain();
 	} else if (!strcmp(verb, "wait-start")) {
-		wait_start();
-	} else if (!strcmp(verb, "wait-result")) {
+		wait_start(0);
+	} else if (!strcmp(verb, "open-start") && a1) {
+		open_slot = strtoul(a1, NULL, 10);
+		wait_start(1);
+	} else if (!strcmp(verb, "wait-result") || !strcmp(verb, "open-result")) {
 		wait_result(a1 ? atoi(a1) : 30);
 	} else if (!strcmp(verb, "finalize")) {
 		answer_rv(f->C_Finalize(NULL), "");

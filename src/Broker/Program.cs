@@ -134,6 +134,8 @@ namespace P11Proxy.Broker
                         case "--socket": options.Socket = Next(); break;
                         case "--init-reserved": options.InitReserved = Next(); break;
                         case "--token": options.Tokens.Add(Next()); break;
+                        case "--wait-for-token": TokenWait.AddUri(Next()); break;
+                        case "--token-wait-ms": TokenWait.SetTimeout(Next()); break;
                         case "--allow-uid": options.AllowedUids.Add(ParseId(Next(), "--allow-uid")); break;
                         case "--allow-gid": options.AllowedGids.Add(ParseId(Next(), "--allow-gid")); break;
                         case "--socket-mode":
