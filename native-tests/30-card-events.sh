@@ -13,6 +13,8 @@
 #      waits and opens where the same card (label, serial) comes back, in reader 1; it signs there
 #      (verified). Without the option the same call fails at once, as direct (row of 2)
 #   4  the wait's deadline (--token-wait-ms) gives the direct error; C_Finalize and leaving end it
+#   5  a client logged in on arrival (--login-on-arrival, PIN held by the broker) is logged in
+#      again once its card is back, in the other reader: it signs before and after, sending no PIN
 set -euo pipefail
 OUT=${1:-out}
 DIR=$(dirname "$0")
@@ -193,4 +195,46 @@ for i in $(seq 1 20); do [ "$(broker_log_count "ended: the client finalised or l
 [ "$(broker_log_count "ended: the client finalised or left")" -gt "$ended" ] || fail "a client that left did not end its wait"
 card_stop_broker
 echo "4 the wait's deadline answers CKR_TOKEN_NOT_PRESENT as direct does; C_Finalize (CKR_CRYPTOKI_NOT_INITIALIZED) and leaving end a wait"
+
+# 5: a client logged in on arrival (--login-on-arrival, the PIN held by the broker) is logged in
+# again when its card comes back: it signs before and after, never sending a PIN.
+SIG_LABEL='OpenPGP%20card%20(User%20PIN%20(sig))'
+(umask 077; printf '%s\n' "$CARD_PIN" >"$FIXTURE_DIR/card.pin")
+card_start_broker --wait-for-token "$SIG_TOKEN" --pin "pkcs11:token=$SIG_LABEL?pin-source=file:$FIXTURE_DIR/card.pin" \
+  --login-on-arrival "uid:$(id -u)=pkcs11:token=$SIG_LABEL"
+card_insert arrival "$CARD_READER0_PORT"
+client_start arrival "$OUT/p11proxy.so" "$FIXTURE_ADDRESS"
+row arrival "open a session" open 1
+row arrival "session (logged in on arrival)" sessioninfo
+row arrival "sign, no PIN sent" sign "signed-on-the-card" "$FIXTURE_DIR/arrival-1.sig"
+card_remove arrival
+row arrival "slots, card away" slots
+send arrival open 1
+for i in $(seq 1 50); do [ "$(broker_log_count "is absent: waiting")" -gt 0 ] && break; sleep 0.1; done
+card_insert arrival "$CARD_READER1_PORT"
+receive arrival
+printf '%-48s | %s\n' "open a session, card back in reader 1" "$REPLY" >>"$FIXTURE_DIR/arrival.transcript"
+row arrival "session (logged in again)" sessioninfo
+row arrival "sign, no PIN sent" sign "signed-on-the-card" "$FIXTURE_DIR/arrival-2.sig"
+client_quit arrival
+card_remove arrival
+card_stop_broker
+cat "$FIXTURE_DIR/arrival.transcript"
+arrival_row() {
+  local label=$1 pattern=$2 n=$3 line
+  line=$(grep -F "$label " "$FIXTURE_DIR/arrival.transcript" | sed -n "${n}p")
+  grep -Eq -- "\| $pattern\$" <<<"$line" || fail "login-on-arrival row '$label' ($n): '$line', expected '$pattern'"
+}
+arrival_row "session (logged in on arrival)" "rv=0x0 slot=1 state=1" 1
+arrival_row "open a session, card back in reader 1" "rv=0x0" 1
+arrival_row "session (logged in again)" "rv=0x0 slot=5 state=1" 1
+arrival_row "sign, no PIN sent" "rv=0x0 length=256" 1
+arrival_row "sign, no PIN sent" "rv=0x0 length=256" 2
+for sig in arrival-1 arrival-2; do
+  printf 'signed-on-the-card' | openssl dgst -sha256 -verify "$FIXTURE_DIR/card-pub.pem" -signature "$FIXTURE_DIR/$sig.sig" >/dev/null \
+    || fail "signature $sig does not verify with the card's public key"
+done
+[ "$(grep -c "logged in to token 'OpenPGP card (User PIN (sig))'.* on arrival" "$FIXTURE_DIR/broker.err")" -ge 2 ] \
+  || fail "the broker did not log the login on arrival and the login again: $(grep -i login "$FIXTURE_DIR/broker.err")"
+echo "5 --login-on-arrival: logged in on arrival, and again once the card is back in reader 1; both signatures verify"
 echo "PASS"

@@ -39,16 +39,20 @@ while read -r name value modes; do
   # A value the parser takes: the command line is parsed whole before the module is looked for, so
   # a parsed one ends with the complaint that the module does not exist.
   accepted=()
+  extra=()
   case $value in
     -) candidates=("") ;;
     PATH) candidates=("$NO_MODULE") ;;
     URI) candidates=("pkcs11:token=reference") ;;
+    PIN-URI) candidates=("pkcs11:token=reference?pin-source=|/bin/true") ;;
+    # A policy line needs a --pin holding the token's PIN.
+    PEER=URI) candidates=("uid:0=pkcs11:token=reference"); extra=(--pin "pkcs11:token=reference?pin-source=|/bin/true") ;;
     MODE) candidates=(0660) ;;
     STRING) candidates=("configdir='sql:/nonexistent'") ;;
     *) candidates=(0 1 16 64 100 1000) ;;
   esac
   for candidate in "${candidates[@]}"; do
-    args=("$name"); [ "$value" = - ] || args+=("$candidate")
+    args=("${extra[@]}" "$name"); [ "$value" = - ] || args+=("$candidate")
     "$BROKER" serve --module "$NO_MODULE" "${args[@]}" </dev/null >/dev/null 2>"$d/serve.err" || true
     grep -q "unknown option '$name'" "$d/serve.err" && fail "p11proxy-broker does not know $name, which man/reference.json documents"
     if grep -q "module $NO_MODULE does not exist" "$d/serve.err"; then accepted=("${args[@]}"); break; fi

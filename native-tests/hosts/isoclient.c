@@ -8,7 +8,14 @@
  * Commands (HANDLE: an object handle as printed by an earlier answer, of this or another client):
  *   open ro|rw              C_OpenSession; it becomes the current session    -> session=N
  *   close                   C_CloseSession of the current session
- *   login user|so PIN       C_Login on the current session
+ *   login user|so|context PIN|-  C_Login on the current session ("-": a NULL PIN)
+ *   tokeninfo               C_GetTokenInfo      -> flags=0xN protected=0|1 sessions=N
+ *   state                   C_GetSessionInfo of the current session            -> state=N
+ *   closeall                C_CloseAllSessions on the slot
+ *   login-finalize MS       a thread calls C_Login(CKU_USER, NULL); MS ms later this one calls
+ *                           C_Finalize             -> (the login's rv) finalize=0xN ms=N (until both returned)
+ *   signctx DATA PIN|- [FILE]  SignInit with the key of id 02 (CKA_ALWAYS_AUTHENTICATE), C_Login
+ *                           (CKU_CONTEXT_SPECIFIC, "-": a NULL PIN), Sign  -> step=LAST-CALL length=N
  *   logout                  C_Logout
  *   initpin PIN             C_InitPIN (sets the user PIN; the SO must be logged in)
  *   count private|data      objects of that class the session can find      -> count=N
@@ -26,9 +33,12 @@
  *   quit                    exits 0 (without C_Finalize: as a killed client would)
  */
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 #include <p11-kit/pkcs11.h>
 
 static CK_FUNCTION_LIST_PTR f;
@@ -52,6 +62,14 @@ static CK_RV find(CK_OBJECT_CLASS cls, const unsigned char *id, CK_ULONG id_leng
 	return rv;
 }
 
+static CK_RV null_login_rv;
+static void *null_login(void *unused)
+{
+	(void)unused;
+	null_login_rv = f->C_Login(session, CKU_USER, NULL, 0);
+	return NULL;
+}
+
 static void command(char *line)
 {
 	char extra[512] = "";
@@ -71,7 +89,65 @@ static void command(char *line)
 	} else if (!strcmp(verb, "close")) {
 		answer(f->C_CloseSession(session), "");
 	} else if (!strcmp(verb, "login") && a1 && a2) {
-		answer(f->C_Login(session, !strcmp(a1, "so") ? CKU_SO : CKU_USER, (CK_UTF8CHAR_PTR)a2, strlen(a2)), "");
+		/* "-": a NULL PIN, as on a protected authentication path */
+		int null_pin = !strcmp(a2, "-");
+		CK_USER_TYPE type = !strcmp(a1, "so") ? CKU_SO : !strcmp(a1, "context") ? CKU_CONTEXT_SPECIFIC : CKU_USER;
+		answer(f->C_Login(session, type, null_pin ? NULL : (CK_UTF8CHAR_PTR)a2, null_pin ? 0 : strlen(a2)), "");
+	} else if (!strcmp(verb, "tokeninfo")) {
+		CK_TOKEN_INFO info;
+		rv = f->C_GetTokenInfo(slot, &info);
+		snprintf(extra, sizeof extra, "flags=0x%lx protected=%d sessions=%ld", rv == CKR_OK ? (unsigned long)info.flags : 0ul,
+			 rv == CKR_OK && (info.flags & CKF_PROTECTED_AUTHENTICATION_PATH) ? 1 : 0, rv == CKR_OK ? (long)info.ulSessionCount : -1l);
+		answer(rv, extra);
+	} else if (!strcmp(verb, "state")) {
+		CK_SESSION_INFO info;
+		rv = f->C_GetSessionInfo(session, &info);
+		snprintf(extra, sizeof extra, "state=%lu", rv == CKR_OK ? (unsigned long)info.state : 99ul);
+		answer(rv, extra);
+	} else if (!strcmp(verb, "signctx") && a1 && a2) {
+		/* key id 02 has CKA_ALWAYS_AUTHENTICATE: each signature needs its own context-specific login */
+		static const unsigned char id[] = { 2 };
+		char *a3 = strtok(NULL, " \t\n");
+		CK_OBJECT_HANDLE key;
+		CK_ULONG count = 0;
+		CK_MECHANISM mechanism = { CKM_SHA256_RSA_PKCS, NULL, 0 };
+		unsigned char signature[512];
+		CK_ULONG length = sizeof signature;
+		const char *step = "find";
+		int null_pin = !strcmp(a2, "-");
+		rv = find(CKO_PRIVATE_KEY, id, 1, &key, 1, &count);
+		if (rv == CKR_OK && count == 0) rv = CKR_KEY_HANDLE_INVALID;
+		if (rv == CKR_OK) { step = "signinit"; rv = f->C_SignInit(session, &mechanism, key); }
+		if (rv == CKR_OK) {
+			step = "login";
+			rv = f->C_Login(session, CKU_CONTEXT_SPECIFIC, null_pin ? NULL : (CK_UTF8CHAR_PTR)a2, null_pin ? 0 : strlen(a2));
+		}
+		if (rv == CKR_OK) { step = "sign"; rv = f->C_Sign(session, (CK_BYTE_PTR)a1, strlen(a1), signature, &length); }
+		if (rv == CKR_OK && a3) {
+			FILE *out = fopen(a3, "wb");
+			if (out) {
+				fwrite(signature, 1, length, out);
+				fclose(out);
+			}
+		}
+		snprintf(extra, sizeof extra, "step=%s length=%lu", step, rv == CKR_OK ? (unsigned long)length : 0ul);
+		answer(rv, extra);
+	} else if (!strcmp(verb, "login-finalize") && a1) {
+		/* another thread's C_Login(CKU_USER, NULL) is under way when this one calls C_Finalize */
+		pthread_t thread;
+		struct timespec start, end;
+		CK_RV finalized;
+		clock_gettime(CLOCK_MONOTONIC, &start);
+		pthread_create(&thread, NULL, null_login, NULL);
+		usleep(atoi(a1) * 1000);
+		finalized = f->C_Finalize(NULL);
+		pthread_join(thread, NULL);
+		clock_gettime(CLOCK_MONOTONIC, &end);
+		snprintf(extra, sizeof extra, "finalize=0x%lx ms=%ld", (unsigned long)finalized,
+			 (long)((end.tv_sec - start.tv_sec) * 1000 + (end.tv_nsec - start.tv_nsec) / 1000000));
+		answer(null_login_rv, extra);
+	} else if (!strcmp(verb, "closeall")) {
+		answer(f->C_CloseAllSessions(slot), "");
 	} else if (!strcmp(verb, "logout")) {
 		answer(f->C_Logout(session), "");
 	} else if (!strcmp(verb, "initpin") && a1) {

@@ -222,6 +222,7 @@ internal sealed unsafe partial class Dispatcher
         // A thread of this client waiting for a slot event returns now, as C_Finalize makes it
         // return in a module loaded directly (its reply goes out before this one).
         if (_client.TakeEvents() is { } events) _events.Unsubscribe(events, CKR_CRYPTOKI_NOT_INITIALIZED);
+        HeldPins.Current?.CancelAsks(); // a login waiting for an ask-pass program ends, as C_Finalize ends waits
         CloseClientSessions();
         _client.Initialized = false;
         BeginReply();
@@ -298,6 +299,7 @@ internal sealed unsafe partial class Dispatcher
         // The filter judges from the information just fetched: one backend call, not two.
         if (!_filter.IsVisible(F, slot, rv == CKR_OK ? &info : null)) return CKR_SLOT_ID_INVALID;
         if (rv != CKR_OK) return rv;
+        HeldPins.Current?.AdjustTokenInfo(F, slot, &info);
         BeginReply();
         WriteSpace(info.label, 32);
         WriteSpace(info.manufacturerID, 32);
@@ -390,7 +392,7 @@ internal sealed unsafe partial class Dispatcher
         if (!ReadULong(out var flags) || !Done) return Malformed;
         nuint session = 0;
         rv = MayBlock && TokenWait.Current is { } wait // --wait-for-token: a token that left may come back
-            ? wait.OpenSession(F, _filter, _client.Events, _log, ref slot, flags, &session)
+            ? wait.OpenSession(_backend, _filter, _client.Events, _log, ref slot, flags, &session)
             : F->C_OpenSession(slot, flags, null, null, &session);
         if (rv != CKR_OK) return rv;
         TokenWait.Current?.Remember(F, slot, session);
@@ -462,9 +464,9 @@ internal sealed unsafe partial class Dispatcher
     {
         if (!ReadSession(out var session, out ulong rv)) return rv;
         if (!ReadULong(out var userType) || !ReadInput(out var pin, out var pinLength) || !Done) return Malformed;
-        rv = F->C_Login(session, userType, pin, pinLength);
+        rv = HeldPins.Login(_backend, session, userType, pin, pinLength); // a NULL PIN may mean the held one
         if (rv != CKR_OK && MayBlock && TokenWait.Current is { } wait) // --wait-for-token: the token may come back
-            rv = wait.LoginWhenBack(F, _filter, _client.Events, _log, session, rv, () => F->C_Login(session, userType, pin, pinLength));
+            rv = wait.LoginWhenBack(F, _filter, _client.Events, _log, session, rv, () => HeldPins.Login(_backend, session, userType, pin, pinLength));
         if (rv == CKR_OK) BeginReply();
         return rv;
     }

@@ -36,6 +36,8 @@ namespace P11Proxy.Broker
                     throw new BrokerException($"{listenerOnly} applies to 'serve' only");
                 if (mode == "worker" && options.ListenerPid is null)
                     throw new BrokerException("the worker mode is started by 'p11proxy-broker serve' only");
+                HeldPins.Configuration = HeldPinConfiguration.Parse(options.HeldPins);
+                HeldPins.Configuration.Check();
             }
             catch (BrokerException e)
             {
@@ -57,6 +59,7 @@ namespace P11Proxy.Broker
                     // Before the module is loaded: its allocations from the start follow the same rule.
                     NativeHeap.KeepLargeBlocksOutOfThreadHeaps();
                     using var backend = Backend.Load(options.Module, options.InitReserved);
+                    HeldPins.ArriveStdio(backend, log);
                     log.Info($"serving {options.Module}{(backend.Has30 ? " (PKCS#11 3.0 interface)" : "")}" +
                              (filter.FiltersAnything ? $", tokens matching {string.Join(" or ", filter.Descriptions)}" : ""));
                     new Server(backend, filter, log).ServeStdio();
@@ -103,6 +106,7 @@ namespace P11Proxy.Broker
             public string? SocketGroup { get; private set; }
             public int? ListenerPid { get; private set; }
             public bool InitializeAhead { get; private set; }
+            public List<(string Option, string Value)> HeldPins { get; } = new();
 
             /// <summary>The first option given that only the listener of 'serve' understands, if any.</summary>
             public string? ListenerOptionGiven { get; private set; }
@@ -152,6 +156,7 @@ namespace P11Proxy.Broker
                         case "--request-memory-mib": options.RequestMemory = ParseMebibytes(Next(), "--request-memory-mib"); break;
                         case "--verbose": case "-v": options.Verbose = true; break;
                         case "--initialize-ahead": options.InitializeAhead = true; break;
+                        case "--pin" or "--protected-login" or "--login-on-arrival" or "--askpass-timeout-ms": options.HeldPins.Add((args[i], Next())); break;
                         case "--listener-pid": options.ListenerPid = ParseCount(Next(), "--listener-pid", 1, int.MaxValue); break;
                         default: throw new BrokerException($"unknown option '{args[i]}'\n{Usage}");
                     }
@@ -229,6 +234,7 @@ namespace P11Proxy.Broker
                      (settings.InitializeAhead ? " (module initialised ahead)" : "") +
                      (settings.WorkerMemoryBytes > 0 ? $", {settings.WorkerMemoryBytes >> 20} MiB per worker" : ", no memory limit per worker") +
                      $", open-file limit {limitAfter}{(limitAfter != limitBefore ? $" (raised from {limitBefore})" : "")}");
+            if (!HeldPins.Configuration.IsEmpty) log.Info(HeldPins.Configuration.Describe());
             if (!listener.StartFirstWorker())
                 return 1;
 

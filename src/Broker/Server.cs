@@ -398,9 +398,10 @@ internal sealed class CallDurations
     private readonly long[] _average = new long[256];
 
     /// <summary>Calls that may block for as long as they like: always run beside the reader.</summary>
-    public static bool MayBlock(uint callId) => (RpcCallId)callId is RpcCallId.C_WaitForSlotEvent ||
-        // --wait-for-token: these wait for a token that left (TokenWait)
-        (TokenWait.Current is not null && (RpcCallId)callId is RpcCallId.C_OpenSession or RpcCallId.C_Login);
+    /// C_Login may wait for a person (an ask-pass program on a protected path): the client's C_Finalize must still get through.
+    public static bool MayBlock(uint callId) => (RpcCallId)callId is RpcCallId.C_WaitForSlotEvent or RpcCallId.C_Login ||
+        // --wait-for-token: C_OpenSession waits for a token that left (TokenWait)
+        (TokenWait.Current is not null && (RpcCallId)callId is RpcCallId.C_OpenSession);
 
     /// <summary>
     /// The calls that usually need the token's work or a person: assumed slow until timed, and

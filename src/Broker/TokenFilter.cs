@@ -20,19 +20,22 @@ internal sealed unsafe class TokenFilter
 
     public bool FiltersAnything => _uris.Count > 0;
 
+    /// <summary>Each URI's attributes, decoded (name to value).</summary>
+    public IReadOnlyList<IReadOnlyDictionary<string, string>> Uris => _uris;
+
     private bool _needsSlot, _needsToken, _needsLibrary;
 
     public IReadOnlyList<string> Descriptions { get; private set; } = [];
 
     /// <summary>Parses the URIs; throws <see cref="BrokerException"/> naming what is wrong.</summary>
-    public static TokenFilter Parse(IEnumerable<string> uris)
+    public static TokenFilter Parse(IEnumerable<string> uris, string option = "--token")
     {
         var filter = new TokenFilter();
         var descriptions = new List<string>();
         foreach (var uri in uris)
         {
             if (!uri.StartsWith("pkcs11:", StringComparison.Ordinal))
-                throw new BrokerException($"--token '{uri}' is not a PKCS#11 URI (it must start with 'pkcs11:')");
+                throw new BrokerException($"{option} '{uri}' is not a PKCS#11 URI (it must start with 'pkcs11:')");
             string path = uri["pkcs11:".Length..];
             int query = path.IndexOf('?');
             if (query >= 0) path = path[..query];
@@ -41,11 +44,11 @@ internal sealed unsafe class TokenFilter
             {
                 int equals = part.IndexOf('=');
                 if (equals <= 0)
-                    throw new BrokerException($"--token '{uri}': '{part}' is not name=value");
+                    throw new BrokerException($"{option} '{uri}': '{part}' is not name=value");
                 string name = part[..equals];
                 if (!Known.Contains(name))
-                    throw new BrokerException($"--token '{uri}': attribute '{name}' does not select tokens (use one of: {string.Join(", ", Known)})");
-                attributes[name] = Decode(part[(equals + 1)..], uri);
+                    throw new BrokerException($"{option} '{uri}': attribute '{name}' does not select tokens (use one of: {string.Join(", ", Known)})");
+                attributes[name] = Decode(part[(equals + 1)..], uri, option);
             }
             filter._uris.Add(attributes);
             descriptions.Add(uri);
@@ -61,7 +64,7 @@ internal sealed unsafe class TokenFilter
         return filter;
     }
 
-    private static string Decode(string value, string uri)
+    private static string Decode(string value, string uri, string option)
     {
         var bytes = new List<byte>();
         var utf8 = Encoding.UTF8.GetBytes(value);
@@ -73,7 +76,7 @@ internal sealed unsafe class TokenFilter
                 continue;
             }
             if (i + 2 >= utf8.Length || !byte.TryParse(Encoding.ASCII.GetString(utf8, i + 1, 2), System.Globalization.NumberStyles.HexNumber, null, out byte b))
-                throw new BrokerException($"--token '{uri}': bad percent-encoding in '{value}'");
+                throw new BrokerException($"{option} '{uri}': bad percent-encoding in '{value}'");
             bytes.Add(b);
             i += 2;
         }

@@ -93,9 +93,10 @@ internal sealed unsafe class TokenWait
     /// a session on a card that has gone); when it has left, waits for it and opens the session
     /// where it is now. Returns the module's CK_RV, or its first answer when the wait timed out.
     /// </summary>
-    public ulong OpenSession(CK_FUNCTION_LIST_3_0* functions, TokenFilter visible, EventQueue? client, BrokerLog log,
+    public ulong OpenSession(Backend backend, TokenFilter visible, EventQueue? client, BrokerLog log,
                              ref nuint slot, ulong flags, nuint* session)
     {
+        var functions = backend.Functions;
         TokenIdentity identity;
         bool remembered;
         lock (_gate) remembered = _slots.TryGetValue(slot, out identity);
@@ -109,13 +110,30 @@ internal sealed unsafe class TokenWait
         }
         else
             rv = functions->C_OpenSession(slot, (nuint)flags, null, null, session);
-        if (!remembered || rv is not (CKR_TOKEN_NOT_PRESENT or CKR_DEVICE_REMOVED or CKR_SLOT_ID_INVALID or CKR_TOKEN_NOT_RECOGNIZED))
-            return rv;
-        ulong waited = WaitFor(functions, visible, client, log, identity, out var found);
-        if (waited == CKR_FUNCTION_FAILED) return rv; // the deadline: the module's own answer
-        if (waited != CKR_OK) return waited;
-        slot = found;
-        return functions->C_OpenSession(found, (nuint)flags, null, null, session);
+        if (remembered && rv is CKR_TOKEN_NOT_PRESENT or CKR_DEVICE_REMOVED or CKR_SLOT_ID_INVALID or CKR_TOKEN_NOT_RECOGNIZED)
+        {
+            ulong waited = WaitFor(functions, visible, client, log, identity, out var found);
+            if (waited == CKR_FUNCTION_FAILED) return rv; // the deadline: the module's own answer
+            if (waited != CKR_OK) return waited;
+            slot = found;
+            rv = functions->C_OpenSession(found, (nuint)flags, null, null, session);
+        }
+        if (rv == CKR_OK && remembered) LogInAgainAfterRemoval(backend, slot, *session);
+        return rv;
+    }
+
+    /// <summary>
+    /// A client logged in on arrival (--login-on-arrival) lost that login when its token left:
+    /// a session on the token back in its reader that shows no login is logged in again with the
+    /// held PIN, as on arrival (nothing is done for other clients).
+    /// </summary>
+    private static void LogInAgainAfterRemoval(Backend backend, nuint slot, nuint session)
+    {
+        if (HeldPins.Current is not { } held) return;
+        CK_SESSION_INFO info = default;
+        if (backend.Functions->C_GetSessionInfo(session, &info) != CKR_OK) return;
+        if ((ulong)info.state is CKS_RO_PUBLIC_SESSION or CKS_RW_PUBLIC_SESSION)
+            held.LogInOnArrival(backend, slot);
     }
 
     /// <summary>

@@ -105,6 +105,7 @@ internal static class WorkerMain
             log.Trace($"client {handOff.Serial}: module initialised in {Stopwatch.GetElapsedTime(initializing).TotalMilliseconds:0.0} ms");
         }
         var client = ClientArrival.Prepare(handOff, backend, log);
+        HeldPins.Arrive(client, clientFd, backend, log);
         Serve(client, clientFd, backend, filter, log, stopFd);
         return Finalize(backend, log);
     }
@@ -140,6 +141,7 @@ internal static class WorkerMain
             CloseQuietly(watchFd);
             return;
         }
+        HeldPins.Current?.CancelAsks(); // an ask-pass program running for the client that left
         if (fds[1].Revents != 0)
         {
             log.Info($"{client.Name}: stopping at the listener's request");
@@ -167,6 +169,7 @@ internal static class WorkerMain
             Posix.ExitNow(3);
         }) { IsBackground = true, Name = "finalize watchdog" };
         watchdog.Start();
+        HeldPins.Current?.CloseHiddenSessions(backend);
         backend.Dispose();
         return 0;
     }
