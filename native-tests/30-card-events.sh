@@ -11,7 +11,8 @@
 #      C_Finalize during a blocking wait (the wait ends with CKR_CRYPTOKI_NOT_INITIALIZED)
 #   3  --wait-for-token: the card leaves reader 0; the client's C_OpenSession on its old slot
 #      waits and opens where the same card (label, serial) comes back, in reader 1; it signs there
-#      (verified). Without the option the same call fails at once, as direct (row of 2)
+#      (verified). Without the option the same call fails at once, as direct (row of 2). C_Login
+#      on a session whose card left waits too (OpenSC then says the session is gone)
 #   4  the wait's deadline (--token-wait-ms) gives the direct error; C_Finalize and leaving end it
 #   5  a client logged in on arrival (--login-on-arrival, PIN held by the broker) is logged in
 #      again once its card is back, in the other reader: it signs before and after, sending no PIN
@@ -84,8 +85,12 @@ scenario() {
   row "$name" "the wait's result" wait-result 10
   row "$name" "C_Initialize again" initialize
   row "$name" "slots" slots
-  client_quit "$name"
+  # OpenSC notices a removal when asked about the slot: until then a session opens, and the
+  # card's operations fail.
   card_remove "$name"
+  row "$name" "open a session, removal not yet noticed" open 1
+  row "$name" "login, removal not yet noticed" login "$CARD_PIN"
+  client_quit "$name"
 }
 scenario direct "$OPENSC_MODULE" ""
 card_start_broker
@@ -121,6 +126,8 @@ expect_row "slots after insertion" "rv=0x0 all=0,1,4 present=0,1 .*"
 expect_row "sign, card back" "rv=0x0 length=256"
 expect_row "C_Finalize during the wait" "rv=0x0"
 expect_row "the wait's result" "rv=0x190 slot=0"
+expect_row "open a session, removal not yet noticed" "rv=0x0"
+expect_row "login, removal not yet noticed" "rv=0x32"
 for sig in direct-1 direct-2 proxy-1 proxy-2; do
   printf 'signed-on-the-card' | openssl dgst -sha256 -verify "$FIXTURE_DIR/card-pub.pem" -signature "$FIXTURE_DIR/$sig.sig" >/dev/null \
     || fail "signature $sig does not verify with the card's public key"
@@ -135,6 +142,8 @@ broker_log_count() { grep -c "$1" "$FIXTURE_DIR/broker.err" || true; }
 card_start_broker --wait-for-token "$SIG_TOKEN" --token-wait-ms 20000
 card_insert wait "$CARD_READER0_PORT"
 client_start wait "$OUT/p11proxy.so" "$FIXTURE_ADDRESS"
+client_start login "$OUT/p11proxy.so" "$FIXTURE_ADDRESS"
+expect login "$CKR_OK" open 1
 row wait "open a session" open 1
 row wait "login" login "$CARD_PIN"
 row wait "sign" sign "signed-on-the-card" "$FIXTURE_DIR/wait-1.sig"
@@ -149,7 +158,21 @@ printf '%-48s | %s\n' "open a session, card away, back in reader 1" "$REPLY" >>"
 row wait "session" sessioninfo
 row wait "login" login "$CARD_PIN"
 row wait "sign" sign "signed-on-the-card" "$FIXTURE_DIR/wait-2.sig"
+# C_Login on a session whose card left waits too; OpenSC closed the session when it noticed the
+# removal, so the answer is CKR_SESSION_HANDLE_INVALID, and a new session opens at once.
+# (client "login" opened its session in reader 0 at the start and has not called since)
+card_remove wait
+before=$(broker_log_count "is absent: waiting")
+send login login "$CARD_PIN"
+for i in $(seq 1 50); do [ "$(broker_log_count "is absent: waiting")" -gt "$before" ] && break; sleep 0.1; done
+[ "$(broker_log_count "is absent: waiting")" -gt "$before" ] || fail "C_Login did not wait for the card: $(tail -5 "$FIXTURE_DIR/broker.err")"
+card_insert wait "$CARD_READER0_PORT"
+receive login
+printf '%-48s | %s\n' "login, card away, back in reader 0" "$REPLY" >>"$FIXTURE_DIR/wait.transcript"
+row login "open a session, card back" open 1
+cat "$FIXTURE_DIR/login.transcript" >>"$FIXTURE_DIR/wait.transcript"
 client_quit wait
+client_quit login
 card_remove wait
 card_stop_broker
 cat "$FIXTURE_DIR/wait.transcript"
@@ -161,6 +184,8 @@ wait_row() {
 wait_row "open a session, card away, back in reader 1" "rv=0x0"
 wait_row "session" "rv=0x0 slot=5 state=0"
 wait_row "sign" "rv=0x0 length=256"
+wait_row "login, card away, back in reader 0" "rv=0xb3"
+wait_row "open a session, card back" "rv=0x0"
 for sig in wait-1 wait-2; do
   printf 'signed-on-the-card' | openssl dgst -sha256 -verify "$FIXTURE_DIR/card-pub.pem" -signature "$FIXTURE_DIR/$sig.sig" >/dev/null \
     || fail "signature $sig does not verify with the card's public key"
