@@ -135,7 +135,18 @@ done
 cat "$FIXTURE_DIR/direct.transcript"
 echo "2 through the broker, every row above equal to OpenSC direct; the four signatures verify"
 
-# 3: --wait-for-token. The card leaves reader 0; the client's C_OpenSession on its old slot waits
+# 3: --wait-for-token. Mistakes are refused at start-up, naming the option.
+refused() {
+  local expected=$1 status=0
+  shift
+  "$OUT/p11proxy-broker" serve --module "$OPENSC_MODULE" --socket "$FIXTURE_DIR/refused.sock" "$@" >/dev/null 2>"$FIXTURE_DIR/refused.err" || status=$?
+  [ "$status" -eq 2 ] && grep -qF -- "$expected" "$FIXTURE_DIR/refused.err" \
+    || fail "p11proxy-broker $* exited $status with: $(cat "$FIXTURE_DIR/refused.err"), expected status 2 and '$expected'"
+}
+refused "--wait-for-token 'token=x' is not a PKCS#11 URI" --wait-for-token 'token=x'
+refused "--wait-for-token 'pkcs11:slot=1': attribute 'slot' does not select tokens" --wait-for-token 'pkcs11:slot=1'
+refused "--token-wait-ms takes a number of milliseconds from 0 to 86400000, not 'soon'" --wait-for-token 'pkcs11:token=x' --token-wait-ms soon
+# The card leaves reader 0; the client's C_OpenSession on its old slot waits
 # and opens where the same card (label and serial) comes back: reader 1.
 SIG_TOKEN='pkcs11:token=OpenPGP%20card%20(User%20PIN%20(sig));serial=ffff0000a001'
 broker_log_count() { grep -c "$1" "$FIXTURE_DIR/broker.err" || true; }
