@@ -5,7 +5,7 @@
 #      with its key (the signature verifies with openssl), and sees the reader empty once it left
 #   2  one sequence (native-tests/hosts/cardhost), run with OpenSC loaded directly and through
 #      p11proxy.so and the broker, gives the same transcript row for row: slot lists and slot
-#      info with the card present, removed and back; C_WaitForSlotEvent with CKF_DONT_BLOCK and
+#      info with the card present, removed, back, and in the other reader; C_WaitForSlotEvent with CKF_DONT_BLOCK and
 #      blocking; another thread's calls answered while one waits; sessions after removal; a
 #      signature with the card present (verified with openssl) and absent (an error, not a hang);
 #      C_Finalize during a blocking wait (the wait ends with CKR_CRYPTOKI_NOT_INITIALIZED)
@@ -90,7 +90,15 @@ scenario() {
   card_remove "$name"
   row "$name" "open a session, removal not yet noticed" open 1
   row "$name" "login, removal not yet noticed" login "$CARD_PIN"
+  # The card in the other reader: OpenSC adds a slot for its second PIN.
+  row "$name" "blocking wait started" wait-start
+  card_insert "$name" "$CARD_READER1_PORT"
+  row "$name" "blocking wait ends: card in reader 1" wait-result 20
+  row "$name" "further events (CKF_DONT_BLOCK)" drain
+  row "$name" "slots, card in reader 1" slots
+  row "$name" "token info, reader 1" token 5
   client_quit "$name"
+  card_remove "$name"
 }
 scenario direct "$OPENSC_MODULE" ""
 card_start_broker
@@ -128,6 +136,8 @@ expect_row "C_Finalize during the wait" "rv=0x0"
 expect_row "the wait's result" "rv=0x190 slot=0"
 expect_row "open a session, removal not yet noticed" "rv=0x0"
 expect_row "login, removal not yet noticed" "rv=0x32"
+expect_row "slots, card in reader 1" "rv=0x0 all=0,1,4,5 present=4,5 0:Virtual_PCD_00_00:0x6 1:Virtual_PCD_00_00:0x6 4:Virtual_PCD_00_01:0x7 5:Virtual_PCD_00_01:0x7"
+expect_row "token info, reader 1" "rv=0x0 label=OpenPGP_card_\\(User_PIN_\\(sig\\)\\) serial=ffff0000a001 flags=0x40c"
 for sig in direct-1 direct-2 proxy-1 proxy-2; do
   printf 'signed-on-the-card' | openssl dgst -sha256 -verify "$FIXTURE_DIR/card-pub.pem" -signature "$FIXTURE_DIR/$sig.sig" >/dev/null \
     || fail "signature $sig does not verify with the card's public key"
