@@ -1,4 +1,3 @@
-using P11Proxy.Native;
 using P11Proxy.Pkcs11;
 using P11Proxy.Wire;
 using static P11Proxy.Pkcs11.Pkcs11Constants;
@@ -21,7 +20,7 @@ internal sealed unsafe partial class Dispatcher
     {
         if (id != Id.C_Initialize && !_client.Initialized)
             return CKR_CRYPTOKI_NOT_INITIALIZED;
-        if (id >= Id.C_LoginUser && id <= Id.C_MessageVerifyFinal && !_backend.Has30)
+        if (!_backend.Has30 && _request.Call!.Needs30Backend)
             return CKR_FUNCTION_NOT_SUPPORTED;
         switch (id)
         {
@@ -39,12 +38,12 @@ internal sealed unsafe partial class Dispatcher
             case Id.C_CloseSession: return CloseSession();
             case Id.C_CloseAllSessions: return CloseAllSessions();
             case Id.C_GetSessionInfo: return GetSessionInfo();
-            case Id.C_InitPIN: return SessionData((s, d, n) => F->C_InitPIN(s, d, n));
-            case Id.C_SetPIN: return SessionDataData((s, a, an, b, bn) => F->C_SetPIN(s, a, an, b, bn));
-            case Id.C_GetOperationState: return SessionToData((s, o, n) => F->C_GetOperationState(s, o, n));
+            case Id.C_InitPIN: return Data((s, d, n) => F->C_InitPIN(s, d, n));
+            case Id.C_SetPIN: return DataData((s, a, an, b, bn) => F->C_SetPIN(s, a, an, b, bn));
+            case Id.C_GetOperationState: return ToData((s, o, n) => F->C_GetOperationState(s, o, n));
             case Id.C_SetOperationState: return SetOperationState();
             case Id.C_Login: return Login();
-            case Id.C_Logout: return SessionOnly(s => F->C_Logout(s));
+            case Id.C_Logout: return Session(s => F->C_Logout(s));
             case Id.C_LoginUser: return LoginUser();
             case Id.C_SessionCancel: return SessionCancel();
             case Id.C_CreateObject: return CreateObject(copy: false);
@@ -55,30 +54,30 @@ internal sealed unsafe partial class Dispatcher
             case Id.C_SetAttributeValue: return SetAttributeValue();
             case Id.C_FindObjectsInit: return FindObjectsInit();
             case Id.C_FindObjects: return FindObjects();
-            case Id.C_FindObjectsFinal: return SessionOnly(s => F->C_FindObjectsFinal(s));
+            case Id.C_FindObjectsFinal: return Session(s => F->C_FindObjectsFinal(s));
             case Id.C_EncryptInit: return Init((s, m, k) => F->C_EncryptInit(s, m, k));
             case Id.C_Encrypt: return DataToData((s, i, n, o, on) => F->C_Encrypt(s, i, n, o, on));
             case Id.C_EncryptUpdate: return DataToData((s, i, n, o, on) => F->C_EncryptUpdate(s, i, n, o, on));
-            case Id.C_EncryptFinal: return SessionToData((s, o, n) => F->C_EncryptFinal(s, o, n));
+            case Id.C_EncryptFinal: return ToData((s, o, n) => F->C_EncryptFinal(s, o, n));
             case Id.C_DecryptInit: return Init((s, m, k) => F->C_DecryptInit(s, m, k));
             case Id.C_Decrypt: return DataToData((s, i, n, o, on) => F->C_Decrypt(s, i, n, o, on));
             case Id.C_DecryptUpdate: return DataToData((s, i, n, o, on) => F->C_DecryptUpdate(s, i, n, o, on));
-            case Id.C_DecryptFinal: return SessionToData((s, o, n) => F->C_DecryptFinal(s, o, n));
+            case Id.C_DecryptFinal: return ToData((s, o, n) => F->C_DecryptFinal(s, o, n));
             case Id.C_DigestInit: return DigestInit();
             case Id.C_Digest: return DataToData((s, i, n, o, on) => F->C_Digest(s, i, n, o, on));
-            case Id.C_DigestUpdate: return SessionData((s, d, n) => F->C_DigestUpdate(s, d, n));
+            case Id.C_DigestUpdate: return Data((s, d, n) => F->C_DigestUpdate(s, d, n));
             case Id.C_DigestKey: return SessionHandle((s, k) => F->C_DigestKey(s, k));
-            case Id.C_DigestFinal: return SessionToData((s, o, n) => F->C_DigestFinal(s, o, n));
+            case Id.C_DigestFinal: return ToData((s, o, n) => F->C_DigestFinal(s, o, n));
             case Id.C_SignInit: return Init((s, m, k) => F->C_SignInit(s, m, k));
             case Id.C_Sign: return DataToData((s, i, n, o, on) => F->C_Sign(s, i, n, o, on));
-            case Id.C_SignUpdate: return SessionData((s, d, n) => F->C_SignUpdate(s, d, n));
-            case Id.C_SignFinal: return SessionToData((s, o, n) => F->C_SignFinal(s, o, n));
+            case Id.C_SignUpdate: return Data((s, d, n) => F->C_SignUpdate(s, d, n));
+            case Id.C_SignFinal: return ToData((s, o, n) => F->C_SignFinal(s, o, n));
             case Id.C_SignRecoverInit: return Init((s, m, k) => F->C_SignRecoverInit(s, m, k));
             case Id.C_SignRecover: return DataToData((s, i, n, o, on) => F->C_SignRecover(s, i, n, o, on));
             case Id.C_VerifyInit: return Init((s, m, k) => F->C_VerifyInit(s, m, k));
-            case Id.C_Verify: return SessionDataData((s, a, an, b, bn) => F->C_Verify(s, a, an, b, bn));
-            case Id.C_VerifyUpdate: return SessionData((s, d, n) => F->C_VerifyUpdate(s, d, n));
-            case Id.C_VerifyFinal: return SessionData((s, d, n) => F->C_VerifyFinal(s, d, n));
+            case Id.C_Verify: return DataData((s, a, an, b, bn) => F->C_Verify(s, a, an, b, bn));
+            case Id.C_VerifyUpdate: return Data((s, d, n) => F->C_VerifyUpdate(s, d, n));
+            case Id.C_VerifyFinal: return Data((s, d, n) => F->C_VerifyFinal(s, d, n));
             case Id.C_VerifyRecoverInit: return Init((s, m, k) => F->C_VerifyRecoverInit(s, m, k));
             case Id.C_VerifyRecover: return DataToData((s, i, n, o, on) => F->C_VerifyRecover(s, i, n, o, on));
             case Id.C_DigestEncryptUpdate: return DataToData((s, i, n, o, on) => F->C_DigestEncryptUpdate(s, i, n, o, on));
@@ -91,10 +90,29 @@ internal sealed unsafe partial class Dispatcher
             case Id.C_UnwrapKey: return UnwrapKey();
             case Id.C_DeriveKey: return DeriveKey(version2: false);
             case Id.C_DeriveKey2: return DeriveKey(version2: true);
-            case Id.C_SeedRandom: return SessionData((s, d, n) => F->C_SeedRandom(s, d, n));
+            case Id.C_SeedRandom: return Data((s, d, n) => F->C_SeedRandom(s, d, n));
             case Id.C_GenerateRandom: return GenerateRandom();
             case Id.C_WaitForSlotEvent: return WaitForSlotEvent();
-            case >= Id.C_MessageEncryptInit and <= Id.C_MessageVerifyFinal: return MessageCall(id);
+            case Id.C_MessageEncryptInit: return MessageCryptInit(encrypt: true);
+            case Id.C_MessageDecryptInit: return MessageCryptInit(encrypt: false);
+            case Id.C_MessageSignInit: return Init((s, m, k) => F->C_MessageSignInit(s, m, k));
+            case Id.C_MessageVerifyInit: return Init((s, m, k) => F->C_MessageVerifyInit(s, m, k));
+            case Id.C_MessageEncryptFinal: return MessageCryptFinal(encrypt: true);
+            case Id.C_MessageDecryptFinal: return MessageCryptFinal(encrypt: false);
+            case Id.C_MessageSignFinal: return Session(s => F->C_MessageSignFinal(s));
+            case Id.C_MessageVerifyFinal: return Session(s => F->C_MessageVerifyFinal(s));
+            case Id.C_EncryptMessage: return CryptMessage(id);
+            case Id.C_DecryptMessage: return CryptMessage(id);
+            case Id.C_EncryptMessageBegin: return CryptMessageBegin(id);
+            case Id.C_DecryptMessageBegin: return CryptMessageBegin(id);
+            case Id.C_EncryptMessageNext: return CryptMessageNext(id);
+            case Id.C_DecryptMessageNext: return CryptMessageNext(id);
+            case Id.C_SignMessage: return SignMessage();
+            case Id.C_SignMessageBegin: return SignOrVerifyMessageBegin(id);
+            case Id.C_VerifyMessageBegin: return SignOrVerifyMessageBegin(id);
+            case Id.C_SignMessageNext: return SignMessageNext();
+            case Id.C_VerifyMessage: return VerifyMessage(id);
+            case Id.C_VerifyMessageNext: return VerifyMessage(id);
             default: return Malformed;
         }
     }
@@ -109,7 +127,7 @@ internal sealed unsafe partial class Dispatcher
     private delegate nuint DataToDataCall(nuint session, byte* input, nuint inputLength, byte* output, nuint* outputLength);
     private delegate nuint InitCall(nuint session, CK_MECHANISM* mechanism, nuint key);
 
-    private ulong SessionOnly(SessionCall call)
+    private ulong Session(SessionCall call)
     {
         if (!ReadSession(out var session, out ulong rv)) return rv;
         if (!Done) return Malformed;
@@ -127,7 +145,7 @@ internal sealed unsafe partial class Dispatcher
         return rv;
     }
 
-    private ulong SessionData(DataCall call)
+    private ulong Data(DataCall call)
     {
         if (!ReadSession(out var session, out ulong rv)) return rv;
         if (!ReadInput(out var data, out var length) || !Done) return Malformed;
@@ -136,7 +154,7 @@ internal sealed unsafe partial class Dispatcher
         return rv;
     }
 
-    private ulong SessionDataData(DataDataCall call)
+    private ulong DataData(DataDataCall call)
     {
         if (!ReadSession(out var session, out ulong rv)) return rv;
         if (!ReadInput(out var first, out var firstLength) || !ReadInput(out var second, out var secondLength) || !Done)
@@ -146,7 +164,7 @@ internal sealed unsafe partial class Dispatcher
         return rv;
     }
 
-    private ulong SessionToData(ToDataCall call)
+    private ulong ToData(ToDataCall call)
     {
         if (!ReadSession(out var session, out ulong rv)) return rv;
         rv = ReadOutputCapacity(out uint capacity);
@@ -281,8 +299,8 @@ internal sealed unsafe partial class Dispatcher
         rv = F->C_GetSlotInfo(slot, &info);
         if (rv != CKR_OK) return rv;
         BeginReply();
-        WriteSpace(info.slotDescription, 64);
-        WriteSpace(info.manufacturerID, 32);
+        WriteSpace(info.slotDescription);
+        WriteSpace(info.manufacturerID);
         _reply.WriteULong(info.flags);
         _reply.WriteVersion(info.hardwareVersion.major, info.hardwareVersion.minor);
         _reply.WriteVersion(info.firmwareVersion.major, info.firmwareVersion.minor);
@@ -301,10 +319,10 @@ internal sealed unsafe partial class Dispatcher
         if (rv != CKR_OK) return rv;
         HeldPins.Current?.AdjustTokenInfo(F, slot, &info);
         BeginReply();
-        WriteSpace(info.label, 32);
-        WriteSpace(info.manufacturerID, 32);
-        WriteSpace(info.model, 16);
-        WriteSpace(info.serialNumber, 16);
+        WriteSpace(info.label);
+        WriteSpace(info.manufacturerID);
+        WriteSpace(info.model);
+        WriteSpace(info.serialNumber);
         _reply.WriteULong(info.flags);
         _reply.WriteULong(info.ulMaxSessionCount);
         _reply.WriteULong(info.ulSessionCount);
@@ -318,7 +336,7 @@ internal sealed unsafe partial class Dispatcher
         _reply.WriteULong(info.ulFreePrivateMemory);
         _reply.WriteVersion(info.hardwareVersion.major, info.hardwareVersion.minor);
         _reply.WriteVersion(info.firmwareVersion.major, info.firmwareVersion.minor);
-        WriteSpace(info.utcTime, 16);
+        WriteSpace(info.utcTime);
         return CKR_OK;
     }
 
@@ -374,7 +392,7 @@ internal sealed unsafe partial class Dispatcher
         if (!ReadVisibleSlot(out var slot, out ulong rv)) return rv;
         if (!ReadInput(out var pin, out var pinLength)) return Malformed;
         ReadOnlyMemory<byte> label;
-        bool ok = padded ? _request.TryReadSpaceString(32, out label) : _request.TryReadZeroString(out label);
+        bool ok = padded ? _request.TryReadSpaceString(out label) : _request.TryReadZeroString(out label);
         if (!ok || !Done) return Malformed;
         // The C label is exactly 32 bytes, space padded; a shorter string is padded here.
         var field = (byte*)_arena.Alloc(32);

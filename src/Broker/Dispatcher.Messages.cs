@@ -19,26 +19,6 @@ internal sealed unsafe partial class Dispatcher
 {
     private static readonly byte[] AnnouncementBytes = Capabilities.Announcement.ToArray();
 
-    private ulong MessageCall(Id id) => id switch
-    {
-        Id.C_MessageEncryptInit => MessageCryptInit(encrypt: true),
-        Id.C_MessageDecryptInit => MessageCryptInit(encrypt: false),
-        Id.C_MessageSignInit => Init((s, m, k) => F->C_MessageSignInit(s, m, k)),
-        Id.C_MessageVerifyInit => Init((s, m, k) => F->C_MessageVerifyInit(s, m, k)),
-        Id.C_MessageEncryptFinal => MessageCryptFinal(encrypt: true),
-        Id.C_MessageDecryptFinal => MessageCryptFinal(encrypt: false),
-        Id.C_MessageSignFinal => SessionOnly(s => F->C_MessageSignFinal(s)),
-        Id.C_MessageVerifyFinal => SessionOnly(s => F->C_MessageVerifyFinal(s)),
-        Id.C_EncryptMessage or Id.C_DecryptMessage => CryptMessage(id),
-        Id.C_EncryptMessageBegin or Id.C_DecryptMessageBegin => CryptMessageBegin(id),
-        Id.C_EncryptMessageNext or Id.C_DecryptMessageNext => CryptMessageNext(id),
-        Id.C_SignMessage => SignMessage(),
-        Id.C_SignMessageBegin or Id.C_VerifyMessageBegin => SignOrVerifyMessageBegin(id),
-        Id.C_SignMessageNext => SignMessageNext(),
-        Id.C_VerifyMessage or Id.C_VerifyMessageNext => VerifyMessage(id),
-        _ => Malformed,
-    };
-
     /// <summary>Whether the request being handled came in the typed form (a client that took up the offer).</summary>
     private bool Typed => _request.TypedForm;
 

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using P11Proxy.Native;
 using P11Proxy.Pkcs11;
 using P11Proxy.Wire;
 using static P11Proxy.Pkcs11.Pkcs11Constants;
@@ -15,11 +14,23 @@ namespace P11Proxy.Broker;
 /// </summary>
 internal sealed unsafe partial class Dispatcher : IDisposable
 {
-    /// <summary>Not a CK_RV: the request did not match its signature.</summary>
-    private const ulong Malformed = 0xffff_ffff_ffff_fff0;
+    /// <summary>
+    /// Marks the request as not matching its signature: the connection closes after it. A flag
+    /// beside the CK_RV, never a CK_RV value, so no code a module returns can be taken for it; the
+    /// value handed back is never sent.
+    /// </summary>
+    private ulong Malformed
+    {
+        get
+        {
+            _malformed = true;
+            return CKR_GENERAL_ERROR;
+        }
+    }
 
-    /// <summary>Largest output buffer a client may make the broker allocate for one call.</summary>
-    private const uint MaxOutputBuffer = 64u << 20;
+    private bool _malformed;
+
+    private const uint MaxOutputBuffer = BackendArguments.MaxOutputBuffer;
 
     private readonly Backend _backend;
     private readonly TokenFilter _filter;
@@ -28,6 +39,7 @@ internal sealed unsafe partial class Dispatcher : IDisposable
     private readonly RpcMessageReader _request;
     private readonly RpcMessageWriter _reply;
     private readonly NativeArena _arena = new();
+    private readonly BackendArguments _arguments;
     private readonly SlotEvents _events;
     private CK_FUNCTION_LIST_3_0* F => _backend.Functions;
 
@@ -48,6 +60,7 @@ internal sealed unsafe partial class Dispatcher : IDisposable
         _log = log;
         _request = new RpcMessageReader(profile);
         _reply = new RpcMessageWriter(profile, 4096);
+        _arguments = new BackendArguments(_request, _reply, _arena);
         _events = backend.Events(filter, log);
     }
 
@@ -80,6 +93,7 @@ internal sealed unsafe partial class Dispatcher : IDisposable
         ulong rv;
         _body = body;
         _zeroOutputRepeat = false;
+        _malformed = false;
         try
         {
             rv = Dispatch(call.Id);
@@ -95,7 +109,7 @@ internal sealed unsafe partial class Dispatcher : IDisposable
             _arena.Reset();
             _body = default;
         }
-        if (rv == Malformed)
+        if (_malformed)
         {
             _log.Warn($"{_client.Peer}: {call.Name}: malformed arguments; closing the connection");
             return false;
@@ -160,39 +174,27 @@ internal sealed unsafe partial class Dispatcher : IDisposable
         return true;
     }
 
-    /// <summary>Inputs from this size on are passed to the backend where they lie in the request, not copied.</summary>
-    private const int PinnedInputThreshold = 4096;
+    // The request's parts become the backend's arguments at the edge (BackendArguments, beside the
+    // module's CallerArguments in src/Wire/Edge); these name them for the handlers.
+    private bool ReadInput(out byte* data, out nuint length) => _arguments.TryReadInput(out data, out length);
 
-    /// <summary>'ay' argument into native memory (NULL stays NULL; an absent array keeps its length, as p11-kit does).</summary>
-    private bool ReadInput(out byte* data, out nuint length)
+    private ulong ReadOutputCapacity(out uint capacity)
     {
-        data = null;
-        length = 0;
-        if (!_request.TryReadByteArray(out bool present, out var bytes, out uint declared))
-            return false;
-        if (!present)
-        {
-            length = declared;
-            return true;
-        }
-        if (!bytes.IsNull)
-            data = bytes.Length >= PinnedInputThreshold ? _arena.Pin(bytes.Data) : _arena.Copy(bytes.Data.Span);
-        length = (nuint)bytes.Length;
-        return true;
+        var read = _arguments.ReadOutputCapacity(out capacity);
+        return read.IsMalformed ? Malformed : read.Rv;
     }
+
+    private ulong ReadMechanism(out CK_MECHANISM* mechanism) => _arguments.TryReadMechanism(out mechanism) ? CKR_OK : Malformed;
+
+    private ulong ReadTemplate(out CK_ATTRIBUTE* template, out nuint count) =>
+        _arguments.TryReadTemplate(out template, out count) ? CKR_OK : Malformed;
+
+    private void WriteOutput(ulong rv, byte* buffer, nuint length) => _arguments.WriteOutput(rv, buffer, length);
+
+    private void WriteULongs(ulong rv, nuint* values, nuint count, bool arrayWanted) => _arguments.WriteULongs(rv, values, count, arrayWanted);
 
     /// <summary>Capacities up to this are allocated as asked; larger ones only as far as the backend needs.</summary>
     private const uint DirectAllocationLimit = 64 * 1024;
-
-    /// <summary>'fy': the client's output capacity (0: size query; 0xffffffff: a zero-length non-NULL buffer).</summary>
-    private ulong ReadOutputCapacity(out uint capacity)
-    {
-        if (!_request.TryReadByteBuffer(out capacity))
-            return Malformed;
-        if (capacity > MaxOutputBuffer && capacity != RpcMessageWriter.ZeroLengthBuffer)
-            return CKR_DEVICE_MEMORY;
-        return CKR_OK;
-    }
 
     /// <summary>A backend call that writes into an output buffer (NULL asks for the size).</summary>
     private delegate nuint OutputCall(byte* output, nuint* length);
@@ -282,66 +284,6 @@ internal sealed unsafe partial class Dispatcher : IDisposable
         return CKR_DEVICE_ERROR;
     }
 
-    private ulong ReadMechanism(out CK_MECHANISM* mechanism)
-    {
-        mechanism = null;
-        if (!_request.TryReadMechanism(out var wire))
-            return Malformed;
-        mechanism = MechanismNative.ToNative(_arena, wire);
-        return CKR_OK;
-    }
-
-    /// <summary>'aA' argument: a template with values, nested templates rebuilt as native arrays.</summary>
-    private ulong ReadTemplate(out CK_ATTRIBUTE* template, out nuint count)
-    {
-        template = null;
-        count = 0;
-        if (!_request.TryReadAttributeArray(out var attributes))
-            return Malformed;
-        // An empty template is an empty array, not NULL: modules refuse a NULL template in calls
-        // that accept an empty one (C_CopyObject, C_SetAttributeValue). The wire has no NULL template.
-        template = attributes.Length == 0 ? _arena.Alloc<CK_ATTRIBUTE>(1) : ToNative(attributes);
-        count = (nuint)attributes.Length;
-        return CKR_OK;
-    }
-
-    private CK_ATTRIBUTE* ToNative(WireAttribute[] attributes)
-    {
-        if (attributes.Length == 0)
-            return null;
-        var template = _arena.Alloc<CK_ATTRIBUTE>(attributes.Length);
-        for (int i = 0; i < attributes.Length; i++)
-        {
-            var source = attributes[i];
-            template[i].type = (nuint)source.Type;
-            if (!source.Valid)
-            {
-                template[i].ulValueLen = NativeTemplates.Unavailable;
-                continue;
-            }
-            if (source.Kind == AttributeValueKind.AttributeArray)
-            {
-                var nested = source.Nested ?? [];
-                template[i].pValue = ToNative(nested);
-                template[i].ulValueLen = (nuint)(nested.Length * sizeof(CK_ATTRIBUTE));
-                continue;
-            }
-            if (source.Kind is AttributeValueKind.ByteArray or AttributeValueKind.Date && source.Bytes.IsNull)
-            {
-                // A NULL value with a length: the client asks nothing of it but its size.
-                template[i].ulValueLen = source.Length;
-                continue;
-            }
-            // Only what actually arrived is allocated; the announced length is not trusted.
-            ulong size = source.NativeLength;
-            var value = (byte*)_arena.Alloc((nuint)size);
-            source.CopyFlatValueTo(new Span<byte>(value, (int)size));
-            template[i].pValue = size == 0 ? null : value;
-            template[i].ulValueLen = (nuint)size;
-        }
-        return template;
-    }
-
     // ---- reply encoding helpers ----------------------------------------------------------------------
 
     private void BeginReply() => _reply.Begin(_request.Call!, MessageKind.Response, _request.TypedForm);
@@ -356,40 +298,8 @@ internal sealed unsafe partial class Dispatcher : IDisposable
         return CKR_OK;
     }
 
-    private void WriteOutput(ulong rv, byte* buffer, nuint length)
-    {
-        if (length > WireWriter.MaxArrayLength)
-        {
-            // A length the wire cannot carry: as a size answer, the largest it can (the call's CK_RV
-            // still travels: NSS softoken answers a too-small buffer for C_Sign with
-            // CKR_BUFFER_TOO_SMALL and an uninitialised length); as data, nothing.
-            if (rv == CKR_BUFFER_TOO_SMALL || buffer == null) _reply.WriteByteArrayLengthOnly(WireWriter.MaxArrayLength);
-            else _reply.Writer.Fail();
-            return;
-        }
-        if (rv == CKR_BUFFER_TOO_SMALL || buffer == null)
-        {
-            if (length != 0 || rv == CKR_BUFFER_TOO_SMALL) _reply.WriteByteArrayLengthOnly((uint)length);
-            else _reply.WriteByteArray(WireBytes.Null);
-            return;
-        }
-        _reply.WriteByteArray(new ReadOnlySpan<byte>(buffer, (int)length));
-    }
-
-    /// <summary>'au' reply: an array when it fits the client's capacity, else only its length.</summary>
-    private void WriteULongs(ulong rv, nuint* values, nuint count, bool arrayWanted)
-    {
-        if (rv == CKR_BUFFER_TOO_SMALL || !arrayWanted || values == null)
-        {
-            _reply.WriteULongArrayLengthOnly((uint)Math.Min(count, uint.MaxValue));
-            return;
-        }
-        Span<ulong> copy = count <= 64 ? stackalloc ulong[(int)count] : new ulong[(int)count];
-        for (int i = 0; i < (int)count; i++) copy[i] = values[i];
-        _reply.WriteULongArray(copy);
-    }
-
-    private void WriteSpace(byte* field, int width) => _reply.WriteSpaceString(new ReadOnlySpan<byte>(field, width));
+    /// <summary>A fixed-size C field ('s') of the width the call table gives it.</summary>
+    private void WriteSpace(byte* field) => _reply.WriteSpaceString(new ReadOnlySpan<byte>(field, _reply.NextSpaceWidth));
 
     private bool Done => _request.Complete;
 }

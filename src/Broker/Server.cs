@@ -397,25 +397,20 @@ internal sealed class CallDurations
 
     private readonly long[] _average = new long[256];
 
-    /// <summary>Calls that may block for as long as they like: always run beside the reader.</summary>
-    /// C_Login may wait for a person (an ask-pass program on a protected path): the client's C_Finalize must still get through.
-    public static bool MayBlock(uint callId) => (RpcCallId)callId is RpcCallId.C_WaitForSlotEvent or RpcCallId.C_Login ||
+    /// <summary>Calls that may block for as long as they like (the row's <see cref="CallTraits.Blocking"/>): always run beside the reader.</summary>
+    public static bool MayBlock(uint callId) => CallTable.TryGet(callId, out var call) && call.Blocking ||
+        // C_Login may wait for a person (an ask-pass program on a protected path): the client's C_Finalize must still get through.
+        (RpcCallId)callId is RpcCallId.C_Login ||
         // --wait-for-token: C_OpenSession waits for a token that left (TokenWait)
         (TokenWait.Current is not null && (RpcCallId)callId is RpcCallId.C_OpenSession);
 
     /// <summary>
-    /// The calls that usually need the token's work or a person: assumed slow until timed, and
-    /// the only ones after which the reader looks for overlapping requests (a poll per call would
-    /// otherwise be paid by quick calls whenever the machine is slow, e.g. under a profiler).
+    /// The calls that usually need the token's work or a person (rows not <see cref="CallTraits.Quick"/>):
+    /// assumed slow until timed, and the only ones after which the reader looks for overlapping
+    /// requests (a poll per call would otherwise be paid by quick calls whenever the machine is
+    /// slow, e.g. under a profiler).
     /// </summary>
-    public static bool UsuallySlow(uint callId) => !((RpcCallId)callId is
-        RpcCallId.C_Initialize or RpcCallId.C_Finalize or RpcCallId.C_GetInfo or RpcCallId.C_GetSlotList or
-        RpcCallId.C_GetSlotInfo or RpcCallId.C_GetTokenInfo or RpcCallId.C_GetMechanismList or
-        RpcCallId.C_GetMechanismInfo or RpcCallId.C_OpenSession or RpcCallId.C_CloseSession or
-        RpcCallId.C_GetSessionInfo or RpcCallId.C_Logout or RpcCallId.C_GetObjectSize or
-        RpcCallId.C_GetAttributeValue or RpcCallId.C_SetAttributeValue or RpcCallId.C_FindObjectsInit or
-        RpcCallId.C_FindObjects or RpcCallId.C_FindObjectsFinal or RpcCallId.C_GenerateRandom or
-        RpcCallId.C_SeedRandom or RpcCallId.C_DestroyObject);
+    public static bool UsuallySlow(uint callId) => !CallTable.TryGet(callId, out var call) || !call.Quick;
 
     public bool WorthHandingOver(uint callId)
     {

@@ -181,7 +181,7 @@ internal sealed partial class Connection : IDisposable
         if (Volatile.Read(ref _broken))
             return Volatile.Read(ref _finalized) ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_DEVICE_REMOVED;
 
-        bool timed = call.Id != RpcCallId.C_WaitForSlotEvent;
+        bool timed = !call.NoTimeout;
         long deadline = maxWaitMilliseconds < 0 ? long.MaxValue : Environment.TickCount64 + maxWaitMilliseconds;
         uint code = NextCode();
         var waiter = context.Waiter;

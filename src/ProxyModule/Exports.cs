@@ -185,14 +185,14 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_InitPIN(nuint session, byte* pin, nuint pinLength)
     {
-        try { return Done(nameof(C_InitPIN), Remote.Data(Id.C_InitPIN, session, pin, pinLength, secret: true)); }
+        try { return Done(nameof(C_InitPIN), Remote.Data(Id.C_InitPIN, session, pin, pinLength)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_InitPIN), e); }
     }
 
     [UnmanagedCallersOnly]
     public static nuint C_SetPIN(nuint session, byte* oldPin, nuint oldLength, byte* newPin, nuint newLength)
     {
-        try { return Done(nameof(C_SetPIN), Remote.DataData(Id.C_SetPIN, session, oldPin, oldLength, newPin, newLength, secret: true)); }
+        try { return Done(nameof(C_SetPIN), Remote.DataData(Id.C_SetPIN, session, oldPin, oldLength, newPin, newLength)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_SetPIN), e); }
     }
 
@@ -251,7 +251,7 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_Logout(nuint session)
     {
-        try { return Done(nameof(C_Logout), Remote.Plain(Id.C_Logout, session)); }
+        try { return Done(nameof(C_Logout), Remote.Session(Id.C_Logout, session)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_Logout), e); }
     }
 
@@ -274,7 +274,7 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_DestroyObject(nuint session, nuint handle)
     {
-        try { return Done(nameof(C_DestroyObject), Remote.Plain(Id.C_DestroyObject, session, handle)); }
+        try { return Done(nameof(C_DestroyObject), Remote.SessionHandle(Id.C_DestroyObject, session, handle)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_DestroyObject), e); }
     }
 
@@ -316,7 +316,7 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_FindObjectsFinal(nuint session)
     {
-        try { return Done(nameof(C_FindObjectsFinal), Remote.Plain(Id.C_FindObjectsFinal, session)); }
+        try { return Done(nameof(C_FindObjectsFinal), Remote.Session(Id.C_FindObjectsFinal, session)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_FindObjectsFinal), e); }
     }
 
@@ -402,7 +402,7 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_DigestKey(nuint session, nuint key)
     {
-        try { return Done(nameof(C_DigestKey), Remote.Plain(Id.C_DigestKey, session, key)); }
+        try { return Done(nameof(C_DigestKey), Remote.SessionHandle(Id.C_DigestKey, session, key)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_DigestKey), e); }
     }
 
@@ -603,7 +603,7 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_SessionCancel(nuint session, nuint flags)
     {
-        try { return Done(nameof(C_SessionCancel), Remote.Plain(Id.C_SessionCancel, session, flags)); }
+        try { return Done(nameof(C_SessionCancel), Remote.SessionHandle(Id.C_SessionCancel, session, flags)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_SessionCancel), e); }
     }
 
@@ -714,7 +714,7 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_MessageSignFinal(nuint session)
     {
-        try { return Done(nameof(C_MessageSignFinal), Remote.Plain(Id.C_MessageSignFinal, session)); }
+        try { return Done(nameof(C_MessageSignFinal), Remote.Session(Id.C_MessageSignFinal, session)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_MessageSignFinal), e); }
     }
 
@@ -751,7 +751,7 @@ internal static unsafe class Exports
     [UnmanagedCallersOnly]
     public static nuint C_MessageVerifyFinal(nuint session)
     {
-        try { return Done(nameof(C_MessageVerifyFinal), Remote.Plain(Id.C_MessageVerifyFinal, session)); }
+        try { return Done(nameof(C_MessageVerifyFinal), Remote.Session(Id.C_MessageVerifyFinal, session)); }
         catch (Exception e) { return Log.Unexpected(nameof(C_MessageVerifyFinal), e); }
     }
 }

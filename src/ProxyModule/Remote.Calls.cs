@@ -8,18 +8,20 @@ internal static unsafe partial class Remote
 {
     // ---- shapes shared by many calls -------------------------------------------------------------
 
-    /// <summary>Calls whose request is only CK_ULONGs and whose reply is empty ("u", "uu").</summary>
-    public static ulong Plain(RpcCallId id, nuint first)
+    // Each shape of CallShapes has its method here and its namesake in the broker's Dispatcher.
+
+    /// <summary>Shape Session ("u" → ""): a session; nothing back.</summary>
+    public static ulong Session(RpcCallId id, nuint session)
     {
         ulong rv = Begin(id, out var connection, out var context);
         if (rv != CKR_OK) return rv;
-        nuint value = first;
-        if (id != RpcCallId.C_CloseAllSessions && !connection.TryToBroker(first, out value)) return CKR_SESSION_HANDLE_INVALID;
-        context.Request.WriteULong(value);
+        if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
+        context.Request.WriteULong(brokerSession);
         return Finish(connection, context);
     }
 
-    public static ulong Plain(RpcCallId id, nuint first, nuint second)
+    /// <summary>Shape SessionHandle ("uu" → ""): a session and a handle (or flags); nothing back.</summary>
+    public static ulong SessionHandle(RpcCallId id, nuint first, nuint second)
     {
         ulong rv = Begin(id, out var connection, out var context);
         if (rv != CKR_OK) return rv;
@@ -58,7 +60,7 @@ internal static unsafe partial class Remote
         return context.Response.Complete ? CKR_OK : Malformed(context);
     }
 
-    /// <summary>Operation set-up: session, mechanism, and a key for all but C_DigestInit ("uMu", "uM").</summary>
+    /// <summary>Shape Init ("uMu" → ""): operation set-up; C_DigestInit ("uM", its own row) has no key.</summary>
     public static ulong Init(RpcCallId id, nuint session, CK_MECHANISM* mechanism, nuint key, bool hasKey = true)
     {
         ulong rv = BeginWithMechanism(id, session, mechanism, out var connection, out var context, out var wire);
@@ -67,7 +69,7 @@ internal static unsafe partial class Remote
         return Finish(connection, context);
     }
 
-    /// <summary>Data in, data out ("uayfy" → "ay"): C_Encrypt, C_Sign, C_Digest and their kin.</summary>
+    /// <summary>Shape DataToData ("uayfy" → "ay"): C_Encrypt, C_Sign, C_Digest and their kin.</summary>
     public static ulong DataToData(RpcCallId id, nuint session, byte* input, nuint inputLength, byte* output, nuint* outputLength)
     {
         if (outputLength == null) return CKR_ARGUMENTS_BAD;
@@ -75,10 +77,10 @@ internal static unsafe partial class Remote
         if (rv != CKR_OK) return rv;
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
-        rv = Marshalling.WriteInput(context.Request, input, inputLength);
+        rv = CallerArguments.WriteInput(context.Request, input, inputLength);
         if (rv != CKR_OK) return rv;
         nuint capacity = *outputLength;
-        Marshalling.WriteOutputCapacity(context.Request, output, outputLength);
+        CallerArguments.WriteOutputCapacity(context.Request, output, outputLength);
         rv = ExchangeForOutput(connection, context, output, outputLength, capacity);
         if (AnsweredOnlyTheSize(connection, rv, output, capacity, outputLength))
             return WithOneByte((o, n) => DataToData(id, session, input, inputLength, o, n), outputLength);
@@ -108,7 +110,7 @@ internal static unsafe partial class Remote
         return rv;
     }
 
-    /// <summary>Only data out ("ufy" → "ay"): the *Final calls, C_GenerateRandom, C_GetOperationState.</summary>
+    /// <summary>Shape ToData ("ufy" → "ay"): the *Final calls, C_GetOperationState (and C_GenerateRandom's own method).</summary>
     public static ulong ToData(RpcCallId id, nuint session, byte* output, nuint* outputLength)
     {
         if (outputLength == null) return CKR_ARGUMENTS_BAD;
@@ -117,7 +119,7 @@ internal static unsafe partial class Remote
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
         nuint capacity = *outputLength;
-        Marshalling.WriteOutputCapacity(context.Request, output, outputLength);
+        CallerArguments.WriteOutputCapacity(context.Request, output, outputLength);
         rv = ExchangeForOutput(connection, context, output, outputLength, capacity);
         if (AnsweredOnlyTheSize(connection, rv, output, capacity, outputLength))
             return WithOneByte((o, n) => ToData(id, session, o, n), outputLength);
@@ -128,34 +130,36 @@ internal static unsafe partial class Remote
     {
         ulong rv = connection.Exchange(context);
         if (rv != CKR_OK) return rv;
-        rv = Marshalling.ReadOutput(context.Response, output, outputLength, capacity);
+        rv = CallerArguments.ReadOutput(context.Response, output, outputLength, capacity);
         if (rv == CKR_DEVICE_ERROR || !context.Response.Complete) return Malformed(context);
         return rv;
     }
 
-    /// <summary>Only data in ("uay"): the *Update calls, C_VerifyFinal, C_SeedRandom, C_InitPIN.</summary>
-    public static ulong Data(RpcCallId id, nuint session, byte* data, nuint length, bool secret = false)
+    /// <summary>Shape Data ("uay" → ""): the *Update calls, C_VerifyFinal, C_SeedRandom, C_InitPIN.</summary>
+    public static ulong Data(RpcCallId id, nuint session, byte* data, nuint length)
     {
+        bool secret = CallTable.Get(id).HasSecret; // C_InitPIN's PIN
         ulong rv = Begin(id, out var connection, out var context);
         if (rv != CKR_OK) return rv;
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
-        rv = Marshalling.WriteInput(context.Request, data, length);
+        rv = CallerArguments.WriteInput(context.Request, data, length);
         if (rv != CKR_OK) return rv;
         rv = Finish(connection, context);
         if (secret) context.Scrub();
         return rv;
     }
 
-    /// <summary>Two data inputs ("uayay"): C_Verify, C_SetPIN, C_*MessageBegin.</summary>
-    public static ulong DataData(RpcCallId id, nuint session, byte* first, nuint firstLength, byte* second, nuint secondLength, bool secret = false)
+    /// <summary>Shape DataData ("uayay" → ""): C_Verify, C_SetPIN.</summary>
+    public static ulong DataData(RpcCallId id, nuint session, byte* first, nuint firstLength, byte* second, nuint secondLength)
     {
+        bool secret = CallTable.Get(id).HasSecret; // C_SetPIN's PINs
         ulong rv = Begin(id, out var connection, out var context);
         if (rv != CKR_OK) return rv;
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
-        rv = Marshalling.WriteInput(context.Request, first, firstLength);
-        if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, second, secondLength);
+        rv = CallerArguments.WriteInput(context.Request, first, firstLength);
+        if (rv == CKR_OK) rv = CallerArguments.WriteInput(context.Request, second, secondLength);
         if (rv != CKR_OK) { if (secret) context.Scrub(); return rv; }
         rv = Finish(connection, context);
         if (secret) context.Scrub();
@@ -224,7 +228,7 @@ internal static unsafe partial class Remote
         if (connection.Profile.Version >= 1)
             context = CallContext.For(connection, RpcCallId.C_InitToken2);
         context.Request.WriteULong(slotId);
-        rv = Marshalling.WriteInput(context.Request, pin, pinLength);
+        rv = CallerArguments.WriteInput(context.Request, pin, pinLength);
         if (rv != CKR_OK) { context.Scrub(); return rv; }
         var padded = new ReadOnlySpan<byte>(label, 32);
         if (connection.Profile.Version >= 1) context.Request.WriteSpaceString(padded);
@@ -274,7 +278,7 @@ internal static unsafe partial class Remote
         if (rv != CKR_OK) return rv;
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
-        rv = Marshalling.WriteInput(context.Request, state, stateLength);
+        rv = CallerArguments.WriteInput(context.Request, state, stateLength);
         if (rv != CKR_OK) return rv;
         context.Request.WriteULong(encryptionKey);
         context.Request.WriteULong(authenticationKey);
@@ -288,7 +292,7 @@ internal static unsafe partial class Remote
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
         context.Request.WriteULong(userType);
-        rv = Marshalling.WriteInput(context.Request, pin, pinLength);
+        rv = CallerArguments.WriteInput(context.Request, pin, pinLength);
         if (rv == CKR_OK) rv = Finish(connection, context);
         context.Scrub();
         return rv;
@@ -301,8 +305,8 @@ internal static unsafe partial class Remote
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
         context.Request.WriteULong(userType);
-        rv = Marshalling.WriteInput(context.Request, pin, pinLength);
-        if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, username, usernameLength);
+        rv = CallerArguments.WriteInput(context.Request, pin, pinLength);
+        if (rv == CKR_OK) rv = CallerArguments.WriteInput(context.Request, username, usernameLength);
         if (rv == CKR_OK) rv = Finish(connection, context);
         context.Scrub();
         return rv;
@@ -361,7 +365,7 @@ internal static unsafe partial class Remote
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
         if (source is { } sourceHandle) context.Request.WriteULong(sourceHandle);
-        rv = Marshalling.WriteTemplate(context.Request, template, count);
+        rv = CallerArguments.WriteTemplate(context.Request, template, count);
         if (rv != CKR_OK) { context.Scrub(); return rv; }
         rv = connection.Exchange(context);
         if (rv == CKR_OK) rv = ReadHandle(context, handle);
@@ -393,32 +397,29 @@ internal static unsafe partial class Remote
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         if (AttributePrefetch.Applies(connection.Profile, template, count))
         {
-            rv = SizesWithValues(connection, context, brokerSession, session, handle, template, count);
-            if (rv != NotPrefetched) return rv;
+            if (TrySizesWithValues(connection, context, brokerSession, session, handle, template, count, out rv)) return rv;
             rv = Begin(RpcCallId.C_GetAttributeValue, out connection, out context);
             if (rv != CKR_OK) return rv;
         }
         context.Request.WriteULong(brokerSession);
         context.Request.WriteULong(handle);
-        rv = Marshalling.WriteAttributeBuffers(context.Request, template, count);
+        rv = CallerArguments.WriteAttributeBuffers(context.Request, template, count);
         if (rv != CKR_OK) return rv;
         rv = connection.Exchange(context);
         if (rv != CKR_OK) return rv;
-        rv = Marshalling.ReadTemplateValues(context.Response, template, count);
+        rv = CallerArguments.ReadTemplateValues(context.Response, template, count);
         if (rv == CKR_DEVICE_ERROR || !context.Response.Complete) rv = Malformed(context);
         context.Scrub();
         return rv;
     }
 
-    /// <summary>Not a CK_RV: the size query must be sent the ordinary way.</summary>
-    private const ulong NotPrefetched = ulong.MaxValue;
-
     /// <summary>
     /// A size query sent as a fetch with room for small values (see <see cref="AttributePrefetch"/>):
-    /// the sizes when every value came back, kept for the next call; NotPrefetched otherwise.
+    /// true with the sizes when every value came back (kept for the next call) or with the CK_RV that
+    /// ends the call; false when the size query must be sent the ordinary way.
     /// </summary>
-    private static ulong SizesWithValues(Connection connection, CallContext context, nuint brokerSession, nuint session, nuint handle,
-        CK_ATTRIBUTE* template, nuint count)
+    private static bool TrySizesWithValues(Connection connection, CallContext context, nuint brokerSession, nuint session, nuint handle,
+        CK_ATTRIBUTE* template, nuint count, out ulong rv)
     {
         var request = context.Request;
         request.WriteULong(brokerSession);
@@ -426,22 +427,24 @@ internal static unsafe partial class Remote
         request.BeginAttributeBuffer((uint)count);
         for (nuint i = 0; i < count; i++)
             AttributeCodec.WriteBufferEntry(request.Writer, template[i].type, AttributePrefetch.CapacityPerAttribute);
-        ulong rv = connection.Exchange(context);
-        if (rv is CKR_DEVICE_ERROR or CKR_DEVICE_REMOVED) return rv;
-        if (rv != CKR_OK) return NotPrefetched; // the size query gives the error in its own terms
+        rv = connection.Exchange(context);
+        if (rv is CKR_DEVICE_ERROR or CKR_DEVICE_REMOVED) return true;
+        if (rv != CKR_OK) return false; // the size query gives the error in its own terms
         var reply = context.Response;
         if (!reply.TryReadAttributeArray(out var attributes) || (nuint)attributes.Length != count ||
             !reply.TryReadULong(out ulong callRv) || !reply.Complete)
         {
             context.Scrub();
-            return Malformed(context);
+            rv = Malformed(context);
+            return true;
         }
         for (int i = 0; i < attributes.Length; i++)
         {
             if (attributes[i].Type != template[i].type)
             {
                 context.Scrub();
-                return Malformed(context);
+                rv = Malformed(context);
+                return true;
             }
         }
         bool kept = callRv == CKR_OK && context.Prefetch.TryKeep(connection, session, handle, attributes);
@@ -449,7 +452,8 @@ internal static unsafe partial class Remote
             for (int i = 0; i < attributes.Length; i++)
                 template[i].ulValueLen = (nuint)attributes[i].NativeLength;
         context.Scrub();
-        return kept ? CKR_OK : NotPrefetched;
+        rv = CKR_OK;
+        return kept;
     }
 
     /// <summary>C_SetAttributeValue ("uuaA") and C_FindObjectsInit ("uaA").</summary>
@@ -460,7 +464,7 @@ internal static unsafe partial class Remote
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
         if (handle is { } h) context.Request.WriteULong(h);
-        rv = Marshalling.WriteTemplate(context.Request, template, count);
+        rv = CallerArguments.WriteTemplate(context.Request, template, count);
         if (rv == CKR_OK) rv = Finish(connection, context);
         context.Scrub();
         return rv;
@@ -496,7 +500,7 @@ internal static unsafe partial class Remote
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
         rv = context.Request.WriteMechanism(wire);
-        if (rv == CKR_OK) rv = Marshalling.WriteTemplate(context.Request, template, count);
+        if (rv == CKR_OK) rv = CallerArguments.WriteTemplate(context.Request, template, count);
         if (rv != CKR_OK) return rv;
         rv = connection.Exchange(context);
         return rv != CKR_OK ? rv : ReadHandle(context, key);
@@ -513,8 +517,8 @@ internal static unsafe partial class Remote
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
         rv = context.Request.WriteMechanism(wire);
-        if (rv == CKR_OK) rv = Marshalling.WriteTemplate(context.Request, publicTemplate, publicCount);
-        if (rv == CKR_OK) rv = Marshalling.WriteTemplate(context.Request, privateTemplate, privateCount);
+        if (rv == CKR_OK) rv = CallerArguments.WriteTemplate(context.Request, publicTemplate, publicCount);
+        if (rv == CKR_OK) rv = CallerArguments.WriteTemplate(context.Request, privateTemplate, privateCount);
         if (rv != CKR_OK) return rv;
         rv = connection.Exchange(context);
         if (rv != CKR_OK) return rv;
@@ -534,7 +538,7 @@ internal static unsafe partial class Remote
         context.Request.WriteULong(wrappingKey);
         context.Request.WriteULong(key);
         nuint capacity = *wrappedLength;
-        Marshalling.WriteOutputCapacity(context.Request, wrapped, wrappedLength);
+        CallerArguments.WriteOutputCapacity(context.Request, wrapped, wrappedLength);
         return ExchangeForOutput(connection, context, wrapped, wrappedLength, capacity);
     }
 
@@ -545,8 +549,8 @@ internal static unsafe partial class Remote
         ulong rv = BeginWithMechanism(RpcCallId.C_UnwrapKey, session, mechanism, out var connection, out var context, out var wire);
         if (rv != CKR_OK) return rv;
         context.Request.WriteULong(unwrappingKey);
-        rv = Marshalling.WriteInput(context.Request, wrapped, wrappedLength);
-        if (rv == CKR_OK) rv = Marshalling.WriteTemplate(context.Request, template, count);
+        rv = CallerArguments.WriteInput(context.Request, wrapped, wrappedLength);
+        if (rv == CKR_OK) rv = CallerArguments.WriteTemplate(context.Request, template, count);
         if (rv != CKR_OK) return rv;
         rv = connection.Exchange(context);
         return rv != CKR_OK ? rv : ReadHandle(context, key);
@@ -568,7 +572,7 @@ internal static unsafe partial class Remote
         rv = context.Request.WriteMechanism(wire);
         if (rv != CKR_OK) return rv;
         context.Request.WriteULong(baseKey);
-        rv = Marshalling.WriteTemplate(context.Request, template, count);
+        rv = CallerArguments.WriteTemplate(context.Request, template, count);
         if (rv != CKR_OK) return rv;
         rv = connection.Exchange(context);
         if (rv != CKR_OK) return rv;

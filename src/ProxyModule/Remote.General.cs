@@ -19,7 +19,7 @@ internal static unsafe partial class Remote
             return rv;
         if (connection.Broken)
         {
-            if (!StartsSomething(id))
+            if (!CallTable.Get(id).MayReconnect)
                 return CKR_DEVICE_REMOVED;
             rv = ModuleState.Reconnect(connection);
             if (rv != CKR_OK)
@@ -32,11 +32,6 @@ internal static unsafe partial class Remote
         context = CallContext.For(connection, id);
         return CKR_OK;
     }
-
-    /// <summary>Calls after which a reconnected broker can carry on: they use no earlier session.</summary>
-    private static bool StartsSomething(RpcCallId id) => id is RpcCallId.C_OpenSession or RpcCallId.C_GetSlotList
-        or RpcCallId.C_GetSlotInfo or RpcCallId.C_GetTokenInfo or RpcCallId.C_GetInfo or RpcCallId.C_GetMechanismList
-        or RpcCallId.C_GetMechanismInfo;
 
     /// <summary>A reply that does not match its signature is the broker's fault, never the caller's.</summary>
     private static ulong Malformed(CallContext context)
@@ -81,9 +76,9 @@ internal static unsafe partial class Remote
         if (rv != CKR_OK) return rv;
         var reply = context.Response;
         if (!reply.TryReadVersion(out byte major, out byte minor) ||
-            !reply.TryReadSpaceString(32, out _) ||
+            !reply.TryReadSpaceString(out _) ||
             !reply.TryReadULong(out ulong flags) ||
-            !reply.TryReadSpaceString(32, out _) ||
+            !reply.TryReadSpaceString(out _) ||
             !reply.TryReadVersion(out _, out _) || !reply.Complete)
             return Malformed(context);
         *info = default;
@@ -110,8 +105,8 @@ internal static unsafe partial class Remote
         var context = CallContext.For(connection, RpcCallId.C_GetInfo);
         if (connection.Exchange(context) != CKR_OK) return false;
         var reply = context.Response;
-        bool ours = reply.TryReadVersion(out _, out _) && reply.TryReadSpaceString(32, out var manufacturer) &&
-                    reply.TryReadULong(out _) && reply.TryReadSpaceString(32, out var description) &&
+        bool ours = reply.TryReadVersion(out _, out _) && reply.TryReadSpaceString(out var manufacturer) &&
+                    reply.TryReadULong(out _) && reply.TryReadSpaceString(out var description) &&
                     Identity.IsOurBroker(manufacturer.Span, description.Span);
         Volatile.Write(ref connection.PeerKind, ours ? 1 : 2);
         return ours;
@@ -124,8 +119,11 @@ internal static unsafe partial class Remote
     /// </summary>
     public static ulong CloseAllSessions(nuint slotId)
     {
-        ulong rv = Plain(RpcCallId.C_CloseAllSessions, slotId);
-        if (rv != CKR_OK || ModuleState.TryGet(out var connection) != CKR_OK || PeerIsOurBroker(connection))
+        ulong rv = Begin(RpcCallId.C_CloseAllSessions, out var connection, out var context);
+        if (rv != CKR_OK) return rv;
+        context.Request.WriteULong(slotId); // a slot: no session handle to map
+        rv = Finish(connection, context);
+        if (rv != CKR_OK || ModuleState.TryGet(out connection) != CKR_OK || PeerIsOurBroker(connection))
             return rv;
         CK_SLOT_INFO info;
         rv = GetSlotInfo(slotId, &info);
@@ -153,8 +151,8 @@ internal static unsafe partial class Remote
         rv = connection.Exchange(context);
         if (rv != CKR_OK) return rv;
         var reply = context.Response;
-        if (!reply.TryReadSpaceString(64, out var description) ||
-            !reply.TryReadSpaceString(32, out var manufacturer) ||
+        if (!reply.TryReadSpaceString(out var description) ||
+            !reply.TryReadSpaceString(out var manufacturer) ||
             !reply.TryReadULong(out ulong flags) ||
             !reply.TryReadVersion(out byte hwMajor, out byte hwMinor) ||
             !reply.TryReadVersion(out byte fwMajor, out byte fwMinor) || !reply.Complete)
@@ -179,17 +177,17 @@ internal static unsafe partial class Remote
         var reply = context.Response;
         CK_TOKEN_INFO result = default;
         Span<ulong> numbers = stackalloc ulong[11];
-        if (!reply.TryReadSpaceString(32, out var label) ||
-            !reply.TryReadSpaceString(32, out var manufacturer) ||
-            !reply.TryReadSpaceString(16, out var model) ||
-            !reply.TryReadSpaceString(16, out var serial))
+        if (!reply.TryReadSpaceString(out var label) ||
+            !reply.TryReadSpaceString(out var manufacturer) ||
+            !reply.TryReadSpaceString(out var model) ||
+            !reply.TryReadSpaceString(out var serial))
             return Malformed(context);
         for (int i = 0; i < numbers.Length; i++)
             if (!reply.TryReadULong(out numbers[i]))
                 return Malformed(context);
         if (!reply.TryReadVersion(out byte hwMajor, out byte hwMinor) ||
             !reply.TryReadVersion(out byte fwMajor, out byte fwMinor) ||
-            !reply.TryReadSpaceString(16, out var utcTime) || !reply.Complete)
+            !reply.TryReadSpaceString(out var utcTime) || !reply.Complete)
             return Malformed(context);
         label.Span.CopyTo(new Span<byte>(result.label, 32));
         manufacturer.Span.CopyTo(new Span<byte>(result.manufacturerID, 32));
@@ -214,38 +212,12 @@ internal static unsafe partial class Remote
     }
 
     /// <summary>A caller's CK_ULONG count as the 32-bit capacity the wire carries (larger buffers are clamped).</summary>
-    private static uint Capacity(nuint count) => count > uint.MaxValue - 1 ? uint.MaxValue - 1 : (uint)count;
+    private static uint Capacity(nuint count) => CallerArguments.Capacity(count);
 
-    /// <summary>
-    /// Reads an 'au' reply into the caller's array with PKCS#11's rules: NULL array → size only;
-    /// too small → CKR_BUFFER_TOO_SMALL with the needed count; never more than *count elements written.
-    /// </summary>
+    /// <summary>An 'au' reply into the caller's array (see <see cref="CallerArguments.ReadULongs"/>).</summary>
     private static ulong ReadULongArray(CallContext context, nuint* array, nuint* count)
     {
-        var reply = context.Response;
-        if (!reply.TryReadULongArrayHeader(out bool present, out uint received))
-            return Malformed(context);
-        nuint capacity = *count;
-        if (!present)
-        {
-            if (!reply.Complete || received == uint.MaxValue) return Malformed(context);
-            *count = received;
-            return array == null ? CKR_OK : CKR_BUFFER_TOO_SMALL;
-        }
-        if (array != null && received > capacity)
-        {
-            *count = received;
-            return CKR_BUFFER_TOO_SMALL;
-        }
-        for (uint i = 0; i < received; i++)
-        {
-            if (!reply.TryReadULongElement(out ulong value))
-                return Malformed(context);
-            if (array != null)
-                array[i] = (nuint)value;
-        }
-        if (!reply.Complete) return Malformed(context);
-        *count = received;
-        return CKR_OK;
+        ulong rv = CallerArguments.ReadULongs(context.Response, array, count);
+        return rv == CKR_DEVICE_ERROR ? Malformed(context) : rv;
     }
 }

@@ -56,7 +56,7 @@ internal static unsafe partial class Remote
     {
         ulong rv = ModuleState.TryGet(out var connection);
         if (rv != CKR_OK) return rv;
-        rv = Plain(id, session);
+        rv = Session(id, session);
         if (rv == CKR_OK) connection.Messages.Ended(session, id == RpcCallId.C_MessageEncryptFinal);
         return rv;
     }
@@ -64,7 +64,7 @@ internal static unsafe partial class Remote
     /// <summary>C_CloseSession, which also ends the session's message operations.</summary>
     public static ulong CloseSession(nuint session)
     {
-        ulong rv = Plain(RpcCallId.C_CloseSession, session);
+        ulong rv = Session(RpcCallId.C_CloseSession, session);
         if (rv == CKR_OK && ModuleState.TryGet(out var connection) == CKR_OK) connection.Messages.Closed(session);
         return rv;
     }
@@ -118,7 +118,7 @@ internal static unsafe partial class Remote
             return reply.Complete ? callRv : Malformed(context);
         if (callRv != CKR_OK && callRv != CKR_BUFFER_TOO_SMALL)
             return reply.TryReadByteArray(out _, out _, out _) && reply.Complete ? callRv : Malformed(context);
-        rv = Marshalling.ReadOutput(reply, output, outputLength, capacity);
+        rv = CallerArguments.ReadOutput(reply, output, outputLength, capacity);
         if (rv == CKR_DEVICE_ERROR || !reply.Complete) return Malformed(context);
         // The broker's CK_RV stands, unless the output does not fit what the caller gave.
         return rv == CKR_OK ? callRv : rv;
@@ -147,11 +147,11 @@ internal static unsafe partial class Remote
             context.Request.WriteULong(brokerSession);
             context.Request.WriteByteArray(WireBytes.Null);
         }
-        rv = Marshalling.WriteInput(context.Request, associated, associatedLength);
-        if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, input, inputLength);
+        rv = CallerArguments.WriteInput(context.Request, associated, associatedLength);
+        if (rv == CKR_OK) rv = CallerArguments.WriteInput(context.Request, input, inputLength);
         if (rv != CKR_OK) return rv;
         nuint capacity = *outputLength;
-        Marshalling.WriteOutputCapacity(context.Request, output, outputLength);
+        CallerArguments.WriteOutputCapacity(context.Request, output, outputLength);
         return typed
             ? ReadTypedReply(connection, context, buffers, output, outputLength, capacity, hasOutput: true)
             : ExchangeForOutput(connection, context, output, outputLength, capacity);
@@ -178,7 +178,7 @@ internal static unsafe partial class Remote
             context.Request.WriteULong(brokerSession);
             context.Request.WriteByteArray(WireBytes.Null);
         }
-        rv = Marshalling.WriteInput(context.Request, associated, associatedLength);
+        rv = CallerArguments.WriteInput(context.Request, associated, associatedLength);
         if (rv != CKR_OK) return rv;
         return typed ? ReadTypedReply(connection, context, buffers, null, null, 0, hasOutput: false) : Finish(connection, context);
     }
@@ -206,10 +206,10 @@ internal static unsafe partial class Remote
             context.Request.WriteULong(brokerSession);
             context.Request.WriteByteArray(WireBytes.Null);
         }
-        rv = Marshalling.WriteInput(context.Request, input, inputLength);
+        rv = CallerArguments.WriteInput(context.Request, input, inputLength);
         if (rv != CKR_OK) return rv;
         nuint capacity = *outputLength;
-        Marshalling.WriteOutputCapacity(context.Request, output, outputLength);
+        CallerArguments.WriteOutputCapacity(context.Request, output, outputLength);
         context.Request.WriteULong(flags);
         return typed
             ? ReadTypedReply(connection, context, buffers, output, outputLength, capacity, hasOutput: true)
@@ -228,10 +228,10 @@ internal static unsafe partial class Remote
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
         context.Request.WriteByteArray(WireBytes.Null);
-        rv = Marshalling.WriteInput(context.Request, data, dataLength);
+        rv = CallerArguments.WriteInput(context.Request, data, dataLength);
         if (rv != CKR_OK) return rv;
         nuint capacity = *signatureLength;
-        Marshalling.WriteOutputCapacity(context.Request, signature, signatureLength);
+        CallerArguments.WriteOutputCapacity(context.Request, signature, signatureLength);
         return ExchangeForOutput(connection, context, signature, signatureLength, capacity);
     }
 
@@ -263,11 +263,11 @@ internal static unsafe partial class Remote
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
         context.Request.WriteByteArray(WireBytes.Null);
-        rv = Marshalling.WriteInput(context.Request, data, dataLength);
+        rv = CallerArguments.WriteInput(context.Request, data, dataLength);
         if (rv != CKR_OK) return rv;
         context.Request.WriteByte(wanted ? (byte)1 : (byte)0);
         nuint capacity = *length;
-        Marshalling.WriteOutputCapacity(context.Request, buffer, length);
+        CallerArguments.WriteOutputCapacity(context.Request, buffer, length);
         return ExchangeForOutput(connection, context, buffer, length, capacity);
     }
 
@@ -282,8 +282,8 @@ internal static unsafe partial class Remote
         if (!connection.TryToBroker(session, out var brokerSession)) return CKR_SESSION_HANDLE_INVALID;
         context.Request.WriteULong(brokerSession);
         context.Request.WriteByteArray(WireBytes.Null);
-        rv = Marshalling.WriteInput(context.Request, data, dataLength);
-        if (rv == CKR_OK) rv = Marshalling.WriteInput(context.Request, signature, signatureLength);
+        rv = CallerArguments.WriteInput(context.Request, data, dataLength);
+        if (rv == CKR_OK) rv = CallerArguments.WriteInput(context.Request, signature, signatureLength);
         if (rv != CKR_OK) return rv;
         return Finish(connection, context);
     }

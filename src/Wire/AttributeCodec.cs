@@ -336,23 +336,78 @@ public static class AttributeCodec
         {
             if (!reader.TryReadUInt32(out uint type) || !reader.TryReadUInt32(out uint length))
                 return false;
-            WireAttributeBuffer[]? nested = null;
-            if (length != 0 && profile.NestedAttributeBuffers && profile.KindOf(type) == AttributeValueKind.AttributeArray)
-            {
-                if (!TryReadBufferArray(reader, profile, depth + 1, ref budget, out nested))
-                    return false;
-                if ((ulong)length < (ulong)nested.Length * NativeAttributeSize)
-                    return false;
-            }
-            else
-            {
-                budget -= length;
-                if (budget < 0)
-                    return false;
-            }
+            if (!TryReadBufferEntryValue(reader, profile, depth, ref budget, type, length, out var nested))
+                return false;
             result[i] = new WireAttributeBuffer { Type = type, Length = length, Nested = nested };
         }
         buffers = result;
         return true;
+    }
+
+    /// <summary>What follows an 'fA' entry's type and length: nested entries for a template with a buffer, else nothing.</summary>
+    private static bool TryReadBufferEntryValue(WireReader reader, WireProfile profile, int depth, ref long budget,
+        uint type, uint length, out WireAttributeBuffer[]? nested)
+    {
+        nested = null;
+        if (length != 0 && profile.NestedAttributeBuffers && profile.KindOf(type) == AttributeValueKind.AttributeArray)
+        {
+            if (!TryReadBufferArray(reader, profile, depth + 1, ref budget, out nested))
+                return false;
+            return (ulong)length >= (ulong)nested.Length * NativeAttributeSize;
+        }
+        budget -= length;
+        return budget >= 0;
+    }
+
+    /// <summary>Choices tried at most when reading p11-kit's client form (each a zero-length template entry).</summary>
+    private const int MaxFormChoices = 16;
+
+    /// <summary>
+    /// An 'fA' array that must end where the message ends, in the form of p11-kit's client (0.25.4
+    /// on): a top-level template entry of length 0 is followed by an empty nested count when the
+    /// caller's pValue was non-NULL, and by nothing when it was NULL. The wire does not say which, so
+    /// both readings are tried (depth first, a bounded number of choices) until one ends at the end.
+    /// </summary>
+    public static bool TryReadBufferArrayEndingMessage(WireReader reader, WireProfile profile, long maxTotalBytes,
+        out WireAttributeBuffer[] buffers)
+    {
+        buffers = [];
+        if (!profile.NestedAttributeBuffers || !reader.TryReadUInt32(out uint count) || count > reader.Remaining / 8 ||
+            count > MaxArrayCount)
+            return false;
+        var result = count == 0 ? [] : new WireAttributeBuffer[count];
+        var choices = new Stack<(int Index, int Position, long Budget)>();
+        int i = 0;
+        long budget = maxTotalBytes;
+        while (true)
+        {
+            bool failed = false;
+            while (i < result.Length)
+            {
+                if (!reader.TryReadUInt32(out uint type) || !reader.TryReadUInt32(out uint length)) { failed = true; break; }
+                if (length == 0 && profile.KindOf(type) == AttributeValueKind.AttributeArray && choices.Count < MaxFormChoices)
+                    choices.Push((i, reader.Position, budget));
+                if (!TryReadBufferEntryValue(reader, profile, 0, ref budget, type, length, out var nested)) { failed = true; break; }
+                result[i++] = new WireAttributeBuffer { Type = type, Length = length, Nested = nested };
+            }
+            if (!failed && reader.AtEnd)
+            {
+                buffers = result;
+                return true;
+            }
+            // Take the other reading of the latest choice: an empty nested count after it.
+            while (true)
+            {
+                if (choices.Count == 0) return false;
+                var choice = choices.Pop();
+                reader.Rewind(choice.Position);
+                if (reader.TryReadUInt32(out uint none) && none == 0)
+                {
+                    i = choice.Index + 1;
+                    budget = choice.Budget;
+                    break;
+                }
+            }
+        }
     }
 }

@@ -1,4 +1,5 @@
 using System.Collections.Frozen;
+using static P11Proxy.Wire.CallTraits;
 
 namespace P11Proxy.Wire;
 
@@ -50,11 +51,48 @@ public enum WireType : byte
     MessageParameterUpdate, // U  what the module wrote into it
 }
 
+/// <summary>Per-call facts beyond the signatures, read by the module, the broker, tracing and tests.</summary>
+[Flags]
+public enum CallTraits
+{
+    None = 0,
+
+    /// <summary>
+    /// Quick by nature (no token work, no person): the broker's reader runs it itself until timed
+    /// otherwise, and does not look for overlapping requests after it (see the broker's CallDurations).
+    /// </summary>
+    Quick = 1,
+
+    /// <summary>May block for as long as it likes (a slot event): always run beside the reader, never timed out by the module.</summary>
+    Blocking = 2,
+
+    /// <summary>Uses no earlier session: after the broker was lost the module may reconnect for it.</summary>
+    MayReconnect = 4,
+
+    /// <summary>A PKCS#11 3.0 function: the broker answers CKR_FUNCTION_NOT_SUPPORTED for a 2.x backend.</summary>
+    Needs30Backend = 8,
+}
+
 /// <summary>One row of the call table: the single source of truth for both directions.</summary>
 public sealed class RpcCall
 {
-    internal RpcCall(RpcCallId id, string request, string response, byte minVersion, (string Request, string Response)? typed = null)
+    internal RpcCall(RpcCallId id, string request, string response, byte minVersion, (string Request, string Response)? typed = null,
+        CallTraits traits = CallTraits.None, int[]? secret = null, int[]? requestWidths = null, int[]? responseWidths = null)
+        : this(id, CallShapes.Own, request, response, minVersion, typed, traits, secret, requestWidths, responseWidths) { }
+
+    /// <summary>A row of a shared shape: its signatures are the shape's.</summary>
+    internal RpcCall(RpcCallId id, CallShape shape, byte minVersion, (string Request, string Response)? typed = null,
+        CallTraits traits = CallTraits.None, int[]? secret = null)
+        : this(id, shape, shape.Request, shape.Response, minVersion, typed, traits, secret, null, null) { }
+
+    private RpcCall(RpcCallId id, CallShape shape, string request, string response, byte minVersion, (string Request, string Response)? typed,
+        CallTraits traits, int[]? secret, int[]? requestWidths, int[]? responseWidths)
     {
+        Shape = shape;
+        Traits = traits;
+        SecretRequestParts = secret ?? [];
+        _requestWidths = Widths(request, requestWidths);
+        _responseWidths = Widths(response, responseWidths);
         Id = id;
         Name = id.ToString();
         RequestSignature = request;
@@ -121,6 +159,51 @@ public sealed class RpcCall
 
     /// <summary>Whether a message of this call to or from a peer of <paramref name="profile"/> is written in the typed form.</summary>
     public bool TypedFor(WireProfile profile) => profile.TypedMessageParameters && _typedRequest is not null;
+
+    /// <summary>The shape the call shares with others (its two sides are Remote.&lt;Shape&gt; and Dispatcher.&lt;Shape&gt;), or <see cref="CallShapes.Own"/>.</summary>
+    public CallShape Shape { get; }
+
+    public CallTraits Traits { get; }
+    public bool Quick => (Traits & CallTraits.Quick) != 0;
+    public bool Blocking => (Traits & CallTraits.Blocking) != 0;
+    public bool MayReconnect => (Traits & CallTraits.MayReconnect) != 0;
+    public bool Needs30Backend => (Traits & CallTraits.Needs30Backend) != 0;
+
+    /// <summary>The module waits for the reply without its timeout (a call that may block).</summary>
+    public bool NoTimeout => Blocking;
+
+    /// <summary>Request parts holding a PIN: scrubbed from the module's buffers after the call, redacted in traces.</summary>
+    public int[] SecretRequestParts { get; }
+    public bool HasSecret => SecretRequestParts.Length != 0;
+    public bool IsSecret(MessageKind kind, int partIndex) => kind == MessageKind.Request && Array.IndexOf(SecretRequestParts, partIndex) >= 0;
+
+    private readonly int[] _requestWidths;
+    private readonly int[] _responseWidths;
+
+    /// <summary>Width of a fixed-size space-padded part ('s'), from the C structure it fills; 0 for other parts.</summary>
+    public int WidthOf(MessageKind kind, int partIndex)
+    {
+        var widths = kind == MessageKind.Request ? _requestWidths : _responseWidths;
+        return (uint)partIndex < (uint)widths.Length ? widths[partIndex] : 0;
+    }
+
+    /// <summary>Per-part widths from the widths of the 's' parts in signature order.</summary>
+    private static int[] Widths(string signature, int[]? spaceWidths)
+    {
+        var parts = Signature.Parse(signature);
+        var widths = new int[parts.Length];
+        int next = 0;
+        for (int i = 0; i < parts.Length; i++)
+        {
+            if (parts[i] != WireType.SpaceString) continue;
+            if (spaceWidths is null || next >= spaceWidths.Length)
+                throw new ArgumentException($"signature '{signature}': no width for space string part {i}");
+            widths[i] = spaceWidths[next++];
+        }
+        if (spaceWidths is not null && next != spaceWidths.Length)
+            throw new ArgumentException($"signature '{signature}': {spaceWidths.Length} widths for {next} space strings");
+        return widths;
+    }
 
     public override string ToString() => Name;
 }
@@ -199,96 +282,96 @@ public static class CallTable
     private static readonly RpcCall[] Calls =
     [
         new(RpcCallId.Error, "", "u", 0),
-        new(RpcCallId.C_Initialize, "ayyay", "", 0),
-        new(RpcCallId.C_Finalize, "", "", 0),
-        new(RpcCallId.C_GetInfo, "", "vsusv", 0),
-        new(RpcCallId.C_GetSlotList, "yfu", "au", 0),
-        new(RpcCallId.C_GetSlotInfo, "u", "ssuvv", 0),
-        new(RpcCallId.C_GetTokenInfo, "u", "ssssuuuuuuuuuuuvvs", 0),
-        new(RpcCallId.C_GetMechanismList, "ufu", "au", 0),
-        new(RpcCallId.C_GetMechanismInfo, "uu", "uuu", 0),
-        new(RpcCallId.C_InitToken, "uayz", "", 0),
-        new(RpcCallId.C_OpenSession, "uu", "u", 0),
-        new(RpcCallId.C_CloseSession, "u", "", 0),
+        new(RpcCallId.C_Initialize, "ayyay", "", 0, traits: Quick),
+        new(RpcCallId.C_Finalize, "", "", 0, traits: Quick),
+        new(RpcCallId.C_GetInfo, "", "vsusv", 0, traits: Quick | MayReconnect, responseWidths: [32, 32]),
+        new(RpcCallId.C_GetSlotList, "yfu", "au", 0, traits: Quick | MayReconnect),
+        new(RpcCallId.C_GetSlotInfo, "u", "ssuvv", 0, traits: Quick | MayReconnect, responseWidths: [64, 32]),
+        new(RpcCallId.C_GetTokenInfo, "u", "ssssuuuuuuuuuuuvvs", 0, traits: Quick | MayReconnect, responseWidths: [32, 32, 16, 16, 16]),
+        new(RpcCallId.C_GetMechanismList, "ufu", "au", 0, traits: Quick | MayReconnect),
+        new(RpcCallId.C_GetMechanismInfo, "uu", "uuu", 0, traits: Quick | MayReconnect),
+        new(RpcCallId.C_InitToken, "uayz", "", 0, secret: [1]),
+        new(RpcCallId.C_OpenSession, "uu", "u", 0, traits: Quick | MayReconnect),
+        new(RpcCallId.C_CloseSession, "u", "", 0, traits: Quick),
         new(RpcCallId.C_CloseAllSessions, "u", "", 0),
-        new(RpcCallId.C_GetSessionInfo, "u", "uuuu", 0),
-        new(RpcCallId.C_InitPIN, "uay", "", 0),
-        new(RpcCallId.C_SetPIN, "uayay", "", 0),
-        new(RpcCallId.C_GetOperationState, "ufy", "ay", 0),
+        new(RpcCallId.C_GetSessionInfo, "u", "uuuu", 0, traits: Quick),
+        new(RpcCallId.C_InitPIN, CallShapes.Data, 0, secret: [1]),
+        new(RpcCallId.C_SetPIN, CallShapes.DataData, 0, secret: [1, 2]),
+        new(RpcCallId.C_GetOperationState, CallShapes.ToData, 0),
         new(RpcCallId.C_SetOperationState, "uayuu", "", 0),
-        new(RpcCallId.C_Login, "uuay", "", 0),
-        new(RpcCallId.C_Logout, "u", "", 0),
+        new(RpcCallId.C_Login, "uuay", "", 0, secret: [2]),
+        new(RpcCallId.C_Logout, CallShapes.Session, 0, traits: Quick),
         new(RpcCallId.C_CreateObject, "uaA", "u", 0),
         new(RpcCallId.C_CopyObject, "uuaA", "u", 0),
-        new(RpcCallId.C_DestroyObject, "uu", "", 0),
-        new(RpcCallId.C_GetObjectSize, "uu", "u", 0),
-        new(RpcCallId.C_GetAttributeValue, "uufA", "aAu", 0),
-        new(RpcCallId.C_SetAttributeValue, "uuaA", "", 0),
-        new(RpcCallId.C_FindObjectsInit, "uaA", "", 0),
-        new(RpcCallId.C_FindObjects, "ufu", "au", 0),
-        new(RpcCallId.C_FindObjectsFinal, "u", "", 0),
-        new(RpcCallId.C_EncryptInit, "uMu", "", 0),
-        new(RpcCallId.C_Encrypt, "uayfy", "ay", 0),
-        new(RpcCallId.C_EncryptUpdate, "uayfy", "ay", 0),
-        new(RpcCallId.C_EncryptFinal, "ufy", "ay", 0),
-        new(RpcCallId.C_DecryptInit, "uMu", "", 0),
-        new(RpcCallId.C_Decrypt, "uayfy", "ay", 0),
-        new(RpcCallId.C_DecryptUpdate, "uayfy", "ay", 0),
-        new(RpcCallId.C_DecryptFinal, "ufy", "ay", 0),
+        new(RpcCallId.C_DestroyObject, CallShapes.SessionHandle, 0, traits: Quick),
+        new(RpcCallId.C_GetObjectSize, "uu", "u", 0, traits: Quick),
+        new(RpcCallId.C_GetAttributeValue, "uufA", "aAu", 0, traits: Quick),
+        new(RpcCallId.C_SetAttributeValue, "uuaA", "", 0, traits: Quick),
+        new(RpcCallId.C_FindObjectsInit, "uaA", "", 0, traits: Quick),
+        new(RpcCallId.C_FindObjects, "ufu", "au", 0, traits: Quick),
+        new(RpcCallId.C_FindObjectsFinal, CallShapes.Session, 0, traits: Quick),
+        new(RpcCallId.C_EncryptInit, CallShapes.Init, 0),
+        new(RpcCallId.C_Encrypt, CallShapes.DataToData, 0),
+        new(RpcCallId.C_EncryptUpdate, CallShapes.DataToData, 0),
+        new(RpcCallId.C_EncryptFinal, CallShapes.ToData, 0),
+        new(RpcCallId.C_DecryptInit, CallShapes.Init, 0),
+        new(RpcCallId.C_Decrypt, CallShapes.DataToData, 0),
+        new(RpcCallId.C_DecryptUpdate, CallShapes.DataToData, 0),
+        new(RpcCallId.C_DecryptFinal, CallShapes.ToData, 0),
         new(RpcCallId.C_DigestInit, "uM", "", 0),
-        new(RpcCallId.C_Digest, "uayfy", "ay", 0),
-        new(RpcCallId.C_DigestUpdate, "uay", "", 0),
-        new(RpcCallId.C_DigestKey, "uu", "", 0),
-        new(RpcCallId.C_DigestFinal, "ufy", "ay", 0),
-        new(RpcCallId.C_SignInit, "uMu", "", 0),
-        new(RpcCallId.C_Sign, "uayfy", "ay", 0),
-        new(RpcCallId.C_SignUpdate, "uay", "", 0),
-        new(RpcCallId.C_SignFinal, "ufy", "ay", 0),
-        new(RpcCallId.C_SignRecoverInit, "uMu", "", 0),
-        new(RpcCallId.C_SignRecover, "uayfy", "ay", 0),
-        new(RpcCallId.C_VerifyInit, "uMu", "", 0),
-        new(RpcCallId.C_Verify, "uayay", "", 0),
-        new(RpcCallId.C_VerifyUpdate, "uay", "", 0),
-        new(RpcCallId.C_VerifyFinal, "uay", "", 0),
-        new(RpcCallId.C_VerifyRecoverInit, "uMu", "", 0),
-        new(RpcCallId.C_VerifyRecover, "uayfy", "ay", 0),
-        new(RpcCallId.C_DigestEncryptUpdate, "uayfy", "ay", 0),
-        new(RpcCallId.C_DecryptDigestUpdate, "uayfy", "ay", 0),
-        new(RpcCallId.C_SignEncryptUpdate, "uayfy", "ay", 0),
-        new(RpcCallId.C_DecryptVerifyUpdate, "uayfy", "ay", 0),
+        new(RpcCallId.C_Digest, CallShapes.DataToData, 0),
+        new(RpcCallId.C_DigestUpdate, CallShapes.Data, 0),
+        new(RpcCallId.C_DigestKey, CallShapes.SessionHandle, 0),
+        new(RpcCallId.C_DigestFinal, CallShapes.ToData, 0),
+        new(RpcCallId.C_SignInit, CallShapes.Init, 0),
+        new(RpcCallId.C_Sign, CallShapes.DataToData, 0),
+        new(RpcCallId.C_SignUpdate, CallShapes.Data, 0),
+        new(RpcCallId.C_SignFinal, CallShapes.ToData, 0),
+        new(RpcCallId.C_SignRecoverInit, CallShapes.Init, 0),
+        new(RpcCallId.C_SignRecover, CallShapes.DataToData, 0),
+        new(RpcCallId.C_VerifyInit, CallShapes.Init, 0),
+        new(RpcCallId.C_Verify, CallShapes.DataData, 0),
+        new(RpcCallId.C_VerifyUpdate, CallShapes.Data, 0),
+        new(RpcCallId.C_VerifyFinal, CallShapes.Data, 0),
+        new(RpcCallId.C_VerifyRecoverInit, CallShapes.Init, 0),
+        new(RpcCallId.C_VerifyRecover, CallShapes.DataToData, 0),
+        new(RpcCallId.C_DigestEncryptUpdate, CallShapes.DataToData, 0),
+        new(RpcCallId.C_DecryptDigestUpdate, CallShapes.DataToData, 0),
+        new(RpcCallId.C_SignEncryptUpdate, CallShapes.DataToData, 0),
+        new(RpcCallId.C_DecryptVerifyUpdate, CallShapes.DataToData, 0),
         new(RpcCallId.C_GenerateKey, "uMaA", "u", 0),
         new(RpcCallId.C_GenerateKeyPair, "uMaAaA", "uu", 0),
         new(RpcCallId.C_WrapKey, "uMuufy", "ay", 0),
         new(RpcCallId.C_UnwrapKey, "uMuayaA", "u", 0),
         new(RpcCallId.C_DeriveKey, "uMuaA", "u", 0),
-        new(RpcCallId.C_SeedRandom, "uay", "", 0),
-        new(RpcCallId.C_GenerateRandom, "ufy", "ay", 0),
-        new(RpcCallId.C_WaitForSlotEvent, "u", "u", 0),
-        new(RpcCallId.C_LoginUser, "uuayay", "", 1),
-        new(RpcCallId.C_SessionCancel, "uu", "", 1),
-        new(RpcCallId.C_MessageEncryptInit, "uMu", "", 1),
+        new(RpcCallId.C_SeedRandom, CallShapes.Data, 0, traits: Quick),
+        new(RpcCallId.C_GenerateRandom, "ufy", "ay", 0, traits: Quick),
+        new(RpcCallId.C_WaitForSlotEvent, "u", "u", 0, traits: Blocking),
+        new(RpcCallId.C_LoginUser, "uuayay", "", 1, traits: Needs30Backend, secret: [2]),
+        new(RpcCallId.C_SessionCancel, "uu", "", 1, traits: Needs30Backend),
+        new(RpcCallId.C_MessageEncryptInit, "uMu", "", 1, traits: Needs30Backend),
         // The typed forms answer the CK_RV in the reply itself ('u' first), so that what the module
         // wrote into the parameter comes back whatever the outcome, as it would be in the caller's memory.
-        new(RpcCallId.C_EncryptMessage, "uayayayfy", "ay", 1, typed: ("uTayayfy", "uUay")),
-        new(RpcCallId.C_EncryptMessageBegin, "uayay", "", 1, typed: ("uTay", "uU")),
-        new(RpcCallId.C_EncryptMessageNext, "uayayfyu", "ay", 1, typed: ("uTayfyu", "uUay")),
-        new(RpcCallId.C_MessageEncryptFinal, "u", "", 1),
-        new(RpcCallId.C_MessageDecryptInit, "uMu", "", 1),
-        new(RpcCallId.C_DecryptMessage, "uayayayfy", "ay", 1, typed: ("uTayayfy", "uUay")),
-        new(RpcCallId.C_DecryptMessageBegin, "uayay", "", 1, typed: ("uTay", "uU")),
-        new(RpcCallId.C_DecryptMessageNext, "uayayfyu", "ay", 1, typed: ("uTayfyu", "uUay")),
-        new(RpcCallId.C_MessageDecryptFinal, "u", "", 1),
-        new(RpcCallId.C_MessageSignInit, "uMu", "", 1),
-        new(RpcCallId.C_SignMessage, "uayayfy", "ay", 1),
-        new(RpcCallId.C_SignMessageBegin, "uay", "", 1),
-        new(RpcCallId.C_SignMessageNext, "uayayyfy", "ay", 1),
-        new(RpcCallId.C_MessageSignFinal, "u", "", 1),
-        new(RpcCallId.C_MessageVerifyInit, "uMu", "", 1),
-        new(RpcCallId.C_VerifyMessage, "uayayay", "", 1),
-        new(RpcCallId.C_VerifyMessageBegin, "uay", "", 1),
-        new(RpcCallId.C_VerifyMessageNext, "uayayay", "", 1),
-        new(RpcCallId.C_MessageVerifyFinal, "u", "", 1),
-        new(RpcCallId.C_InitToken2, "uays", "", 1),
+        new(RpcCallId.C_EncryptMessage, "uayayayfy", "ay", 1, typed: ("uTayayfy", "uUay"), traits: Needs30Backend),
+        new(RpcCallId.C_EncryptMessageBegin, "uayay", "", 1, typed: ("uTay", "uU"), traits: Needs30Backend),
+        new(RpcCallId.C_EncryptMessageNext, "uayayfyu", "ay", 1, typed: ("uTayfyu", "uUay"), traits: Needs30Backend),
+        new(RpcCallId.C_MessageEncryptFinal, "u", "", 1, traits: Needs30Backend),
+        new(RpcCallId.C_MessageDecryptInit, "uMu", "", 1, traits: Needs30Backend),
+        new(RpcCallId.C_DecryptMessage, "uayayayfy", "ay", 1, typed: ("uTayayfy", "uUay"), traits: Needs30Backend),
+        new(RpcCallId.C_DecryptMessageBegin, "uayay", "", 1, typed: ("uTay", "uU"), traits: Needs30Backend),
+        new(RpcCallId.C_DecryptMessageNext, "uayayfyu", "ay", 1, typed: ("uTayfyu", "uUay"), traits: Needs30Backend),
+        new(RpcCallId.C_MessageDecryptFinal, "u", "", 1, traits: Needs30Backend),
+        new(RpcCallId.C_MessageSignInit, CallShapes.Init, 1, traits: Needs30Backend),
+        new(RpcCallId.C_SignMessage, "uayayfy", "ay", 1, traits: Needs30Backend),
+        new(RpcCallId.C_SignMessageBegin, "uay", "", 1, traits: Needs30Backend),
+        new(RpcCallId.C_SignMessageNext, "uayayyfy", "ay", 1, traits: Needs30Backend),
+        new(RpcCallId.C_MessageSignFinal, CallShapes.Session, 1, traits: Needs30Backend),
+        new(RpcCallId.C_MessageVerifyInit, CallShapes.Init, 1, traits: Needs30Backend),
+        new(RpcCallId.C_VerifyMessage, "uayayay", "", 1, traits: Needs30Backend),
+        new(RpcCallId.C_VerifyMessageBegin, "uay", "", 1, traits: Needs30Backend),
+        new(RpcCallId.C_VerifyMessageNext, "uayayay", "", 1, traits: Needs30Backend),
+        new(RpcCallId.C_MessageVerifyFinal, CallShapes.Session, 1, traits: Needs30Backend),
+        new(RpcCallId.C_InitToken2, "uays", "", 1, secret: [1], requestWidths: [32]),
         new(RpcCallId.C_DeriveKey2, "uMuaA", "uPu", 2),
     ];
 

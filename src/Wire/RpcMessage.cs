@@ -32,6 +32,7 @@ public sealed class RpcMessageWriter : IDisposable
         var parts = call.PartsFor(kind, typedForm);
         if (!ReferenceEquals(_parts, parts)) _parts = parts;
         _cursor = 0;
+        _kind = kind;
         Writer.WriteUInt32((uint)call.Id);
         Writer.WriteByteArray(call.SignatureBytesFor(kind, typedForm));
     }
@@ -74,10 +75,17 @@ public sealed class RpcMessageWriter : IDisposable
         Writer.WriteByteArray(text);
     }
 
-    /// <summary>'s': a fixed-width, space-padded field exactly as in the C struct.</summary>
+    private MessageKind _kind;
+
+    /// <summary>The width the call table gives the next part when it is a space string ('s').</summary>
+    public int NextSpaceWidth => Call is null ? 0 : Call.WidthOf(_kind, _cursor);
+
+    /// <summary>'s': a fixed-width, space-padded field exactly as in the C struct, of the row's width.</summary>
     public void WriteSpaceString(ReadOnlySpan<byte> padded)
     {
+        int width = NextSpaceWidth;
         Expect(WireType.SpaceString);
+        if (padded.Length != width) { Writer.Fail(); return; }
         Writer.WriteByteArray(padded);
     }
 
@@ -239,6 +247,7 @@ public sealed class RpcMessageReader
         _parsed = false;
         ErrorCode = 0;
         _cursor = 0;
+        _kind = kind;
         if (!Reader.TryReadUInt32(out uint id))
             return ParseStatus.Truncated;
         if (!CallTable.TryGet(id, out var call))
@@ -313,11 +322,15 @@ public sealed class RpcMessageReader
     }
 
     /// <summary>'s' of the exact width the C struct has; any other width is malformed.</summary>
-    public bool TryReadSpaceString(int width, out ReadOnlyMemory<byte> padded)
+    /// <summary>'s': a fixed-width field; its width is the call table's for this part.</summary>
+    public bool TryReadSpaceString(out ReadOnlyMemory<byte> padded)
     {
+        int width = _call?.WidthOf(_kind, _cursor) ?? 0;
         Next(WireType.SpaceString);
         return Reader.TryReadByteArray(out padded, out bool isNull) && !isNull && padded.Length == width;
     }
+
+    private MessageKind _kind;
 
     public bool TryReadVersion(out byte major, out byte minor)
     {
@@ -384,10 +397,27 @@ public sealed class RpcMessageReader
         return Reader.TryReadUInt32(out count) && count <= Reader.Remaining / 5 && count <= AttributeCodec.MaxArrayCount;
     }
 
+    /// <summary>
+    /// An 'fA' array. p11-kit's client (0.25.4 on) writes an empty nested count after a template
+    /// entry whose buffer is non-NULL but of length 0, which its own server (and this reader) take
+    /// for the next entry. 'fA' ends its message (C_GetAttributeValue's "uufA"), so when the plain
+    /// reading does not end where the message ends, the form with those counts is tried.
+    /// </summary>
+    /// <summary>The last 'fA' array read was in p11-kit's client form (which p11-kit's own server misreads).</summary>
+    public bool ReadP11KitClientForm { get; private set; }
+
     public bool TryReadAttributeBuffer(long maxTotalBytes, out WireAttributeBuffer[] buffers)
     {
         Next(WireType.AttributeBuffer);
-        return AttributeCodec.TryReadBufferArray(Reader, Profile, maxTotalBytes, out buffers);
+        int start = Reader.Position;
+        bool last = _cursor == _parts.Length;
+        ReadP11KitClientForm = false;
+        if (AttributeCodec.TryReadBufferArray(Reader, Profile, maxTotalBytes, out buffers) && (Reader.AtEnd || !last))
+            return true;
+        if (!last)
+            return false;
+        Reader.Rewind(start);
+        return ReadP11KitClientForm = AttributeCodec.TryReadBufferArrayEndingMessage(Reader, Profile, maxTotalBytes, out buffers);
     }
 
     public bool TryReadMechanism(out WireMechanism mechanism)

@@ -35,6 +35,13 @@ public sealed class WireReader
     }
 
     public int Position => _position;
+
+    /// <summary>Goes back to a <see cref="Position"/> read earlier (to read the same bytes another way).</summary>
+    public void Rewind(int position)
+    {
+        if (position < 0 || position > _position) throw new ArgumentOutOfRangeException(nameof(position));
+        _position = position;
+    }
     public int Remaining => _length - _position;
     public bool AtEnd => _position == _length;
 

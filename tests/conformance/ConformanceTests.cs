@@ -735,6 +735,40 @@ public sealed class Conformance(string name)
     }
 
     /// <summary>
+    /// Issue 15: a template attribute (CKA_WRAP_TEMPLATE, CKA_UNWRAP_TEMPLATE) given a non-NULL
+    /// pValue of length 0, then CKA_LABEL. Directly SoftHSM answers CKR_OK; the module once encoded
+    /// a nested count the broker did not expect and the broker dropped the connection
+    /// (CKR_DEVICE_ERROR, then CKR_DEVICE_REMOVED). Same answers as direct, and the session lives on.
+    /// </summary>
+    [Test]
+    public void ZeroLengthTemplateBufferBeforeLabel()
+    {
+        var tag = Tag;
+        List<string> Run(ISlot slot) => H.InSession(slot, s =>
+        {
+            var (pub, prv) = H.RsaKeyPair(s, tag);
+            var ll = LowLevel(LibOf(slot));
+            var seen = new List<string>();
+            foreach (var (obj, type) in new[] { (pub, CKA.CKA_WRAP_TEMPLATE), (prv, CKA.CKA_UNWRAP_TEMPLATE) })
+            {
+                var outcome = GetAttrs(ll, s.SessionId, obj.ObjectId, [(type, 0), (CKA.CKA_LABEL, 256)], out var values);
+                seen.Add($"{type}: {outcome.Rv} [{string.Join(",", outcome.Lens)}] {Encoding.UTF8.GetString(values[1])}");
+                // The connection survived: the next call on the session is answered.
+                seen.Add($"then {H.Str(s, obj, CKA.CKA_LABEL)}");
+            }
+            return seen;
+        });
+        var direct = Run(D);
+        if (!T.Softoken) Assert.That(direct[0], Does.StartWith("CKA_WRAP_TEMPLATE: CKR_OK [0,"), "SoftHSM direct answers CKR_OK");
+        var target = Run(T.Slot);
+        Assert.That(new[] { target[1], target[3] }, Is.EqualTo(new[] { direct[1], direct[3] }), "the connection survives");
+        // p11-kit 0.24's client reads our broker's reply for a template attribute out of step
+        // (CKR_DEVICE_ERROR and bytes of its own in the label): a known difference, issue 15's notes.
+        if (T.Name != "p11kit-client-broker")
+            Assert.That(target, Is.EqualTo(direct), "as direct");
+    }
+
+    /// <summary>
     /// Two-pass reads through the proxy may be answered from values fetched with the size query;
     /// these sequences show that every result is still the token's: a change between the passes
     /// is seen, a too-small buffer or another object or template takes the ordinary path.

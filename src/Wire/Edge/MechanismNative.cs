@@ -2,10 +2,10 @@ using P11Proxy.Pkcs11;
 using P11Proxy.Wire;
 using static P11Proxy.Pkcs11.Pkcs11Constants;
 
-namespace P11Proxy.Broker;
+namespace P11Proxy.Wire.Edge;
 
 /// <summary>Builds the backend's CK_MECHANISM (and parameter structure) from the wire form, in the call's arena.</summary>
-internal static unsafe class MechanismNative
+public static unsafe class MechanismNative
 {
     public static CK_MECHANISM* ToNative(NativeArena arena, in WireMechanism wire)
     {

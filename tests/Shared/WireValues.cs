@@ -1,3 +1,4 @@
+// Test-only value codec (see WireValues): compiled into tests/Unit and tests/fuzz, not into src.
 using System.Globalization;
 using System.Text;
 using P11Proxy.Pkcs11;
@@ -87,7 +88,7 @@ public static class WireValues
                 case WireType.SpaceString:
                 {
                     int width = SpaceStringWidth(call.Id, kind, index);
-                    if (width <= 0 || !reader.TryReadSpaceString(width, out var s)) return false;
+                    if (width <= 0 || !reader.TryReadSpaceString(out var s)) return false;
                     value = s.ToArray();
                     break;
                 }
@@ -292,40 +293,11 @@ public static class WireValues
             : throw new ArgumentException(
                 $"{call.Name} part {index}: expected {typeof(T).Name}, got {value?.GetType().Name ?? "null"}");
 
-    /// <summary>
-    /// Width of the fixed-size 's' fields, from the C structures (CK_INFO, CK_SLOT_INFO, CK_TOKEN_INFO,
-    /// the label of C_InitToken2); 0 where the part is not a space string.
-    /// </summary>
-    public static int SpaceStringWidth(RpcCallId call, MessageKind kind, int partIndex) => (call, kind, partIndex) switch
-    {
-        (RpcCallId.C_GetInfo, MessageKind.Response, 1) => 32,        // manufacturerID
-        (RpcCallId.C_GetInfo, MessageKind.Response, 3) => 32,        // libraryDescription
-        (RpcCallId.C_GetSlotInfo, MessageKind.Response, 0) => 64,    // slotDescription
-        (RpcCallId.C_GetSlotInfo, MessageKind.Response, 1) => 32,    // manufacturerID
-        (RpcCallId.C_GetTokenInfo, MessageKind.Response, 0) => 32,   // label
-        (RpcCallId.C_GetTokenInfo, MessageKind.Response, 1) => 32,   // manufacturerID
-        (RpcCallId.C_GetTokenInfo, MessageKind.Response, 2) => 16,   // model
-        (RpcCallId.C_GetTokenInfo, MessageKind.Response, 3) => 16,   // serialNumber
-        (RpcCallId.C_GetTokenInfo, MessageKind.Response, 17) => 16,  // utcTime
-        (RpcCallId.C_InitToken2, MessageKind.Request, 2) => 32,      // label
-        _ => 0,
-    };
+    /// <summary>Width of a fixed-size 's' part: the call table's (0 where the part is not a space string).</summary>
+    public static int SpaceStringWidth(RpcCallId call, MessageKind kind, int partIndex) => CallTable.Get(call).WidthOf(kind, partIndex);
 
-    /// <summary>
-    /// Whether a part may hold a PIN (never to be logged): the PIN byte arrays of C_Login, C_InitPIN,
-    /// C_SetPIN (old and new), C_InitToken and C_InitToken2 (SO PIN) and C_LoginUser (not the user name).
-    /// </summary>
-    public static bool IsSecret(RpcCallId call, MessageKind kind, int partIndex) =>
-        kind == MessageKind.Request && (call, partIndex) switch
-        {
-            (RpcCallId.C_Login, 2) => true,
-            (RpcCallId.C_InitPIN, 1) => true,
-            (RpcCallId.C_SetPIN, 1) or (RpcCallId.C_SetPIN, 2) => true,
-            (RpcCallId.C_InitToken, 1) => true,
-            (RpcCallId.C_InitToken2, 1) => true,
-            (RpcCallId.C_LoginUser, 2) => true,
-            _ => false,
-        };
+    /// <summary>Whether a part may hold a PIN (never to be logged): the call table's secret parts.</summary>
+    public static bool IsSecret(RpcCallId call, MessageKind kind, int partIndex) => CallTable.Get(call).IsSecret(kind, partIndex);
 
     private const int MaxDumpBytes = 16;
 

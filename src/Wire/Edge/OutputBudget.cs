@@ -1,4 +1,4 @@
-namespace P11Proxy.Broker;
+namespace P11Proxy.Wire.Edge;
 
 /// <summary>
 /// Memory the broker may spend at once on large call outputs of all clients together: random
@@ -8,7 +8,7 @@ namespace P11Proxy.Broker;
 /// clients like. Calls wait for each other's outputs to be done; an output that can never fit, or
 /// that waited too long, gets CKR_DEVICE_MEMORY, and the broker stays the size it was.
 /// </summary>
-internal static class OutputBudget
+public static class OutputBudget
 {
     /// <summary>Allocations from this size on count against the budget; smaller ones are noise.</summary>
     public const long LargeThreshold = 64 * 1024;

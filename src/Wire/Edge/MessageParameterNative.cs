@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 using P11Proxy.Pkcs11;
 using P11Proxy.Wire;
 
-namespace P11Proxy.Broker;
+namespace P11Proxy.Wire.Edge;
 
 /// <summary>
 /// Builds the module's per-message parameter structure from the typed wire form, in one block of
@@ -10,7 +10,7 @@ namespace P11Proxy.Broker;
 /// that block and every length the length of what is there. After the call, <see cref="Changes"/>
 /// reads back what the module wrote.
 /// </summary>
-internal static unsafe class MessageParameterNative
+public static unsafe class MessageParameterNative
 {
     /// <summary>Offsets of the buffers in a block (the structure comes first, 16-byte aligned).</summary>
     private static (int Size, int Iv, int Tag, int Total) Layout(in WireMessageParameter p)

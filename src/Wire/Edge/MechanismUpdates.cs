@@ -2,13 +2,13 @@ using P11Proxy.Pkcs11;
 using P11Proxy.Wire;
 using static P11Proxy.Pkcs11.Pkcs11Constants;
 
-namespace P11Proxy.Module;
+namespace P11Proxy.Wire.Edge;
 
 /// <summary>
 /// Writes a C_DeriveKey2 parameter update back into the caller's mechanism parameter, copying
 /// only into buffers the caller supplied and only within their declared lengths.
 /// </summary>
-internal static unsafe class MechanismUpdates
+public static unsafe class MechanismUpdates
 {
     public static ulong Apply(CK_MECHANISM* mechanism, in MechanismUpdate update)
     {

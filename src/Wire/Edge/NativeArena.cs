@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace P11Proxy.Broker;
+namespace P11Proxy.Wire.Edge;
 
 /// <summary>
 /// Native memory for one call's arguments: zeroed on allocation (modules must not see stale
@@ -9,7 +9,7 @@ namespace P11Proxy.Broker;
 /// call, so it is zero again for the next), larger ones from the C heap; large inputs are not
 /// copied at all but pinned where the request lies.
 /// </summary>
-internal sealed unsafe class NativeArena : IDisposable
+public sealed unsafe class NativeArena : IDisposable
 {
     /// <summary>Allocations from this size on count against the <see cref="OutputBudget"/>.</summary>
     public const nuint LargeThreshold = (nuint)OutputBudget.LargeThreshold;

@@ -2,14 +2,14 @@ using P11Proxy.Pkcs11;
 using P11Proxy.Wire;
 using static P11Proxy.Pkcs11.Pkcs11Constants;
 
-namespace P11Proxy.Native;
+namespace P11Proxy.Wire.Edge;
 
 /// <summary>
 /// Encodes C attribute templates (CK_ATTRIBUTE arrays, nested ones included) for the wire. Shared
 /// by the module (caller templates) and the broker (templates the backend filled): the same source
 /// file is compiled into both so the two directions cannot disagree.
 /// </summary>
-internal static unsafe class NativeTemplates
+public static unsafe class NativeTemplates
 {
     /// <summary>CK_UNAVAILABLE_INFORMATION as a native CK_ULONG.</summary>
     public static readonly nuint Unavailable = unchecked((nuint)ulong.MaxValue);

@@ -1,16 +1,15 @@
-using P11Proxy.Native;
 using P11Proxy.Pkcs11;
 using P11Proxy.Wire;
 using static P11Proxy.Pkcs11.Pkcs11Constants;
 
-namespace P11Proxy.Module;
+namespace P11Proxy.Wire.Edge;
 
 /// <summary>
 /// Moves values between the C caller's memory and the wire. Everything here reads only what the
 /// caller declared (pointer and length) and writes only within the caller's declared capacity,
 /// whatever the broker sends.
 /// </summary>
-internal static unsafe class Marshalling
+public static unsafe class CallerArguments
 {
     private static readonly nuint Unavailable = NativeTemplates.Unavailable;
 
@@ -90,7 +89,9 @@ internal static unsafe class Marshalling
             if (length == Unavailable) length = 0;
             if (length > WireWriter.MaxArrayLength) length = WireWriter.MaxArrayLength;
             AttributeCodec.WriteBufferEntry(writer, attribute.type, length);
-            if (attribute.pValue != null && profile.NestedAttributeBuffers && profile.KindOf(attribute.type) == AttributeValueKind.AttributeArray)
+            // Nested entries follow only a non-zero length: a reader (ours, p11-kit's server)
+            // takes a zero length for "no buffer" and reads the next entry at once.
+            if (length != 0 && profile.NestedAttributeBuffers && profile.KindOf(attribute.type) == AttributeValueKind.AttributeArray)
             {
                 if (depth + 1 > AttributeCodec.MaxDepth) return CKR_TEMPLATE_INCONSISTENT;
                 nuint nested = length / (nuint)sizeof(CK_ATTRIBUTE);
@@ -146,7 +147,8 @@ internal static unsafe class Marshalling
         {
             var nested = source.Nested ?? [];
             nuint capacity = target->ulValueLen / (nuint)sizeof(CK_ATTRIBUTE);
-            if ((nuint)nested.Length > capacity)
+            // A size answer (no entries, a length) for a buffer too small for it: too small, as direct.
+            if ((nuint)nested.Length > capacity || (nested.Length == 0 && source.Length > target->ulValueLen))
             {
                 target->ulValueLen = Unavailable;
                 return CKR_BUFFER_TOO_SMALL;
@@ -176,6 +178,42 @@ internal static unsafe class Marshalling
         int written = source.CopyFlatValueTo(new Span<byte>(target->pValue, (int)Math.Min(target->ulValueLen, int.MaxValue)));
         if (written < 0) return CKR_DEVICE_ERROR;
         target->ulValueLen = (nuint)written;
+        return CKR_OK;
+    }
+
+    /// <summary>An 'fu' capacity: the caller's count, within what the wire can say.</summary>
+    public static uint Capacity(nuint count) => count > uint.MaxValue - 1 ? uint.MaxValue - 1 : (uint)count;
+
+    /// <summary>
+    /// Reads an 'au' reply (the last part) into the caller's array with PKCS#11's rules: NULL array
+    /// → size only; too small → CKR_BUFFER_TOO_SMALL with the needed count; never more than *count
+    /// elements written. CKR_DEVICE_ERROR: the reply is malformed.
+    /// </summary>
+    public static ulong ReadULongs(RpcMessageReader reply, nuint* array, nuint* count)
+    {
+        if (!reply.TryReadULongArrayHeader(out bool present, out uint received))
+            return CKR_DEVICE_ERROR;
+        nuint capacity = *count;
+        if (!present)
+        {
+            if (!reply.Complete || received == uint.MaxValue) return CKR_DEVICE_ERROR;
+            *count = received;
+            return array == null ? CKR_OK : CKR_BUFFER_TOO_SMALL;
+        }
+        if (array != null && received > capacity)
+        {
+            *count = received;
+            return CKR_BUFFER_TOO_SMALL;
+        }
+        for (uint i = 0; i < received; i++)
+        {
+            if (!reply.TryReadULongElement(out ulong value))
+                return CKR_DEVICE_ERROR;
+            if (array != null)
+                array[i] = (nuint)value;
+        }
+        if (!reply.Complete) return CKR_DEVICE_ERROR;
+        *count = received;
         return CKR_OK;
     }
 }

@@ -2,10 +2,10 @@ using P11Proxy.Pkcs11;
 using P11Proxy.Wire;
 using static P11Proxy.Pkcs11.Pkcs11Constants;
 
-namespace P11Proxy.Module;
+namespace P11Proxy.Wire.Edge;
 
 /// <summary>Turns the caller's CK_MECHANISM into the pointer-free form the wire carries.</summary>
-internal static unsafe class MechanismMarshal
+public static unsafe class MechanismMarshal
 {
     /// <summary>
     /// Mechanisms whose parameter is a flat byte string (an IV) but that p11-kit lists nowhere:

@@ -1,7 +1,7 @@
 using P11Proxy.Pkcs11;
 using P11Proxy.Wire;
 
-namespace P11Proxy.Module;
+namespace P11Proxy.Wire.Edge;
 
 /// <summary>
 /// The mechanisms the caller's message-based encryption and decryption were started with, per
@@ -10,7 +10,7 @@ namespace P11Proxy.Module;
 /// C_CloseSession. A stale entry (a handle reused without a new Init) cannot do harm: the broker
 /// keeps its own record and builds a structure only for the operation the module really has.
 /// </summary>
-internal sealed class MessageOperations
+public sealed class MessageOperations
 {
     private readonly Lock _gate = new();
     private readonly Dictionary<(nuint Session, bool Encrypt), ulong> _mechanisms = new();
@@ -50,7 +50,7 @@ internal sealed class MessageOperations
 /// broker reports the module wrote copied back into the caller's buffers: only into the buffers
 /// the structure names, only with exactly their lengths.
 /// </summary>
-internal static unsafe class MessageParameterMarshal
+public static unsafe class MessageParameterMarshal
 {
     /// <summary>The caller's buffers as they were when the call was sent (the structure may change meanwhile).</summary>
     public readonly struct CallerBuffers(byte* iv, int ivLength, byte* tag, int tagLength)
