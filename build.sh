@@ -54,6 +54,8 @@ PACKAGES=(
   "systemd:/usr/bin/systemd-analyze"                             # the packaged units are verified (native-tests/46)
   "util-linux:/usr/bin/prlimit"                                  # limits and other users in tests (prlimit, setpriv)
   "passwd:/usr/sbin/useradd"                                     # throw-away users in tests
+  "pcscd:/usr/sbin/pcscd"                                         # smart-card events: pcscd, vpcd's virtual reader and
+  "vsmartcard-vpcd:/usr/lib/pcsc/drivers/serial/libifdvpcd.so"   #   our virtual card (native-tests/30-card-events.sh)
 )
 
 ensure_packages() {

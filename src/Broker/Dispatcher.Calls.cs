@@ -230,6 +230,7 @@ internal sealed unsafe partial class Dispatcher
         if (typed) _replyOptions = AnnouncementBytes;
         if (_log.Verbose) Note(typed ? " (typed message parameters announced)" : "");
         if (_client.Events is null) _client.SetEvents(_events.Subscribe(_client.Peer));
+        TokenWait.Current?.RememberSlots(F);
         BeginReply();
         return CKR_OK;
     }
@@ -409,8 +410,11 @@ internal sealed unsafe partial class Dispatcher
         if (!ReadVisibleSlot(out var slot, out ulong rv)) return rv;
         if (!ReadULong(out var flags) || !Done) return Malformed;
         nuint session = 0;
-        rv = F->C_OpenSession(slot, flags, null, null, &session);
+        rv = MayBlock && TokenWait.Current is { } wait // --wait-for-token: a token that left may come back
+            ? wait.OpenSession(_backend, _filter, _client.Events, _log, ref slot, flags, &session)
+            : F->C_OpenSession(slot, flags, null, null, &session);
         if (rv != CKR_OK) return rv;
+        TokenWait.Current?.Remember(F, slot, session);
         _client.AddSession(session, slot);
         BeginReply();
         _reply.WriteULong(session);
@@ -423,7 +427,10 @@ internal sealed unsafe partial class Dispatcher
         if (!Done) return Malformed;
         rv = F->C_CloseSession(session);
         if (rv == CKR_OK || rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED)
+        {
             _client.RemoveSession(session);
+            TokenWait.Current?.Forget(session);
+        }
         if (rv == CKR_OK) BeginReply();
         return rv;
     }
@@ -477,6 +484,8 @@ internal sealed unsafe partial class Dispatcher
         if (!ReadSession(out var session, out ulong rv)) return rv;
         if (!ReadULong(out var userType) || !ReadInput(out var pin, out var pinLength) || !Done) return Malformed;
         rv = HeldPins.Login(_backend, session, userType, pin, pinLength); // a NULL PIN may mean the held one
+        if (rv != CKR_OK && MayBlock && TokenWait.Current is { } wait) // --wait-for-token: the token may come back
+            rv = wait.LoginWhenBack(F, _filter, _client.Events, _log, session, rv, () => HeldPins.Login(_backend, session, userType, pin, pinLength));
         if (rv == CKR_OK) BeginReply();
         return rv;
     }

@@ -45,6 +45,8 @@ namespace P11Proxy.Broker
                 var heldPinOptions = new List<(string Option, string Value)>(options.HeldPins);
                 if (options.AskpassTimeout is { } askpassTimeout) heldPinOptions.Add(("--askpass-timeout-ms", askpassTimeout));
                 HeldPins.Configuration = HeldPinConfiguration.Parse(heldPinOptions);
+                foreach (var uri in options.WaitForTokens) TokenWait.AddUri(uri); // --wait-for-token: checked as given
+                if (options.TokenWaitMs is { } tokenWait) TokenWait.SetTimeout(tokenWait);
                 HeldPins.Configuration.Check();
             }
             catch (BrokerException e)

@@ -403,7 +403,12 @@ internal sealed class CallDurations
     private CallTraits TraitsOf(uint callId) => callId < (uint)_traits.Length ? _traits[callId] : CallTraits.None;
 
     /// <summary>Calls that may block for as long as they like (the row's <see cref="CallTraits.Blocking"/>): always run beside the reader.</summary>
-    public bool MayBlock(uint callId) => (TraitsOf(callId) & CallTraits.Blocking) != 0;
+    public bool MayBlock(uint callId) => (TraitsOf(callId) & CallTraits.Blocking) != 0 ||
+        // --wait-for-token: C_OpenSession waits for a token that left (TokenWait)
+        (_waitForToken && (RpcCallId)callId is RpcCallId.C_OpenSession);
+
+    /// <summary>Read once: --wait-for-token is set at start-up, before any connection.</summary>
+    private readonly bool _waitForToken = TokenWait.Current is not null;
 
     /// <summary>
     /// The calls that usually need the token's work or a person (rows not <see cref="CallTraits.Quick"/>):

@@ -123,8 +123,11 @@ internal sealed unsafe class SlotEvents(Backend backend, TokenFilter filter, Pro
                 if (rv == CKR_OK)
                 {
                     Deliver(slot);
-                    // Nobody waits any more: the backend keeps later events until someone asks.
-                    if (_queues.Any(q => q.Waiting > 0)) continue;
+                    // Nobody waits for more: the backend keeps later events until someone asks. A
+                    // waiting thread with an event in its queue is served already (it has not woken
+                    // yet): pumping on for it would take the backend's next event early, and a
+                    // CKF_DONT_BLOCK call meanwhile would see CKR_NO_EVENT where direct sees the event.
+                    if (_queues.Any(q => q.Waiting > q.Pending)) continue;
                     _pumping = false;
                     return;
                 }
@@ -160,6 +163,9 @@ internal sealed class EventQueue(string peer)
 
     /// <summary>Not CKR_OK once the client finalised or left: what its waits return.</summary>
     public ulong Ended = CKR_OK;
+
+    /// <summary>Events not yet taken.</summary>
+    public int Pending => _pending.Count;
 
     public void Add(nuint slot)
     {
