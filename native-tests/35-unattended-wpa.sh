@@ -37,27 +37,7 @@ fixture_install
 AUTH=p11a$$
 SUPP=p11s$$
 fixture_netns_pair "$AUTH" "$SUPP"
-printf '* TLS\n' > "$d/eap_user"
-cat > "$d/hostapd.conf" <<EOF
-interface=$AUTH
-driver=wired
-logger_stdout=-1
-logger_stdout_level=0
-ieee8021x=1
-eapol_version=2
-eap_reauth_period=0
-use_pae_group_addr=1
-eap_server=1
-eap_user_file=$d/eap_user
-ca_cert=$d/ca.pem
-server_cert=$d/server.pem
-private_key=$d/server-key.pem
-EOF
-HOSTAPD_LOG=$d/hostapd.log
-timeout 250 ip netns exec "$AUTH" hostapd -dd "$d/hostapd.conf" >"$HOSTAPD_LOG" 2>&1 &
-FIXTURE_PIDS+=($!)
-fixture_wait_file "$HOSTAPD_LOG" "$AUTH: interface state .*->ENABLED|CTRL-EVENT-.*ENABLED|Deauthenticate all stations" 10 \
-  || fail "hostapd did not start: $(tail -5 "$HOSTAPD_LOG")"
+fixture_clients_hostapd "$AUTH"
 
 # supplicant WHO NAME KIND NETWORK-LINES: one wpa_supplicant run as WHO (root or nobody), no pin=
 # in its configuration and no terminal; its log in $d/wpa-NAME.log, the part of hostapd's log it

@@ -339,3 +339,31 @@ fixture_unattended_no_pin_anywhere() {
 # broker_log_since OFFSET: the broker's trace from byte OFFSET (see broker_log_mark).
 broker_log_mark() { wc -c <"$BROKER_LOG"; }
 broker_log_since() { tail -c +"$(($1 + 1))" "$BROKER_LOG"; }
+
+# fixture_clients_hostapd NAMESPACE: a wired-driver hostapd in NAMESPACE (interface of the same
+# name) doing EAP-TLS with the test CA's server certificate (from fixture_clients_token's $d);
+# its log in $HOSTAPD_LOG. Used by 15-wpa-supplicant and 35-unattended-wpa.
+fixture_clients_hostapd() {
+  local auth=$1
+  printf '* TLS\n' > "$d/eap_user"
+  cat > "$d/hostapd.conf" <<EOF
+interface=$auth
+driver=wired
+logger_stdout=-1
+logger_stdout_level=0
+ieee8021x=1
+eapol_version=2
+eap_reauth_period=0
+use_pae_group_addr=1
+eap_server=1
+eap_user_file=$d/eap_user
+ca_cert=$d/ca.pem
+server_cert=$d/server.pem
+private_key=$d/server-key.pem
+EOF
+  HOSTAPD_LOG=$d/hostapd.log
+  timeout 250 ip netns exec "$auth" hostapd -dd "$d/hostapd.conf" >"$HOSTAPD_LOG" 2>&1 &
+  FIXTURE_PIDS+=($!)
+  fixture_wait_file "$HOSTAPD_LOG" "$auth: interface state .*->ENABLED|CTRL-EVENT-.*ENABLED|Deauthenticate all stations" 10 \
+    || fail "hostapd did not start: $(tail -5 "$HOSTAPD_LOG")"
+}
