@@ -46,31 +46,7 @@ nginx_run() {
   mkdir -p "$prefix/logs"
   RSA_PORT=$(fixture_free_port)
   EC_PORT=$(fixture_free_port)
-  cat > "$prefix/nginx.conf" <<EOF
-user www-data;
-worker_processes 1;
-daemon off;
-pid $prefix/nginx.pid;
-error_log $prefix/logs/error.log info;
-events { worker_connections 64; }
-http {
-  access_log $prefix/logs/access.log;
-  default_type text/plain;
-  root $WWW;
-  server {
-    listen 127.0.0.1:$RSA_PORT ssl;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_certificate $d/rsa-server.pem;
-    ssl_certificate_key "engine:pkcs11:$RSA_SERVER_URI";
-  }
-  server {
-    listen 127.0.0.1:$EC_PORT ssl;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_certificate $d/ec-server.pem;
-    ssl_certificate_key "engine:pkcs11:$EC_SERVER_URI";
-  }
-}
-EOF
+  fixture_clients_nginx_conf "$prefix" "$RSA_PORT" "$EC_PORT"
   fixture_unattended_no_pin_anywhere "$prefix/nginx.conf"
   OPENSSL_CONF="$d/openssl.cnf" P11_KIT_SERVER_ADDRESS="$BROKER_ADDRESS" timeout 120 setsid -w "$NGINX" -p "$prefix" \
     -c "$prefix/nginx.conf" </dev/null >"$prefix/logs/stdout" 2>&1 &

@@ -95,31 +95,7 @@ nginx_run() {
   mkdir -p "$prefix/logs"
   rsa_port=$(fixture_free_port)
   ec_port=$(fixture_free_port)
-  cat > "$prefix/nginx.conf" <<EOF
-user www-data;
-worker_processes 1;
-daemon off;
-pid $prefix/nginx.pid;
-error_log $prefix/logs/error.log info;
-events { worker_connections 64; }
-http {
-  access_log $prefix/logs/access.log;
-  default_type text/plain;
-  root $WWW;
-  server {
-    listen 127.0.0.1:$rsa_port ssl;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_certificate $d/rsa-server.pem;
-    ssl_certificate_key "engine:pkcs11:$RSA_SERVER_URI";
-  }
-  server {
-    listen 127.0.0.1:$ec_port ssl;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_certificate $d/ec-server.pem;
-    ssl_certificate_key "engine:pkcs11:$EC_SERVER_URI";
-  }
-}
-EOF
+  fixture_clients_nginx_conf "$prefix" "$rsa_port" "$ec_port"
   echo "== nginx $mode"
   signed=$(broker_signatures)
   local softhsm_conf=$WWW/softhsm2.conf address=""

@@ -367,3 +367,35 @@ EOF
   fixture_wait_file "$HOSTAPD_LOG" "$auth: interface state .*->ENABLED|CTRL-EVENT-.*ENABLED|Deauthenticate all stations" 10 \
     || fail "hostapd did not start: $(tail -5 "$HOSTAPD_LOG")"
 }
+
+# fixture_clients_nginx_conf PREFIX RSA_PORT EC_PORT: PREFIX/nginx.conf for a root master with one
+# www-data worker and two TLS servers on loopback, their keys on the token through libp11's
+# engine ($RSA_SERVER_URI, $EC_SERVER_URI, certificates in $d). Used by 40 and 36.
+fixture_clients_nginx_conf() {
+  local prefix=$1 rsa_port=$2 ec_port=$3
+  cat > "$prefix/nginx.conf" <<EOF
+user www-data;
+worker_processes 1;
+daemon off;
+pid $prefix/nginx.pid;
+error_log $prefix/logs/error.log info;
+events { worker_connections 64; }
+http {
+  access_log $prefix/logs/access.log;
+  default_type text/plain;
+  root $WWW;
+  server {
+    listen 127.0.0.1:$rsa_port ssl;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_certificate $d/rsa-server.pem;
+    ssl_certificate_key "engine:pkcs11:$RSA_SERVER_URI";
+  }
+  server {
+    listen 127.0.0.1:$ec_port ssl;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_certificate $d/ec-server.pem;
+    ssl_certificate_key "engine:pkcs11:$EC_SERVER_URI";
+  }
+}
+EOF
+}
