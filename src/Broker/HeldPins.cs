@@ -99,13 +99,7 @@ internal sealed unsafe class HeldPins
     private void LogInAllOnArrival(Backend backend)
     {
         if (!MyRules(_config.LoginOnArrival).Any()) return;
-        var functions = backend.Functions;
-        nuint count = 0;
-        if (functions->C_GetSlotList(1, null, &count) != (nuint)CKR_OK || count == 0) return;
-        var slots = new nuint[count];
-        fixed (nuint* list = slots)
-            if (functions->C_GetSlotList(1, list, &count) != (nuint)CKR_OK) return;
-        foreach (var slot in slots.AsSpan(0, (int)count))
+        foreach (var slot in TokenFilter.BackendSlots(backend.Functions, 1, out _))
             LogInOnArrival(backend, slot);
     }
 

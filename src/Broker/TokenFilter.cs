@@ -142,11 +142,20 @@ internal sealed unsafe class TokenFilter
         return true;
     }
 
-    private static string Padded(byte* field, int width) =>
+    /// <summary>A space-padded CK_TOKEN_INFO / CK_SLOT_INFO field as text.</summary>
+    internal static string Padded(byte* field, int width) =>
         Encoding.UTF8.GetString(new ReadOnlySpan<byte>(field, width)).TrimEnd(' ', '\0');
 
     /// <summary>The backend's slot list with hidden slots removed.</summary>
-    public nuint[] VisibleSlots(CK_FUNCTION_LIST_3_0* functions, byte tokenPresent, out ulong rv)
+    public nuint[] VisibleSlots(CK_FUNCTION_LIST_3_0* functions, byte tokenPresent, out ulong rv) =>
+        BackendSlots(functions, tokenPresent, out rv).Where(slot => IsVisible(functions, slot)).ToArray();
+
+    /// <summary>
+    /// The backend's whole slot list (size query, then fill): the one copy of that two-step call
+    /// for the broker's own use (this filter, held PINs, token waits). Empty, with
+    /// <paramref name="rv"/>, on error.
+    /// </summary>
+    internal static nuint[] BackendSlots(CK_FUNCTION_LIST_3_0* functions, byte tokenPresent, out ulong rv)
     {
         nuint count = 0;
         rv = functions->C_GetSlotList(tokenPresent, null, &count);
@@ -157,6 +166,6 @@ internal sealed unsafe class TokenFilter
             rv = functions->C_GetSlotList(tokenPresent, count == 0 ? null : list, &count);
         }
         if (rv != CKR_OK) return [];
-        return slots.Take((int)count).Where(slot => IsVisible(functions, slot)).ToArray();
+        return count == (nuint)slots.Length ? slots : slots.AsSpan(0, (int)count).ToArray();
     }
 }

@@ -188,19 +188,9 @@ internal sealed unsafe class TokenWait
         }
     }
 
-    private static nuint[] PresentSlots(CK_FUNCTION_LIST_3_0* functions)
-    {
-        nuint count = 0;
-        if (functions->C_GetSlotList(1, null, &count) != CKR_OK || count == 0) return [];
-        var slots = new nuint[count];
-        fixed (nuint* list = slots)
-            if (functions->C_GetSlotList(1, list, &count) != CKR_OK) return [];
-        return slots.Take((int)count).ToArray();
-    }
+    private static nuint[] PresentSlots(CK_FUNCTION_LIST_3_0* functions) => TokenFilter.BackendSlots(functions, 1, out _);
 
     private static TokenIdentity IdentityOf(CK_TOKEN_INFO* info) =>
-        new(Padded(info->label, 32), Padded(info->serialNumber, 16));
+        new(TokenFilter.Padded(info->label, 32), TokenFilter.Padded(info->serialNumber, 16));
 
-    private static string Padded(byte* field, int width) =>
-        Encoding.UTF8.GetString(new ReadOnlySpan<byte>(field, width)).TrimEnd(' ', '\0');
 }
